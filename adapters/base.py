@@ -1,0 +1,257 @@
+"""The adapter contract: capabilities as data, a plan before running, a template method.
+
+An adapter module (``adapters/<backend>/__init__.py``) must import nothing heavy: it
+declares ``CAPABILITIES`` and an :class:`Adapter` subclass whose ``_compress`` imports
+the toolkit (usually from ``adapters/<backend>/_impl.py``) only when a job runs.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from unified.errors import ExportMismatch, MissingToolkit
+from unified.spec import Recipe, Step
+
+if TYPE_CHECKING:
+    from unified.context import JobContext
+
+
+class Support(StrEnum):
+    native = "native"
+    approximated = "approximated"
+    unsupported = "unsupported"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    support: Support
+    note: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.support}: {self.note}" if self.note else str(self.support)
+
+
+NATIVE = Verdict(Support.native)
+
+
+def approximated(note: str) -> Verdict:
+    return Verdict(Support.approximated, note)
+
+
+def unsupported(reason: str) -> Verdict:
+    return Verdict(Support.unsupported, reason)
+
+
+@dataclass(frozen=True)
+class StepCapability:
+    """What a backend does with one step kind.
+
+    ``options`` maps an option name to {value: verdict}. A value missing from a listed
+    option is unsupported (the message lists what is supported); options not listed take
+    any value natively. ``verdict`` applies to the step as a whole.
+    """
+
+    verdict: Verdict = NATIVE
+    options: Mapping[str, Mapping[Any, Verdict]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    backend: str
+    toolkit: str  # human-readable toolkit name
+    input_framework: str  # what the toolkit consumes: pytorch | onnx | keras | coreml
+    packages: tuple[str, ...]  # distributions whose versions key the cache
+    modules: tuple[str, ...]  # importable modules that must be present
+    install_hint: str
+    artifact: str  # native artifact kind, e.g. ".pt", ".onnx", ".tflite", ".mlpackage"
+    steps: Mapping[str, StepCapability]
+    # how close (max abs diff of logits) the ONNX must be to the native artifact
+    parity_atol: float = 1e-3
+
+    def available(self) -> bool:
+        return all(importlib.util.find_spec(m) is not None for m in self.modules)
+
+    def versions(self) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        for package in self.packages:
+            try:
+                out[package] = importlib.metadata.version(package)
+            except importlib.metadata.PackageNotFoundError:
+                out[package] = None
+        return out
+
+    def missing(self) -> list[str]:
+        return [m for m in self.modules if importlib.util.find_spec(m) is None]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    index: int
+    kind: str
+    verdict: Verdict
+
+    def describe(self) -> str:
+        return f"step {self.index + 1} ({self.kind}): {self.verdict.note}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    backend: str
+    steps: tuple[StepPlan, ...]
+
+    @property
+    def status(self) -> str:
+        supports = {s.verdict.support for s in self.steps}
+        if Support.unsupported in supports:
+            return "unsupported"
+        if Support.approximated in supports:
+            return "approximated"
+        return "ok"
+
+    @property
+    def reason(self) -> str | None:
+        """Every unsupported step at once, or None."""
+        bad = [s.describe() for s in self.steps if s.verdict.support is Support.unsupported]
+        return "; ".join(bad) or None
+
+    @property
+    def notes(self) -> list[str]:
+        return [s.describe() for s in self.steps if s.verdict.support is Support.approximated]
+
+
+@dataclass
+class Artifacts:
+    """What ``_compress`` returns: the ONNX to measure, the native artifact, what was done."""
+
+    onnx_path: Path
+    native_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CompressResult:
+    artifacts: Artifacts
+    plan: Plan
+    compress_seconds: float
+
+
+RecipeCheck = Callable[[list[Step]], list[tuple[int, Verdict]]]
+
+
+def _display(value: Any) -> str:
+    return str(value.value) if isinstance(value, StrEnum) else str(value)
+
+
+def plan_step(capabilities: Capabilities, index: int, step: Step) -> StepPlan:
+    """Check one step against the capability table; collect every mismatch of the step."""
+    cap = capabilities.steps.get(step.kind)
+    if cap is None:
+        return StepPlan(
+            index,
+            step.kind,
+            unsupported(f"{capabilities.toolkit} has no {step.kind} step"),
+        )
+    problems: list[str] = []
+    notes: list[str] = []
+    if cap.verdict.support is Support.unsupported:
+        problems.append(cap.verdict.note)
+    elif cap.verdict.support is Support.approximated:
+        notes.append(cap.verdict.note)
+    for option, table in cap.options.items():
+        value = getattr(step, option)
+        if isinstance(value, tuple):  # e.g. targets.op_types: check each entry
+            values = list(value)
+        else:
+            values = [value]
+        for item in values:
+            key = item.value if isinstance(item, StrEnum) else item
+            verdict = table.get(key)
+            if verdict is None:
+                verdict = table.get(item)
+            if verdict is None:
+                supported = [_display(v) for v, ver in table.items()
+                             if ver.support is not Support.unsupported]
+                problems.append(
+                    f"{option}={_display(item)!s} is not supported by {capabilities.toolkit} "
+                    f"(supported: {', '.join(map(str, supported)) or 'none'})"
+                )
+            elif verdict.support is Support.unsupported:
+                problems.append(f"{option}={_display(item)}: {verdict.note}")
+            elif verdict.support is Support.approximated:
+                notes.append(verdict.note)
+    if problems:
+        return StepPlan(index, step.kind, unsupported("; ".join(problems)))
+    if notes:
+        return StepPlan(index, step.kind, approximated("; ".join(notes)))
+    return StepPlan(index, step.kind, NATIVE)
+
+
+class Adapter(ABC):
+    """Base class: plans a recipe, owns the working folder, timing and the ONNX check."""
+
+    capabilities: ClassVar[Capabilities]
+
+    @property
+    def name(self) -> str:
+        return self.capabilities.backend
+
+    def check_recipe(self, steps: list[Step]) -> list[tuple[int, Verdict]]:
+        """Cross-step rules beyond the table (e.g. nothing may follow static quantization).
+
+        Return (step index, verdict) pairs that override the table's verdict for that
+        step when they are worse. Default: none.
+        """
+        return []
+
+    def plan(self, recipe: Recipe) -> Plan:
+        """Per step: native / approximated(note) / unsupported(reason). Imports nothing."""
+        steps = recipe.steps
+        planned = [plan_step(self.capabilities, i, step) for i, step in enumerate(steps)]
+        order = list(Support)
+        for index, verdict in self.check_recipe(steps):
+            current = planned[index]
+            if order.index(verdict.support) > order.index(current.verdict.support):
+                planned[index] = StepPlan(index, current.kind, verdict)
+            elif verdict.support is current.verdict.support and verdict.note:
+                joined = "; ".join(n for n in (current.verdict.note, verdict.note) if n)
+                planned[index] = StepPlan(index, current.kind, Verdict(verdict.support, joined))
+        return Plan(self.name, tuple(planned))
+
+    def require_toolkit(self) -> None:
+        missing = self.capabilities.missing()
+        if missing:
+            raise MissingToolkit(self.name, missing, self.capabilities.install_hint)
+
+    def compress(self, ctx: JobContext) -> CompressResult:
+        """Template method: plan, run the toolkit, check the ONNX it produced."""
+        plan = self.plan(ctx.recipe)
+        if plan.status == "unsupported":
+            raise RuntimeError(f"compress called on an unsupported plan: {plan.reason}")
+        self.require_toolkit()
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        artifacts = self._compress(ctx, plan)
+        seconds = time.perf_counter() - start
+        self._check_onnx(artifacts.onnx_path)
+        return CompressResult(artifacts, plan, seconds)
+
+    @abstractmethod
+    def _compress(self, ctx: JobContext, plan: Plan) -> Artifacts:
+        """Run the toolkit on ``ctx``; write the native artifact and model.onnx in ctx.workdir."""
+
+    @staticmethod
+    def _check_onnx(path: Path) -> None:
+        import onnx
+
+        if not path.is_file():
+            raise ExportMismatch(f"the adapter did not write its ONNX file {path}")
+        onnx.checker.check_model(str(path))

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny real model trained on real digits, built once per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from unified.context import ReferenceArtifacts  # noqa: E402
+from unified.scenario import Scenario  # noqa: E402
+
+TINY_SCENARIO: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 0,
+    "model": {"source": "builtin:convnet-tiny", "weights": "train",
+              "input_shape": [1, 8, 8], "num_classes": 10},
+    "data": {"source": "digits", "train": 1000, "calibration": 64, "test": 300},
+    "budget": {"train_epochs": 4, "finetune_epochs": 1, "batch_size": 32, "lr": 0.05},
+    "evaluate": {"latency": {"warmup": 2, "runs": 5, "threads": 1}, "timeout": 600},
+    "backends": ["pytorch"],
+    "recipes": {"fp32": []},
+}
+
+
+def tiny_scenario(recipes: dict[str, list[Any]], backends: list[str],
+                  **overrides: Any) -> Scenario:
+    data = {**TINY_SCENARIO, "recipes": recipes, "backends": backends, **overrides}
+    return Scenario.model_validate(data)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(cache_dir: Path) -> ReferenceArtifacts:
+    from unified.reference import prepare_reference
+
+    return prepare_reference(tiny_scenario({"fp32": []}, ["pytorch"]), cache_dir)
+
+
+@pytest.fixture
+def run_recipe(tiny_reference: ReferenceArtifacts,
+               tmp_path: Path) -> Callable[[str, list[Any]], dict[str, Any]]:
+    """Run one recipe on one backend in this process (real toolkit); return the record."""
+    from unified.job import Job, execute
+
+    def run(backend: str, steps: list[Any], **overrides: Any) -> dict[str, Any]:
+        scenario = tiny_scenario({"r": steps}, [backend], **overrides)
+        return execute(scenario, Job("r", backend), tmp_path / backend, tiny_reference)
+
+    return run

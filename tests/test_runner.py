@@ -1,0 +1,86 @@
+"""The runner: worker processes, containment of crashes and hangs, cache, resume."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_scenario
+from unified.results import RECORD_FIELDS, read_records
+from unified.runner import RunOptions, Runner
+
+MISBEHAVING = "python:tests.fixtures.misbehaving:"
+
+
+def by_recipe(records: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(r["recipe"], r["backend"]): r for r in records}
+
+
+@pytest.mark.slow
+def test_crash_hang_and_error_are_rows_and_other_jobs_finish(tmp_path: Path,
+                                                             cache_dir: Path) -> None:
+    scenario = tiny_scenario(
+        {
+            "fp32": [],
+            "killed": [{"distill": {"student": MISBEHAVING + "killed_student", "epochs": 1}}],
+            "hangs": [{"distill": {"student": MISBEHAVING + "hanging_student", "epochs": 1}}],
+            "raises": [{"distill": {"student": MISBEHAVING + "raising_student", "epochs": 1}}],
+            "int8": [{"quantize": {"method": "static"}}],
+        },
+        ["pytorch", "onnxruntime"],
+        evaluate={"latency": {"warmup": 1, "runs": 3}, "timeout": 60},
+    )
+    out = tmp_path / "run"
+    records = by_recipe(Runner(scenario, RunOptions(out=out, cache_dir=cache_dir, jobs=2)).run())
+    assert len(records) == 10
+    assert records[("killed", "pytorch")]["status"] == "failed"
+    assert "SIGKILL" in records[("killed", "pytorch")]["reason"]
+    assert records[("hangs", "pytorch")]["status"] == "timeout"
+    assert records[("raises", "pytorch")]["status"] == "failed"
+    assert "exploded on purpose" in records[("raises", "pytorch")]["reason"]
+    # onnxruntime cannot distill: planned, never started
+    assert records[("killed", "onnxruntime")]["status"] == "unsupported"
+    for key in [("fp32", "pytorch"), ("fp32", "onnxruntime"), ("int8", "pytorch"),
+                ("int8", "onnxruntime")]:
+        assert records[key]["status"] == "ok", records[key]
+    # every row is in results.jsonl, with every contract field present
+    stored = read_records(out / "results.jsonl")
+    assert len(stored) == 10
+    assert all(set(RECORD_FIELDS) <= set(r) for r in stored)
+    assert (out / "results.csv").read_text().count("\n") == 11
+
+
+@pytest.mark.slow
+def test_second_run_comes_from_cache_and_resume_skips_done_jobs(tmp_path: Path,
+                                                                cache_dir: Path) -> None:
+    scenario = tiny_scenario(
+        {"fp32": [], "int8": [{"quantize": {"method": "static"}}]}, ["onnxruntime"])
+    first = Runner(scenario, RunOptions(out=tmp_path / "a", cache_dir=cache_dir)).run()
+    assert all(not r.get("cached") for r in first)
+
+    start = time.monotonic()
+    second = Runner(scenario, RunOptions(out=tmp_path / "b", cache_dir=cache_dir)).run()
+    assert time.monotonic() - start < 10
+    assert all(r.get("cached") for r in second)
+    assert not list((tmp_path / "b").glob("jobs/*/worker.log"))  # no worker started
+    assert (tmp_path / "b" / "jobs" / "int8@onnxruntime" / "artifacts").is_dir()
+    strip = ("cached",)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in first] == \
+           [{k: v for k, v in r.items() if k not in strip} for r in second]
+
+    # resume into the same folder without the cache: nothing is rerun or duplicated
+    again = Runner(scenario, RunOptions(out=tmp_path / "a", cache_dir=cache_dir,
+                                        use_cache=False)).run()
+    assert len(again) == 2
+    assert len(read_records(tmp_path / "a" / "results.jsonl")) == 2
+
+
+def test_unavailable_or_unsupported_rows_need_no_worker(tmp_path: Path, cache_dir: Path) -> None:
+    scenario = tiny_scenario({"prune": [{"prune": {"sparsity": 0.5}}]}, ["onnxruntime"])
+    (record,) = Runner(scenario, RunOptions(out=tmp_path, cache_dir=cache_dir)).run()
+    assert record["status"] == "unsupported" and record["reason"]
+    assert not list(tmp_path.glob("jobs/*"))
+    assert json.loads((tmp_path / "results.jsonl").read_text())["status"] == "unsupported"

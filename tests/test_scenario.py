@@ -1,0 +1,123 @@
+"""Scenario files: valid ones load; invalid ones give one line per problem with file:line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unified.errors import SpecError
+from unified.scenario import load_scenario
+from unified.spec import PruneStep, QuantizeStep, Recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_scenarios_are_valid(path: Path) -> None:
+    scenario = load_scenario(path)
+    assert scenario.recipes
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """\
+name: t
+model:
+  source: builtin:convnet
+  input_shape: [1, 28, 28]
+backends: [pytorch]
+recipes:
+"""
+
+
+def problems(tmp_path: Path, recipes: str, base: str = BASE) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        load_scenario(write(tmp_path, base + recipes))
+    return info.value.lines()
+
+
+def test_misspelt_step_names_file_line_and_allowed_steps(tmp_path: Path) -> None:
+    lines = problems(tmp_path, "  fp32: []\n  q:\n    - quantise: {method: static}\n")
+    assert lines == [
+        f"{tmp_path / 's.yaml'}:9: recipes.q[0]: unknown step 'quantise'; allowed steps: "
+        "binarize, cluster, distill, finetune, prune, quantize"
+    ]
+
+
+def test_bad_enum_lists_allowed_values_and_input(tmp_path: Path) -> None:
+    (line,) = problems(tmp_path, "  q:\n    - quantize: {method: statik}\n")
+    assert ":8: recipes.q[0].quantize.method:" in line
+    assert "'dynamic', 'static' or 'qat'" in line and "'statik'" in line
+
+
+def test_unknown_field_lists_allowed_fields(tmp_path: Path) -> None:
+    (line,) = problems(tmp_path, "  p:\n    - prune: {sparsity: 0.5, sparsty: 3}\n")
+    assert "unknown field 'sparsty'" in line and "sparsity, structure, scope" in line
+
+
+def test_every_problem_reported_at_once(tmp_path: Path) -> None:
+    lines = problems(
+        tmp_path,
+        "  a:\n    - prune: {sparsity: 1.5}\n  b:\n    - quantize: {weights: 3}\n",
+    )
+    assert len(lines) == 2
+    assert ":8: recipes.a[0].prune.sparsity" in lines[0] and "1.5" in lines[0]
+    assert ":10: recipes.b[0].quantize.weights" in lines[1]
+
+
+def test_unknown_backend(tmp_path: Path) -> None:
+    text = BASE.replace("[pytorch]", "[pytorch, tensorrt]") + "  fp32: []\n"
+    (line,) = problems(tmp_path, "", base=text)
+    assert ":5: backends: " in line and "unknown backend 'tensorrt'" in line
+    assert "onnxruntime" in line
+
+
+def test_cross_field_checks(tmp_path: Path) -> None:
+    (line,) = problems(tmp_path, "  p:\n    - prune: {sparsity: 0.5, structure: 'n:m'}\n")
+    assert "needs both n and m" in line
+    (line,) = problems(tmp_path, "  c:\n    - cluster: {}\n")
+    assert "exactly one of clusters or bits" in line
+
+
+def test_synthetic_data_cannot_train(tmp_path: Path) -> None:
+    text = BASE.replace("backends", "data: {source: synthetic}\nbackends") + "  fp32: []\n"
+    (line,) = problems(tmp_path, "", base=text)
+    assert "weights: train needs labelled data" in line
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    (line,) = problems(tmp_path, "  a: [\n  b: ]\n")
+    assert line.startswith(f"{tmp_path / 's.yaml'}:") and "invalid YAML" in line
+
+
+def test_missing_file() -> None:
+    with pytest.raises(SpecError, match="file not found"):
+        load_scenario("/nonexistent/scenario.yaml")
+
+
+def test_missing_weights_file(tmp_path: Path) -> None:
+    text = BASE.replace("  source: builtin:convnet\n",
+                        "  source: builtin:convnet\n  weights: nothere.pt\n") + "  fp32: []\n"
+    (line,) = problems(tmp_path, "", base=text)
+    assert ":4: model.weights: file not found" in line
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    (line,) = problems(tmp_path, "  a: !!python/object/apply:os.system ['echo hacked']\n")
+    assert "invalid YAML" in line
+
+
+def test_steps_are_typed_and_canonical() -> None:
+    recipe = Recipe.model_validate([{"prune": {"sparsity": 0.5}}, {"quantize": {}}])
+    prune, quant = recipe.steps
+    assert isinstance(prune, PruneStep) and isinstance(quant, QuantizeStep)
+    assert recipe.canonical()[1]["quantize"]["method"] == "static"
+    # defaults written out or not, the cache key is the same
+    explicit = Recipe.model_validate(
+        [{"prune": {"sparsity": 0.5, "scope": "local"}}, {"quantize": {"method": "static"}}])
+    assert recipe.digest() == explicit.digest()

@@ -1,0 +1,183 @@
+"""The ``squeezelab`` command line.
+
+Bad input: one line per problem on stderr (file:line: field: what is wrong), exit 2,
+no traceback unless --debug.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+import unified
+from unified.errors import SqueezelabError
+
+EXIT_USAGE = 2
+
+
+def _fail(lines: list[str]) -> NoReturn:
+    for line in lines:
+        # plain write: never wrapped to the terminal width
+        sys.stderr.write(f"squeezelab: error: {line}\n")
+    sys.exit(EXIT_USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(unified.__version__, prog_name="squeezelab")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Compare model compression toolkits on one model, one dataset, one yardstick."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@cli.command()
+@click.argument("scenario_file", type=click.Path(path_type=Path))
+def validate(scenario_file: Path) -> None:
+    """Check a scenario file and every recipe's plan on every backend."""
+    from adapters.registry import get_adapter
+    from unified.scenario import load_scenario
+
+    scenario = load_scenario(scenario_file)
+    click.echo(f"{scenario_file}: valid scenario '{scenario.name}' "
+               f"({len(scenario.recipes)} recipes × {len(scenario.backends)} backends)")
+    for recipe_name, recipe in scenario.recipes.items():
+        for backend in scenario.backends:
+            plan = get_adapter(backend).plan(recipe)
+            detail = plan.reason or "; ".join(plan.notes)
+            click.echo(f"  {recipe_name} @ {backend}: {plan.status}"
+                       + (f" ({detail})" if detail else ""))
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of scenario files (for editors)."""
+    from unified.scenario import Scenario
+
+    click.echo(json.dumps(Scenario.model_json_schema(), indent=2))
+
+
+@cli.command(name="list")
+def list_backends() -> None:
+    """Print the capability matrix and installed toolkit versions."""
+    from rich.console import Console
+
+    from unified.capability_matrix import backend_table, matrix_table
+
+    console = Console()
+    console.print(backend_table())
+    console.print(matrix_table())
+
+
+@cli.command()
+@click.argument("scenario_file", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run folder (default: runs/<scenario>-<timestamp>).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Cache shared by all runs (default: ~/.cache/squeezelab).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1,
+              help="Worker processes in parallel (latency is still measured one at a time).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=None,
+              help="Seconds one job may take (default: the scenario's evaluate.timeout).")
+@click.option("--backend", "backends", multiple=True, help="Only these backends.")
+@click.option("--recipe", "recipes", multiple=True, help="Only these recipes.")
+@click.option("--no-cache", is_flag=True, help="Recompute every job.")
+def run(scenario_file: Path, out: Path | None, cache_dir: Path | None, jobs: int,
+        timeout: float | None, backends: tuple[str, ...], recipes: tuple[str, ...],
+        no_cache: bool) -> None:
+    """Run every recipe of SCENARIO_FILE on every backend and print the table."""
+    from unified.runner import RunOptions, default_cache_dir
+    from unified.scenario import load_scenario
+
+    scenario = load_scenario(scenario_file)
+    _check_filter("--backend", backends, scenario.backends)
+    _check_filter("--recipe", recipes, tuple(scenario.recipes))
+    if out is None:
+        out = Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    options = RunOptions(out=out, cache_dir=cache_dir or default_cache_dir(), jobs=jobs,
+                         timeout=timeout, backends=backends, recipes=recipes,
+                         use_cache=not no_cache)
+    records = _run_with_progress(scenario, options)
+    from rich.console import Console
+
+    from unified.table import results_table
+
+    console = Console()
+    console.print(results_table(records, title=f"{scenario.name}: {scenario.model.source}"))
+    console.print(f"run folder: {out}  (results.jsonl, results.csv)")
+
+
+def _check_filter(option: str, given: tuple[str, ...], allowed: tuple[str, ...]) -> None:
+    bad = [g for g in given if g not in allowed]
+    if bad:
+        raise SqueezelabError(f"{option} {bad[0]!r} is not in the scenario; "
+                              f"allowed: {', '.join(allowed)}")
+
+
+def _run_with_progress(scenario: Any, options: Any) -> list[dict[str, Any]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from unified.runner import Progress as Callbacks
+    from unified.runner import Runner, expand_jobs
+
+    total = len(expand_jobs(scenario, options))
+    running: list[str] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=False) as bar:
+        task = bar.add_task("planning", total=total)
+
+        def on_stage(msg: str) -> None:
+            bar.update(task, description=msg)
+
+        def on_start(job: Any) -> None:
+            running.append(job.label)
+            bar.update(task, description=f"running {', '.join(running)}")
+
+        def on_done(job: Any, record: dict[str, Any]) -> None:
+            if job.label in running:
+                running.remove(job.label)
+            bar.advance(task)
+            bar.update(task, description=f"running {', '.join(running)}" if running
+                       else f"{job.label}: {record['status']}")
+
+        records = Runner(scenario, options, Callbacks(on_stage, on_start, on_done)).run()
+        bar.update(task, description="done")
+    return records
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors → one line each, exit 2."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="squeezelab", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.stderr.write("squeezelab: aborted\n")
+        sys.exit(130)
+    except click.ClickException as exc:
+        _fail([exc.format_message().replace("\n", " ")])
+    except SqueezelabError as exc:
+        if debug:
+            raise
+        _fail(exc.lines())
+    except KeyboardInterrupt:
+        sys.stderr.write("squeezelab: interrupted\n")
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"squeezelab: internal error: {type(exc).__name__}: {exc} "
+                         "(run with --debug for the traceback)\n")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""What an adapter gets when a job runs (in its own worker process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from unified.scenario import Budget, Scenario
+from unified.spec import Recipe
+from unified.splits import DataSplits
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class ReferenceArtifacts:
+    """The fp32 reference every job starts from, produced once and cached."""
+
+    folder: Path
+
+    @property
+    def weights(self) -> Path:  # torch state_dict, load with weights_only=True
+        return self.folder / "weights.pt"
+
+    @property
+    def onnx(self) -> Path:  # the fp32 ONNX: the yardstick for ratios
+        return self.folder / "model.onnx"
+
+    @property
+    def logits(self) -> Path:  # onnxruntime outputs of the fp32 ONNX on the test split
+        return self.folder / "test_logits.npy"
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data.npz"
+
+    @property
+    def summary(self) -> Path:  # reference.json: accuracy, bytes, latency ...
+        return self.folder / "reference.json"
+
+
+@dataclass
+class JobContext:
+    scenario: Scenario
+    recipe_name: str
+    recipe: Recipe
+    backend: str
+    workdir: Path
+    reference: ReferenceArtifacts
+    data: DataSplits
+    notes: list[str] = field(default_factory=list)
+    # one dict per training epoch, e.g. {"epoch": 0, "sparsity": 0.31}; lands in the record
+    epoch_log: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def budget(self) -> Budget:
+        return self.scenario.budget
+
+    @property
+    def seed(self) -> int:
+        return self.scenario.seed
+
+    def note(self, message: str) -> None:
+        """Record what the toolkit actually did (shown in the report's notes)."""
+        if message not in self.notes:
+            self.notes.append(message)
+
+    def build_model(self, source: str) -> torch.nn.Module:
+        """A freshly initialised model of ``source`` (seeded), shaped like the scenario's."""
+        from unified.torchkit.models import build_model
+        from unified.torchkit.training import set_seed
+
+        set_seed(self.seed)
+        return build_model(source, self.scenario.model.num_classes, self.scenario.model.input_shape)
+
+    def reference_model(self) -> torch.nn.Module:
+        """A fresh copy of the fp32 reference model with its weights, in eval mode."""
+        import torch
+
+        model = self.build_model(self.scenario.model.source)
+        state = torch.load(self.reference.weights, weights_only=True, map_location="cpu")
+        model.load_state_dict(state)
+        return model.eval()
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.scenario.model.input_shape

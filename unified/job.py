@@ -1,0 +1,127 @@
+"""One job = one recipe on one backend: compress with the adapter, measure on the harness."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unified.context import JobContext, ReferenceArtifacts
+from unified.harness import HarnessSettings, ReferenceFigures, measure
+from unified.reference import load_summary
+from unified.results import new_record
+from unified.scenario import Scenario
+from unified.spec import stable_hash
+from unified.splits import DataSplits
+
+
+@dataclass(frozen=True)
+class Job:
+    recipe: str
+    backend: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.recipe} @ {self.backend}"
+
+
+def harness_settings(scenario: Scenario) -> HarnessSettings:
+    latency = scenario.evaluate.latency
+    return HarnessSettings(threads=latency.threads, warmup=latency.warmup, runs=latency.runs)
+
+
+def job_key(scenario: Scenario, job: Job, reference_key: str, versions: dict[str, Any]) -> str:
+    """Cache key: model + weights + data (the reference key), recipe, backend, budget,
+    harness settings and toolkit versions."""
+    import unified
+
+    return stable_hash({
+        "reference": reference_key,
+        "recipe": scenario.recipes[job.recipe].canonical(),
+        "backend": job.backend,
+        "budget": scenario.budget.model_dump(mode="json"),
+        "evaluate": scenario.evaluate.latency.model_dump(mode="json"),
+        "seed": scenario.seed,
+        "versions": versions,
+        "squeezelab": unified.__version__,
+    })
+
+
+def reference_figures(ref: ReferenceArtifacts) -> ReferenceFigures:
+    summary = load_summary(ref)
+    return ReferenceFigures(
+        accuracy=summary["accuracy"],
+        logits=np.load(ref.logits),
+        onnx_bytes=summary["onnx_bytes"],
+        gzip_bytes=summary["gzip_bytes"],
+        latency_ms_p50=summary["latency_ms_p50"],
+    )
+
+
+def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts,
+            data: DataSplits | None = None) -> dict[str, Any]:
+    """Run one job in this process and return its record. Toolkit errors propagate."""
+    from adapters.registry import get_adapter
+
+    adapter = get_adapter(job.backend)
+    data = data if data is not None else DataSplits.load(ref.data)
+    ctx = JobContext(scenario=scenario, recipe_name=job.recipe,
+                     recipe=scenario.recipes[job.recipe], backend=job.backend,
+                     workdir=workdir, reference=ref, data=data)
+    result = adapter.compress(ctx)
+    with measurement_lock():
+        figures = measure(result.artifacts.onnx_path, native_path=result.artifacts.native_path,
+                      test_x=data.test_x, test_y=data.test_y,
+                          reference=reference_figures(ref),
+                          settings=harness_settings(scenario))
+    plan = result.plan
+    notes = [*plan.notes, *ctx.notes, *result.artifacts.notes]
+    return new_record(
+        scenario.name, scenario.model.source, job.recipe, job.backend, plan.status,
+        notes=list(dict.fromkeys(notes)),
+        compress_seconds=round(result.compress_seconds, 3),
+        versions=adapter.capabilities.versions(),
+        epoch_log=ctx.epoch_log or None,
+        details=result.artifacts.details or None,
+        plan=[str(s.verdict) for s in plan.steps],
+        **figures,
+    )
+
+
+@contextmanager
+def measurement_lock() -> Iterator[None]:
+    """Parallel workers measure one at a time, so latencies are not contended."""
+    path = os.environ.get("SQUEEZELAB_LATENCY_LOCK")
+    if not path:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line for the record: the exception type and message."""
+    last = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {last[-1] if last else ''}".strip().rstrip(":")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def format_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))

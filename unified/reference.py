@@ -1,0 +1,106 @@
+"""The fp32 reference: build, train (or load) once, export to ONNX, measure; cached by
+content hash so a rerun never retrains."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unified.context import ReferenceArtifacts
+from unified.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def reference_key(scenario: Scenario) -> str:
+    path = scenario.model.weights_path
+    digest = file_digest(path) if path is not None and path.is_file() else None
+    return scenario.reference_key(digest)
+
+
+def load_summary(ref: ReferenceArtifacts) -> dict[str, Any]:
+    return dict(json.loads(ref.summary.read_text()))
+
+
+def prepare_reference(scenario: Scenario, cache_dir: Path) -> ReferenceArtifacts:
+    """Return the cached reference for ``scenario``, building it first if needed."""
+    folder = cache_dir / "reference" / reference_key(scenario)
+    ref = ReferenceArtifacts(folder)
+    if ref.summary.is_file():
+        return ref
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
+    try:
+        _build(scenario, ReferenceArtifacts(tmp))
+        if folder.exists():  # another process won the race; theirs is as good
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ref
+
+
+def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
+    import torch
+
+    from unified.data import load_splits
+    from unified.harness import HarnessSettings, make_session, measure, run_model
+    from unified.torchkit.export import export_onnx
+    from unified.torchkit.models import build_model, count_parameters, load_state_dict
+    from unified.torchkit.training import predict, set_seed, train
+
+    spec = scenario.model
+    data = load_splits(scenario.data, spec.input_shape, scenario.seed)
+    data.save(ref.data)
+    set_seed(scenario.seed)
+    model = build_model(spec.source, spec.num_classes, spec.input_shape)
+    trained = False
+    if spec.weights == "train":
+        assert data.train_y is not None  # the scenario validator guarantees labels
+        log.info("training the reference model for %d epochs", scenario.budget.train_epochs)
+        train(model, data.train_x, data.train_y, scenario.budget,
+              epochs=scenario.budget.train_epochs, lr=scenario.budget.lr, seed=scenario.seed)
+        trained = True
+    elif spec.weights_path is not None:
+        model.load_state_dict(load_state_dict(spec.weights_path))
+    model.eval()
+    torch.save(model.state_dict(), ref.weights)
+    export_onnx(model, ref.onnx, spec.input_shape)
+
+    settings = HarnessSettings(
+        threads=scenario.evaluate.latency.threads,
+        warmup=scenario.evaluate.latency.warmup,
+        runs=scenario.evaluate.latency.runs,
+    )
+    logits = run_model(make_session(ref.onnx, settings.threads), data.test_x)
+    np.save(ref.logits, logits)
+    torch_logits = predict(model, data.test_x)
+    figures = measure(ref.onnx, native_path=ref.weights, test_x=data.test_x,
+                      test_y=data.test_y, reference=None, settings=settings)
+    summary = {
+        "model": spec.model_dump(mode="json"),
+        "trained_epochs": scenario.budget.train_epochs if trained else 0,
+        "torch_parameters": count_parameters(model),
+        "onnx_vs_torch_max_abs": float(np.abs(torch_logits - logits).max()),
+        "samples": {"train": len(data.train_x), "calibration": len(data.calib_x),
+                    "test": len(data.test_x)},
+        **figures,
+    }
+    ref.summary.write_text(json.dumps(summary, indent=2))

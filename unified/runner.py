@@ -1,0 +1,278 @@
+"""Run a scenario: plan every job, build the reference once, run each job in its own
+worker process with a timeout, append records as they finish, reuse cached jobs.
+
+User errors stop the run before any job; a toolkit that throws, crashes or hangs becomes
+a ``failed`` / ``timeout`` row and the other jobs go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import unified
+from adapters.base import Plan
+from adapters.registry import get_adapter
+from unified.context import ReferenceArtifacts
+from unified.job import Job, job_key, write_json
+from unified.reference import prepare_reference, reference_key
+from unified.results import append_record, new_record, read_records, write_csv
+from unified.scenario import Scenario
+
+PENDING_STATUSES = ("failed", "timeout")  # not cached: a rerun tries them again
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "squeezelab"
+
+
+@dataclass
+class RunOptions:
+    out: Path
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    jobs: int = 1
+    timeout: float | None = None  # overrides the scenario's evaluate.timeout
+    backends: tuple[str, ...] = ()  # empty: all of the scenario's
+    recipes: tuple[str, ...] = ()
+    use_cache: bool = True
+
+
+@dataclass
+class Progress:
+    """Callbacks for the CLI's progress bar; all optional."""
+
+    on_stage: Callable[[str], None] = lambda _msg: None
+    on_start: Callable[[Job], None] = lambda _job: None
+    on_done: Callable[[Job, dict[str, Any]], None] = lambda _job, _rec: None
+
+
+def expand_jobs(scenario: Scenario, options: RunOptions) -> list[Job]:
+    """models × recipes × backends, in scenario order, filtered by the options."""
+    backends = [b for b in scenario.backends if not options.backends or b in options.backends]
+    recipes = [r for r in scenario.recipes if not options.recipes or r in options.recipes]
+    return [Job(recipe, backend) for recipe in recipes for backend in backends]
+
+
+def worker_env(torch_threads: int, lock_path: Path) -> dict[str, str]:
+    """The environment of every process squeezelab starts."""
+    env = dict(os.environ)
+    env.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    env.setdefault("TF_USE_LEGACY_KERAS", "1")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env["SQUEEZELAB_LATENCY_LOCK"] = str(lock_path)
+    env["OMP_NUM_THREADS"] = str(torch_threads)
+    # the worker must import this very package, and python: model sources from the cwd
+    paths = [str(Path(unified.__file__).resolve().parents[1]), os.getcwd()]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+class Runner:
+    def __init__(self, scenario: Scenario, options: RunOptions,
+                 progress: Progress | None = None) -> None:
+        self.scenario = scenario
+        self.options = options
+        self.progress = progress or Progress()
+        self.out = options.out
+        self.results_path = self.out / "results.jsonl"
+        self._lock = threading.Lock()
+        self.records: list[dict[str, Any]] = []
+
+    # -- public ---------------------------------------------------------------------------
+
+    def run(self) -> list[dict[str, Any]]:
+        jobs = expand_jobs(self.scenario, self.options)
+        plans = {job: self._plan(job) for job in jobs}  # before anything runs
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json(self.out / "scenario.json", self.scenario.model_dump(mode="json"))
+        done = {r.get("job_key"): r for r in read_records(self.results_path)
+                if r.get("status") not in PENDING_STATUSES}
+
+        self.progress.on_stage("reference model")
+        ref = prepare_reference(self.scenario, self.options.cache_dir)
+        shutil.copy(ref.summary, self.out / "reference.json")
+        ref_key = reference_key(self.scenario)
+
+        runnable: list[tuple[Job, str]] = []
+        for job in jobs:
+            plan = plans[job]
+            key = job_key(self.scenario, job, ref_key,
+                          get_adapter(job.backend).capabilities.versions())
+            if key in done:  # resume: already in this run folder
+                self._keep(job, done[key])
+                continue
+            if isinstance(plan, dict):  # unavailable toolkit or unsupported recipe
+                plan["job_key"] = key
+                self._finish(job, plan)
+                continue
+            cached = self._from_cache(job, key)
+            if cached is not None:
+                self._finish(job, cached)
+                continue
+            runnable.append((job, key))
+
+        self.progress.on_stage("jobs")
+        workers = max(1, self.options.jobs)
+        if workers == 1:
+            for job, key in runnable:
+                self._run_job(job, key, ref, torch_threads=os.cpu_count() or 1)
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            with ThreadPoolExecutor(workers) as pool:
+                for future in [pool.submit(self._run_job, job, key, ref, threads)
+                               for job, key in runnable]:
+                    future.result()
+        order = {(j.recipe, j.backend): i for i, j in enumerate(jobs)}
+        self.records.sort(key=lambda r: order.get((r["recipe"], r["backend"]), 1 << 30))
+        write_csv(self.out / "results.csv", self.records)
+        return self.records
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _plan(self, job: Job) -> Plan | dict[str, Any]:
+        """The adapter's plan, or a finished record when the job cannot run at all."""
+        adapter = get_adapter(job.backend)
+        caps = adapter.capabilities
+        plan = adapter.plan(self.scenario.recipes[job.recipe])
+        if plan.status == "unsupported":
+            return self._record(job, "unsupported", reason=plan.reason, notes=plan.notes,
+                                versions=caps.versions(),
+                                plan=[str(s.verdict) for s in plan.steps])
+        missing = caps.missing()
+        if missing:
+            return self._record(
+                job, "unsupported",
+                reason=f"backend unavailable: {', '.join(missing)} not installed; "
+                       f"{caps.install_hint}",
+                versions=caps.versions())
+        return plan
+
+    def _record(self, job: Job, status: str, **fields: Any) -> dict[str, Any]:
+        return new_record(self.scenario.name, self.scenario.model.source, job.recipe,
+                          job.backend, status, **fields)
+
+    def _job_dir(self, job: Job) -> Path:
+        return self.out / "jobs" / f"{job.recipe}@{job.backend}"
+
+    def _cache_dir(self, key: str) -> Path:
+        return self.options.cache_dir / "jobs" / key
+
+    def _from_cache(self, job: Job, key: str) -> dict[str, Any] | None:
+        if not self.options.use_cache:
+            return None
+        folder = self._cache_dir(key)
+        record_file = folder / "record.json"
+        if not record_file.is_file():
+            return None
+        record: dict[str, Any] = json.loads(record_file.read_text())
+        target = self._job_dir(job) / "artifacts"
+        if (folder / "artifacts").is_dir() and not target.exists():
+            shutil.copytree(folder / "artifacts", target)
+        record.update(scenario=self.scenario.name, recipe=job.recipe, cached=True)
+        return record
+
+    def _store_in_cache(self, key: str, job_dir: Path, record: dict[str, Any]) -> None:
+        folder = self._cache_dir(key)
+        if folder.exists():
+            return
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.parent / f".{key}.{os.getpid()}.{threading.get_ident()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (job_dir / "artifacts").is_dir():
+            shutil.copytree(job_dir / "artifacts", tmp / "artifacts")
+        tmp.mkdir(parents=True, exist_ok=True)
+        write_json(tmp / "record.json", record)
+        try:
+            tmp.rename(folder)
+        except OSError:  # a concurrent run stored it first
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _run_job(self, job: Job, key: str, ref: ReferenceArtifacts, torch_threads: int) -> None:
+        self.progress.on_start(job)
+        job_dir = self._job_dir(job)
+        if job_dir.exists():
+            shutil.rmtree(job_dir)
+        job_dir.mkdir(parents=True)
+        write_json(job_dir / "job.json", {
+            "scenario": self.scenario.model_dump(mode="json"),
+            "recipe": job.recipe,
+            "backend": job.backend,
+            "reference": str(ref.folder),
+            "torch_threads": torch_threads,
+        })
+        timeout = self.options.timeout or self.scenario.evaluate.timeout
+        record = self._spawn(job, job_dir, timeout, torch_threads)
+        record["job_key"] = key
+        if record["status"] not in PENDING_STATUSES:
+            self._store_in_cache(key, job_dir, record)
+        self._finish(job, record)
+
+    def _spawn(self, job: Job, job_dir: Path, timeout: float,
+               torch_threads: int) -> dict[str, Any]:
+        """Run the worker; turn every way it can end into a record."""
+        env = worker_env(torch_threads, self.options.cache_dir / "latency.lock")
+        self.options.cache_dir.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        with (job_dir / "worker.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "unified.worker", str(job_dir)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True,  # so a timeout kills the worker's children too
+            )
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                return self._record(
+                    job, "timeout",
+                    reason=f"no result after {timeout:g} s; worker killed "
+                           f"(log: {job_dir / 'worker.log'})",
+                    compress_seconds=round(time.monotonic() - start, 3))
+        record_file = job_dir / "record.json"
+        if code == 0 and record_file.is_file():
+            record: dict[str, Any] = json.loads(record_file.read_text())
+            return record
+        error_file = job_dir / "error.json"
+        if error_file.is_file():
+            reason = json.loads(error_file.read_text())["reason"]
+        elif code < 0:
+            reason = f"worker killed by signal {signal.Signals(-code).name}"
+        else:
+            reason = f"worker exited with code {code} without a result"
+        return self._record(job, "failed", reason=f"{reason} (log: {job_dir / 'worker.log'})",
+                            compress_seconds=round(time.monotonic() - start, 3),
+                            versions=get_adapter(job.backend).capabilities.versions())
+
+    def _keep(self, job: Job, record: dict[str, Any]) -> None:
+        with self._lock:
+            self.records.append(record)
+        self.progress.on_done(job, record)
+
+    def _finish(self, job: Job, record: dict[str, Any]) -> None:
+        """Append to results.jsonl at once, so nothing finished is lost."""
+        with self._lock:
+            append_record(self.results_path, record)
+            self.records.append(record)
+        self.progress.on_done(job, record)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

@@ -1,0 +1,379 @@
+"""Scenario files: the user-facing contract (see DESIGN.md), loaded with line numbers.
+
+Errors name ``file:line: field: what is wrong`` on one line each.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from unified.errors import SpecError
+from unified.spec import Recipe, TRAINING_STEPS, stable_hash
+
+SCENARIO_VERSION = 1
+MODEL_SOURCE = re.compile(r"^(builtin:[\w.-]+|torchvision:\w+|python:[\w.]+:\w+)$")
+DATA_SOURCE = re.compile(r"^(mnist|digits|synthetic|imagefolder:.+)$")
+RECIPE_NAME = re.compile(r"^[A-Za-z0-9][\w.+-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    source: str = Field(
+        ..., description="builtin:<name> | torchvision:<name> | python:<module>:<factory>"
+    )
+    weights: str = Field(
+        "train", description="train | random | path to a state_dict (.pt, .pth, .safetensors)"
+    )
+    input_shape: tuple[int, int, int] = Field(..., description="C, H, W")
+    num_classes: int = Field(10, ge=2)
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, value: str) -> str:
+        if not MODEL_SOURCE.match(value):
+            raise ValueError(
+                f"model source must be builtin:<name>, torchvision:<name> or "
+                f"python:<module>:<factory>. Got {value!r} instead"
+            )
+        return value
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(value) < 1:
+            raise ValueError(f"input_shape entries must be positive. Got {list(value)} instead")
+        return value
+
+    @property
+    def weights_path(self) -> Path | None:
+        return None if self.weights in ("train", "random") else Path(self.weights)
+
+
+class DataSpec(_Strict):
+    source: str = Field("mnist", description="mnist | digits | synthetic | imagefolder:<dir>")
+    train: int = Field(4000, ge=1)
+    calibration: int = Field(256, ge=1)
+    test: int = Field(1000, ge=1)
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, value: str) -> str:
+        if not DATA_SOURCE.match(value):
+            raise ValueError(
+                "data source must be one of mnist, digits, synthetic, imagefolder:<dir>. "
+                f"Got {value!r} instead"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _calibration_from_train(self) -> DataSpec:
+        if self.calibration > self.train:
+            raise ValueError(
+                f"calibration ({self.calibration}) is drawn from the train split and cannot "
+                f"exceed train ({self.train})"
+            )
+        return self
+
+    @property
+    def labelled(self) -> bool:
+        return self.source != "synthetic"
+
+
+class Optimizer(StrEnum):
+    sgd = "sgd"
+    adam = "adam"
+
+
+class Budget(_Strict):
+    """The training budget every backend gets (fairness rule)."""
+
+    train_epochs: int = Field(3, ge=0, description="reference training, when weights: train")
+    finetune_epochs: int = Field(1, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.01, gt=0)
+    finetune_lr: float | None = Field(None, gt=0, description="default: lr / 10")
+    optimizer: Optimizer = Optimizer.sgd
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+
+    @property
+    def effective_finetune_lr(self) -> float:
+        return self.finetune_lr if self.finetune_lr is not None else self.lr / 10
+
+
+class LatencySettings(_Strict):
+    warmup: int = Field(10, ge=0)
+    runs: int = Field(50, ge=1)
+    threads: int = Field(1, ge=1)
+
+
+class EvaluateSpec(_Strict):
+    latency: LatencySettings = LatencySettings()
+    timeout: float = Field(1800, gt=0, description="seconds one job may take")
+
+
+class SelectSpec(_Strict):
+    max_accuracy_drop: float | None = Field(None, ge=0)
+    min_agreement: float | None = Field(None, ge=0, le=1)
+    max_onnx_bytes: int | None = Field(None, ge=1)
+    max_latency_ms: float | None = Field(None, gt=0)
+    minimize: tuple[str, ...] = ("size", "latency")
+
+    @field_validator("minimize")
+    @classmethod
+    def _objectives(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        allowed = {"size", "latency", "native_size", "accuracy_drop"}
+        bad = [v for v in value if v not in allowed]
+        if bad:
+            raise ValueError(
+                f"minimize must be among {sorted(allowed)}. Got {bad} instead"
+            )
+        return value
+
+
+class RegressSpec(_Strict):
+    baseline: str | None = None
+    tolerance: dict[str, float] = Field(
+        default_factory=lambda: {"accuracy": 0.01, "size_ratio": 0.05, "latency": 0.3}
+    )
+
+
+class Scenario(_Strict):
+    version: int = Field(SCENARIO_VERSION, description="scenario format version")
+    name: str = Field(..., pattern=r"^[\w.-]+$")
+    seed: int = 0
+    model: ModelSpec
+    data: DataSpec = DataSpec()
+    budget: Budget = Budget()
+    evaluate: EvaluateSpec = EvaluateSpec()
+    backends: tuple[str, ...] = Field(..., min_length=1)
+    recipes: dict[str, Recipe] = Field(..., min_length=1)
+    select: SelectSpec = SelectSpec()
+    regress: RegressSpec = RegressSpec()
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != SCENARIO_VERSION:
+            raise ValueError(
+                f"scenario format version must be {SCENARIO_VERSION}. Got {value} instead"
+            )
+        return value
+
+    @field_validator("backends")
+    @classmethod
+    def _known_backends(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from adapters.registry import BACKENDS
+
+        bad = [b for b in value if b not in BACKENDS]
+        if bad:
+            raise ValueError(
+                f"unknown backend {bad[0]!r}; allowed backends: {', '.join(BACKENDS)}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("a backend is listed twice")
+        return value
+
+    @field_validator("recipes")
+    @classmethod
+    def _recipe_names(cls, value: dict[str, Recipe]) -> dict[str, Recipe]:
+        for name in value:
+            if not RECIPE_NAME.match(str(name)):
+                raise ValueError(
+                    f"recipe name {name!r} must start with a letter or digit and use only "
+                    "letters, digits, '.', '_', '+', '-'"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _labels_for_training(self) -> Scenario:
+        if self.data.labelled:
+            return self
+        if self.model.weights == "train":
+            raise ValueError(
+                "weights: train needs labelled data; data source 'synthetic' has no labels "
+                "(use weights: random or a labelled source)"
+            )
+        for name, recipe in self.recipes.items():
+            for step in recipe.steps:
+                if step.kind in TRAINING_STEPS or getattr(step, "method", None) == "qat":
+                    raise ValueError(
+                        f"recipe {name!r}: step {step.kind!r} trains and needs labelled data; "
+                        "data source 'synthetic' has no labels"
+                    )
+        return self
+
+    def reference_key(self, weights_digest: str | None) -> str:
+        """Cache key of the reference model: everything its weights depend on."""
+        return stable_hash(
+            {
+                "model": self.model.model_dump(mode="json"),
+                "weights_digest": weights_digest,
+                "data": self.data.model_dump(mode="json"),
+                "seed": self.seed,
+                "budget": self.budget.model_dump(mode="json")
+                if self.model.weights == "train"
+                else None,
+            }
+        )
+
+
+# --- loading with line numbers -------------------------------------------------------------
+
+
+def _line_map(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _line_map(value_node, (*path, key), out)
+            out[(*path, key)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _line_map(item, (*path, index), out)
+
+
+def _normalize_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic puts union/root names into loc; map back to the YAML path.
+    return tuple(part for part in loc if part not in ("root",) and not str(part).startswith(
+        "function-"))
+
+
+def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
+    for end in range(len(loc), -1, -1):
+        prefix = tuple(str(p) if not isinstance(p, int) else p for p in loc[:end])
+        if prefix in lines:
+            return lines[prefix]
+    return None
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that validates the mapping at ``loc`` (best effort)."""
+    current: Any = Scenario
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, RootModel):
+            current = current.model_fields["root"].annotation
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            info = current.model_fields.get(str(part))
+            if info is None:
+                return None
+            current = info.annotation
+        else:  # dict[str, X], tuple[X, ...], X | None
+            args = [a for a in get_args(current) if a is not type(None) and a is not Ellipsis]
+            if not args:
+                return None
+            current = args[-1]
+        while get_args(current) and not (isinstance(current, type)):
+            args = [a for a in get_args(current) if a is not type(None)]
+            if len(args) != 1:
+                break
+            current = args[0]
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return current
+    return None
+
+
+def _message(error: dict[str, Any], loc: tuple[Any, ...]) -> str:
+    msg = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    if error["type"] == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        allowed = f"; allowed: {', '.join(model.model_fields)}" if model else ""
+        return f"unknown field {loc[-1]!r}{allowed}"
+    value = error.get("input")
+    scalar = isinstance(value, str | int | float | bool) or value is None
+    if error["type"] != "missing" and scalar and "Got " not in msg and "input" in error:
+        msg = f"{msg}. Got {value!r} instead"
+    return msg
+
+
+def format_validation_error(
+    exc: ValidationError, file: str, lines: dict[tuple[Any, ...], int]
+) -> list[str]:
+    """One line per problem: ``file:line: field: message``."""
+    problems = []
+    for error in exc.errors():
+        loc = _normalize_loc(tuple(error["loc"]))
+        # An unknown key inside a model: point at the key itself and name the allowed ones.
+        line = _line_for(loc, lines)
+        where = f"{file}:{line}" if line else file
+        problems.append(f"{where}: {_field_name(loc)}: {_message(error, loc)}")
+    return problems
+
+
+def read_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    """safe_load the file and return (data, {yaml path: line})."""
+    if not path.is_file():
+        raise SpecError([f"{path}: file not found"])
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = (exc.problem or str(exc)).replace("\n", " ")
+        raise SpecError([f"{path}{line}: invalid YAML: {problem}"]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([f"{path}: invalid YAML: {str(exc).splitlines()[0]}"]) from None
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _line_map(node, (), lines)
+    return data, lines
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file; raise :class:`SpecError` with every problem."""
+    path = Path(path)
+    data, lines = read_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError([f"{path}:1: a scenario is a mapping (name, model, recipes, ...)"])
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, str(path), lines)) from None
+    return _resolve_paths(scenario, path, lines)
+
+
+def _resolve_paths(scenario: Scenario, path: Path, lines: dict[tuple[Any, ...], int]) -> Scenario:
+    """Paths inside a scenario are relative to the scenario file."""
+    base = path.parent
+    model, data = scenario.model, scenario.data
+    weights = model.weights_path
+    if weights is not None and not weights.is_absolute():
+        model = model.model_copy(update={"weights": str((base / weights).resolve())})
+    if data.source.startswith("imagefolder:"):
+        folder = Path(data.source.partition(":")[2])
+        if not folder.is_absolute():
+            data = data.model_copy(update={"source": f"imagefolder:{(base / folder).resolve()}"})
+    if weights is not None and not Path(model.weights).is_file():
+        line = lines.get(("model", "weights"))
+        raise SpecError([f"{path}:{line}: model.weights: file not found: {model.weights}"])
+    return scenario.model_copy(update={"model": model, "data": data})

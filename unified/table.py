@@ -1,0 +1,63 @@
+"""The comparison table printed at the end of a run (rich)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.table import Table
+
+STATUS_STYLE = {
+    "ok": "green",
+    "approximated": "yellow",
+    "unsupported": "dim",
+    "failed": "red",
+    "timeout": "red",
+}
+
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    # (record field, header, format)
+    ("accuracy", "acc", "{:.4f}"),
+    ("accuracy_drop", "drop", "{:+.4f}"),
+    ("agreement", "agree", "{:.3f}"),
+    ("onnx_bytes", "ONNX KB", "kb"),
+    ("size_ratio", "size×", "{:.2f}"),
+    ("native_ratio", "native×", "{:.2f}"),
+    ("gzip_ratio", "gzip×", "{:.2f}"),
+    ("sparsity", "sparse", "{:.2f}"),
+    ("max_distinct_values", "distinct", "{}"),
+    ("int8_fraction", "int8", "{:.2f}"),
+    ("latency_ms_p50", "p50 ms", "{:.3f}"),
+    ("speedup", "speedup", "{:.2f}"),
+)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "–"
+    if fmt == "kb":
+        return f"{value / 1024:.1f}"
+    return fmt.format(value)
+
+
+def results_table(records: Iterable[dict[str, Any]], title: str | None = None) -> Table:
+    table = Table(title=title, header_style="bold")
+    table.add_column("recipe")
+    table.add_column("backend")
+    table.add_column("status")
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="right")
+    table.add_column("reason / notes", overflow="fold", max_width=60)
+    for record in records:
+        status = record["status"]
+        style = STATUS_STYLE.get(status, "")
+        cached = " (cached)" if record.get("cached") else ""
+        text = record.get("reason") or "; ".join(record.get("notes") or [])
+        table.add_row(
+            record["recipe"],
+            record["backend"],
+            f"[{style}]{status}[/]{cached}",
+            *[_cell(record.get(name), fmt) for name, _, fmt in COLUMNS],
+            text,
+        )
+    return table

@@ -1,0 +1,1 @@
+"""Torch code shared by the reference stage and the adapters (imported lazily)."""

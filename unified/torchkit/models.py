@@ -1,0 +1,101 @@
+"""Model sources: builtin:<name>, torchvision:<name> (no weights), python:<module>:<factory>."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from unified.errors import SqueezelabError
+from unified.torchkit.nets import BUILTIN
+
+
+def build_model(source: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    """A freshly initialised model for ``source`` with ``num_classes`` outputs."""
+    kind, _, rest = source.partition(":")
+    if kind == "builtin":
+        if rest not in BUILTIN:
+            raise SqueezelabError(
+                f"unknown builtin model {rest!r}; allowed: {', '.join(sorted(BUILTIN))}"
+            )
+        return BUILTIN[rest](num_classes, input_shape)
+    if kind == "torchvision":
+        return _torchvision(rest, num_classes, input_shape)
+    if kind == "python":
+        return _python_factory(rest, num_classes, input_shape)
+    raise SqueezelabError(f"unknown model source {source!r}")
+
+
+def _torchvision(name: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    import torchvision
+
+    factory = getattr(torchvision.models, name, None)
+    if factory is None or not callable(factory) or name.startswith("_"):
+        raise SqueezelabError(f"torchvision has no model {name!r}")
+    model: nn.Module = factory(weights=None, num_classes=num_classes)
+    if input_shape[0] != 3:
+        _adapt_input_channels(model, input_shape[0])
+    return model
+
+
+def _adapt_input_channels(model: nn.Module, channels: int) -> None:
+    """Replace the first conv so the model takes ``channels`` input channels."""
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(
+                    parent,
+                    child_name,
+                    nn.Conv2d(
+                        channels, child.out_channels, child.kernel_size, child.stride,
+                        child.padding, child.dilation, child.groups, child.bias is not None,
+                    ),
+                )
+                return
+
+
+def _python_factory(spec: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    module_name, _, attr = spec.rpartition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SqueezelabError(f"cannot import model module {module_name!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise SqueezelabError(f"{module_name} has no callable {attr!r}")
+    params = inspect.signature(factory).parameters
+    kwargs: dict[str, object] = {}
+    if "num_classes" in params:
+        kwargs["num_classes"] = num_classes
+    if "input_shape" in params:
+        kwargs["input_shape"] = input_shape
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise SqueezelabError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load weights safely: safetensors, or torch.load(weights_only=True)."""
+    if not path.is_file():
+        raise SqueezelabError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # a pickle with code in it fails here, on purpose
+        raise SqueezelabError(f"{path}: not a plain state_dict ({exc})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise SqueezelabError(f"{path}: expected a state_dict, got {type(state).__name__}")
+    return state
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,76 @@
+"""Built-in architectures: small, but with every layer kind compressors treat differently
+(conv + BN + ReLU, depthwise, residual add, pooling, linear)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 3, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    )
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = conv_bn_relu(channels, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x + self.bn2(self.conv2(self.conv1(x))))
+
+
+class ConvNet(nn.Module):
+    """stem conv → depthwise-separable block → residual block → conv → GAP → MLP head."""
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, width: int = 32, residual: bool = True
+    ) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            conv_bn_relu(in_channels, w),  # stem
+            conv_bn_relu(w, w, groups=w),  # depthwise 3x3
+            conv_bn_relu(w, 2 * w, kernel=1),  # pointwise 1x1
+            nn.MaxPool2d(2),
+            ResidualBlock(2 * w) if residual else conv_bn_relu(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            conv_bn_relu(2 * w, 4 * w),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * w, 4 * w)
+        self.fc_relu = nn.ReLU()
+        self.classifier = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x)).flatten(1)
+        return self.classifier(self.fc_relu(self.fc(x)))
+
+
+def convnet(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    return ConvNet(num_classes, input_shape[0], width=32)
+
+
+def convnet_thin(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    return ConvNet(num_classes, input_shape[0], width=12, residual=False)
+
+
+def convnet_tiny(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    """For tests: the same layer kinds, a few thousand parameters."""
+    return ConvNet(num_classes, input_shape[0], width=8)
+
+
+BUILTIN: dict[str, Callable[[int, tuple[int, int, int]], nn.Module]] = {
+    "convnet": convnet,
+    "convnet-thin": convnet_thin,
+    "convnet-tiny": convnet_tiny,
+}
