@@ -168,10 +168,8 @@ def plan_step(capabilities: Capabilities, index: int, step: Step) -> StepPlan:
         notes.append(cap.verdict.note)
     for option, table in cap.options.items():
         value = getattr(step, option)
-        if isinstance(value, tuple):  # e.g. targets.op_types: check each entry
-            values = list(value)
-        else:
-            values = [value]
+        # a tuple (e.g. targets.op_types) is checked entry by entry
+        values = list(value) if isinstance(value, tuple) else [value]
         for item in values:
             key = item.value if isinstance(item, StrEnum) else item
             verdict = table.get(key)

@@ -12,26 +12,9 @@ import pytest
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-from unified.context import ReferenceArtifacts  # noqa: E402
-from unified.scenario import Scenario  # noqa: E402
+from tiny import tiny_scenario
 
-TINY_SCENARIO: dict[str, Any] = {
-    "name": "tiny",
-    "seed": 0,
-    "model": {"source": "builtin:convnet-tiny", "weights": "train",
-              "input_shape": [1, 8, 8], "num_classes": 10},
-    "data": {"source": "digits", "train": 1000, "calibration": 64, "test": 300},
-    "budget": {"train_epochs": 4, "finetune_epochs": 1, "batch_size": 32, "lr": 0.05},
-    "evaluate": {"latency": {"warmup": 2, "runs": 5, "threads": 1}, "timeout": 600},
-    "backends": ["pytorch"],
-    "recipes": {"fp32": []},
-}
-
-
-def tiny_scenario(recipes: dict[str, list[Any]], backends: list[str],
-                  **overrides: Any) -> Scenario:
-    data = {**TINY_SCENARIO, "recipes": recipes, "backends": backends, **overrides}
-    return Scenario.model_validate(data)
+from unified.context import ReferenceArtifacts
 
 
 @pytest.fixture(scope="session")

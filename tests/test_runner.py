@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import tiny_scenario
 
-from tests.conftest import tiny_scenario
 from unified.results import RECORD_FIELDS, read_records
-from unified.runner import RunOptions, Runner
+from unified.runner import Runner, RunOptions
 
-MISBEHAVING = "python:tests.fixtures.misbehaving:"
+MISBEHAVING = "python:misbehaving_models:"
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def by_recipe(records: list[dict]) -> dict[tuple[str, str], dict]:
@@ -20,8 +21,10 @@ def by_recipe(records: list[dict]) -> dict[tuple[str, str], dict]:
 
 
 @pytest.mark.slow
-def test_crash_hang_and_error_are_rows_and_other_jobs_finish(tmp_path: Path,
-                                                             cache_dir: Path) -> None:
+def test_crash_hang_and_error_are_rows_and_other_jobs_finish(
+        tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the workers import the misbehaving factories from here (a user's python: source)
+    monkeypatch.setenv("PYTHONPATH", str(FIXTURES))
     scenario = tiny_scenario(
         {
             "fp32": [],

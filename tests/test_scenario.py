@@ -91,7 +91,7 @@ def test_synthetic_data_cannot_train(tmp_path: Path) -> None:
 
 
 def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
-    (line,) = problems(tmp_path, "  a: [\n  b: ]\n")
+    (line,) = problems(tmp_path, "  a: [1, 2\n  b: : :\n")
     assert line.startswith(f"{tmp_path / 's.yaml'}:") and "invalid YAML" in line
 
 

@@ -23,7 +23,7 @@ PROBES: dict[str, list[dict[str, Any]]] = {
     "prune n:m 2:4": [{"prune": {"sparsity": 0.5, "structure": "n:m", "n": 2, "m": 4}}],
     "prune AGP schedule": [{"prune": {"sparsity": 0.8, "schedule": {
         "initial_sparsity": 0.05, "start_epoch": 0, "end_epoch": 4}}}],
-    "quantize dynamic int8": [{"quantize": {"method": "dynamic", "activations": None}}],
+    "quantize dynamic int8": [{"quantize": {"method": "dynamic"}}],
     "quantize static int8 per-channel": [{"quantize": {"method": "static"}}],
     "quantize static int8 per-tensor": [{"quantize": {"method": "static",
                                                       "granularity": "per_tensor"}}],

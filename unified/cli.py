@@ -66,11 +66,9 @@ def schema() -> None:
 @cli.command(name="list")
 def list_backends() -> None:
     """Print the capability matrix and installed toolkit versions."""
-    from rich.console import Console
-
     from unified.capability_matrix import backend_table, matrix_table
 
-    console = Console()
+    console = wide_console()
     console.print(backend_table())
     console.print(matrix_table())
 
@@ -104,13 +102,134 @@ def run(scenario_file: Path, out: Path | None, cache_dir: Path | None, jobs: int
                          timeout=timeout, backends=backends, recipes=recipes,
                          use_cache=not no_cache)
     records = _run_with_progress(scenario, options)
-    from rich.console import Console
-
     from unified.table import results_table
 
-    console = Console()
+    console = wide_console()
     console.print(results_table(records, title=f"{scenario.name}: {scenario.model.source}"))
     console.print(f"run folder: {out}  (results.jsonl, results.csv)")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--max-accuracy-drop", type=float, default=None)
+@click.option("--min-agreement", type=float, default=None)
+@click.option("--minimize", multiple=True,
+              type=click.Choice(["size", "latency", "native_size", "accuracy_drop"]))
+def select(run_dir: Path, max_accuracy_drop: float | None, min_agreement: float | None,
+           minimize: tuple[str, ...]) -> None:
+    """Recommend the best toolkit of a finished run (the scenario's select:, or flags)."""
+    from unified.report import RunFolder
+    from unified.select import recommend
+
+    run = RunFolder(run_dir)
+    updates: dict[str, Any] = {}
+    if max_accuracy_drop is not None:
+        updates["max_accuracy_drop"] = max_accuracy_drop
+    if min_agreement is not None:
+        updates["min_agreement"] = min_agreement
+    if minimize:
+        updates["minimize"] = minimize
+    spec = run.scenario.select.model_copy(update=updates)
+    for line in recommend(run.records, spec).lines():
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report(run_dir: Path) -> None:
+    """Write RUN_DIR/report.html (self-contained) and RUN_DIR/summary.md."""
+    from unified.report import write_report
+
+    html_path, md_path = write_report(run_dir)
+    click.echo(f"wrote {html_path} and {md_path}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+def baseline(run_dir: Path, output: Path) -> None:
+    """Record a finished run as a regression baseline."""
+    from unified.regress import make_baseline
+    from unified.report import RunFolder
+
+    run = RunFolder(run_dir)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(make_baseline(run.records, run.scenario.name), indent=2))
+    click.echo(f"baseline of {len(run.records)} jobs written to {output}")
+
+
+@cli.command()
+@click.argument("scenario_file", type=click.Path(path_type=Path))
+@click.option("--baseline", "baseline_file", type=click.Path(path_type=Path), default=None,
+              help="Baseline JSON (default: the scenario's regress.baseline).")
+@click.option("--tolerance", "tolerances", multiple=True, metavar="METRIC=VALUE",
+              help="Override a tolerance, e.g. accuracy=0.02 (accuracy, agreement, "
+                   "size_ratio, latency).")
+@click.option("--junit", type=click.Path(path_type=Path), default=None)
+@click.option("--out", type=click.Path(path_type=Path), default=None)
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1)
+def regress(scenario_file: Path, baseline_file: Path | None, tolerances: tuple[str, ...],
+            junit: Path | None, out: Path | None, cache_dir: Path | None, jobs: int) -> None:
+    """Rerun SCENARIO_FILE and compare with a baseline; exit 1 on any regression."""
+    from unified.regress import compare, load_baseline, write_junit
+    from unified.runner import RunOptions, default_cache_dir
+    from unified.scenario import load_scenario
+
+    scenario = load_scenario(scenario_file)
+    if baseline_file is None:
+        if scenario.regress.baseline is None:
+            raise SqueezelabError(f"{scenario_file}: regress.baseline is not set; "
+                                  "pass --baseline FILE")
+        baseline_file = scenario_file.parent / scenario.regress.baseline
+    base = load_baseline(baseline_file)
+    tolerance = dict(scenario.regress.tolerance)
+    for item in tolerances:
+        metric, sep, value = item.partition("=")
+        try:
+            tolerance[metric] = float(value)
+        except ValueError:
+            raise SqueezelabError(f"--tolerance {item!r}: expected METRIC=NUMBER") from None
+        if not sep:
+            raise SqueezelabError(f"--tolerance {item!r}: expected METRIC=NUMBER")
+    if out is None:
+        out = Path("runs") / f"{scenario.name}-regress-{time.strftime('%Y%m%d-%H%M%S')}"
+    options = RunOptions(out=out, cache_dir=cache_dir or default_cache_dir(), jobs=jobs)
+    records = _run_with_progress(scenario, options)
+    findings = compare(records, base, tolerance)
+    if junit is not None:
+        write_junit(junit, records, findings, f"squeezelab.{scenario.name}")
+    regressions = [f for f in findings if f.regression]
+    for f in findings:
+        click.echo(f"{'REGRESSION' if f.regression else 'note'}: {f.job}: {f.metric}: "
+                   f"{f.message}")
+    click.echo(f"{len(regressions)} regression(s) in {len(records)} jobs against "
+               f"{baseline_file}")
+    sys.exit(1 if regressions else 0)
+
+
+@cli.command(name="import-distiller")
+@click.argument("schedule_file", type=click.Path(path_type=Path))
+def import_distiller(schedule_file: Path) -> None:
+    """Print a Distiller schedule YAML as a unified recipe (and what cannot be carried out)."""
+    import yaml
+
+    from unified.distiller import load_distiller_schedule, to_yaml_recipe
+
+    result = load_distiller_schedule(schedule_file)
+    click.echo(yaml.safe_dump(to_yaml_recipe(result), sort_keys=False).rstrip())
+    for note in result.notes:
+        click.echo(f"# approximated: {note}")
+    for item in result.unsupported:
+        click.echo(f"# unsupported: {item}")
+
+
+def wide_console() -> Any:
+    """A terminal keeps its width; a pipe or log file gets a table that is not squeezed."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=220)
 
 
 def _check_filter(option: str, given: tuple[str, ...], allowed: tuple[str, ...]) -> None:

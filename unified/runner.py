@@ -7,6 +7,7 @@ a ``failed`` / ``timeout`` row and the other jobs go on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -271,8 +272,6 @@ class Runner:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()

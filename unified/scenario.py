@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from unified.errors import SpecError
-from unified.spec import Recipe, TRAINING_STEPS, stable_hash
+from unified.spec import TRAINING_STEPS, Recipe, stable_hash
 
 SCENARIO_VERSION = 1
 MODEL_SOURCE = re.compile(r"^(builtin:[\w.-]+|torchvision:\w+|python:[\w.]+:\w+)$")

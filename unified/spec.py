@@ -13,7 +13,15 @@ import json
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
@@ -181,9 +189,9 @@ class QuantizeStep(_Strict):
             raise ValueError("dtype float16 means weights: 16")
         if self.weights == 16 and self.dtype is not QuantDType.float16:
             raise ValueError("weights: 16 is float16; say dtype: float16")
-        if self.method is QuantMethod.dynamic and self.activations not in (None, 8):
-            raise ValueError("dynamic quantization computes activation ranges at run time: "
-                             "activations must be 8 or null")
+        if self.method is QuantMethod.dynamic and self.activations != 8:
+            raise ValueError("dynamic quantization quantizes activations to 8 bits at run "
+                             "time: activations must be 8")
         if self.epochs is not None and self.method is not QuantMethod.qat:
             raise ValueError("epochs only applies to method 'qat'")
         if self.algorithm is not QuantAlgorithm.plain and self.method is not QuantMethod.qat:
@@ -263,6 +271,11 @@ class StepEntry(_Strict):
         if name not in STEP_TYPES:
             raise ValueError(f"unknown step '{name}'; allowed steps: {allowed}")
         return {name: data[name] if data[name] is not None else {}}
+
+    @model_serializer(mode="wrap")
+    def _only_the_step(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {name: value for name, value in data.items() if value is not None}
 
     @property
     def step(self) -> Step:

@@ -34,8 +34,8 @@ class DataSplits:
         with np.load(path, allow_pickle=False) as z:
             return cls(
                 train_x=z["train_x"],
-                train_y=z["train_y"] if "train_y" in z else None,
+                train_y=z.get("train_y", None),
                 calib_x=z["calib_x"],
                 test_x=z["test_x"],
-                test_y=z["test_y"] if "test_y" in z else None,
+                test_y=z.get("test_y", None),
             )

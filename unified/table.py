@@ -53,6 +53,8 @@ def results_table(records: Iterable[dict[str, Any]], title: str | None = None) -
         style = STATUS_STYLE.get(status, "")
         cached = " (cached)" if record.get("cached") else ""
         text = record.get("reason") or "; ".join(record.get("notes") or [])
+        if len(text) > 120:  # the full text is in results.jsonl and the HTML report
+            text = text[:119] + "…"
         table.add_row(
             record["recipe"],
             record["backend"],

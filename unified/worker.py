@@ -17,15 +17,15 @@ from unified.scenario import Scenario
 
 
 def main(folder: Path) -> int:
-    spec = json.loads((folder / "job.json").read_text())
-    scenario = Scenario.model_validate(spec["scenario"])
-    job = Job(spec["recipe"], spec["backend"])
-    threads = spec.get("torch_threads")
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
     try:
+        spec = json.loads((folder / "job.json").read_text())
+        scenario = Scenario.model_validate(spec["scenario"])
+        job = Job(spec["recipe"], spec["backend"])
+        threads = spec.get("torch_threads")
+        if threads:
+            import torch
+
+            torch.set_num_threads(int(threads))
         record = execute(scenario, job, folder / "artifacts",
                          ReferenceArtifacts(Path(spec["reference"])))
     except Exception as exc:

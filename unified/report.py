@@ -1,0 +1,181 @@
+"""One self-contained HTML report (plots embedded as PNG, no network) and a Markdown summary."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from unified.results import read_records
+from unified.scenario import Scenario
+from unified.select import Recommendation, recommend, row_name
+from unified.table import COLUMNS, _cell
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;font-size:13px;margin:1em 0}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}
+th{background:#f3f3f3} td.l{text-align:left} tr.pareto td:first-child{font-weight:bold}
+.ok{color:#176f2c}.approximated{color:#9a6700}.unsupported{color:#888}
+.failed,.timeout{color:#b42318} img{max-width:48%;margin-right:1%}
+"""
+
+
+class RunFolder:
+    """What a finished run folder holds."""
+
+    def __init__(self, folder: Path) -> None:
+        from unified.errors import SqueezelabError
+
+        self.folder = folder
+        if not (folder / "results.jsonl").is_file():
+            raise SqueezelabError(f"{folder}: not a run folder (no results.jsonl)")
+        self.records = read_records(folder / "results.jsonl")
+        self.scenario = Scenario.model_validate_json((folder / "scenario.json").read_text())
+        ref = folder / "reference.json"
+        self.reference: dict[str, Any] = json.loads(ref.read_text()) if ref.is_file() else {}
+
+
+def _plot(records: list[dict[str, Any]], pareto: list[dict[str, Any]], x_field: str,
+          x_label: str, ref: dict[str, Any]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in records if r.get(x_field) is not None and r.get("accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    backends = sorted({r["backend"] for r in rows})
+    markers = "osD^vP*X"
+    for i, backend in enumerate(backends):
+        mine = [r for r in rows if r["backend"] == backend]
+        ax.scatter([r[x_field] for r in mine], [r["accuracy"] for r in mine],
+                   marker=markers[i % len(markers)], label=backend, alpha=0.8)
+    front = sorted((r for r in pareto if r in rows), key=lambda r: r[x_field])
+    if front:
+        ax.plot([r[x_field] for r in front], [r["accuracy"] for r in front], "k--", lw=1,
+                label="Pareto front")
+    for r in rows:
+        ax.annotate(r["recipe"], (r[x_field], r["accuracy"]), fontsize=6, alpha=0.7)
+    if ref.get("accuracy") is not None:
+        ax.axhline(ref["accuracy"], color="grey", lw=0.8, ls=":", label="fp32 reference")
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("top-1 accuracy")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _table(headers: list[str], rows: list[list[str]], row_classes: list[str] | None = None,
+           left: int = 3) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"]
+    for i, row in enumerate(rows):
+        cls = f' class="{row_classes[i]}"' if row_classes else ""
+        cells = "".join(
+            f'<td class="l">{c}</td>' if j < left or j == len(row) - 1 else f"<td>{c}</td>"
+            for j, c in enumerate(row))
+        out.append(f"<tr{cls}>{cells}</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def results_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    headers = ["recipe", "backend", "status", *[h for _, h, _ in COLUMNS], "reason / notes"]
+    rows = []
+    for r in records:
+        notes = r.get("reason") or "; ".join(r.get("notes") or [])
+        rows.append([html.escape(r["recipe"]), html.escape(r["backend"]),
+                     f'<span class="{r["status"]}">{r["status"]}</span>',
+                     *[_cell(r.get(name), fmt) for name, _, fmt in COLUMNS],
+                     html.escape(notes)])
+    return headers, rows
+
+
+def html_report(run: RunFolder, extra_sections: list[tuple[str, str]] | None = None) -> str:
+    from unified.capability_matrix import matrix
+
+    rec = recommend(run.records, run.scenario.select)
+    pareto_names = {row_name(r) for r in rec.pareto}
+    headers, rows = results_rows(run.records)
+    classes = ["pareto" if row_name(r) in pareto_names else "" for r in run.records]
+    sc = run.scenario
+    budget = {
+        "reference weights": f"{sc.model.source}, weights: {sc.model.weights}",
+        "data": f"{sc.data.source}: train {sc.data.train}, calibration {sc.data.calibration} "
+                f"(subset of train), test {sc.data.test}; seed {sc.seed}",
+        "training budget": ", ".join(f"{k} {v}" for k, v in
+                                     sc.budget.model_dump(mode="json").items()),
+        "harness": f"onnxruntime CPU, batch 1 latency, threads {sc.evaluate.latency.threads}, "
+                   f"warm-up {sc.evaluate.latency.warmup}, runs {sc.evaluate.latency.runs}",
+    }
+    versions: dict[str, str] = {}
+    for r in run.records:
+        for k, v in (r.get("versions") or {}).items():
+            if v:
+                versions[k] = v
+    caps = matrix()
+    backends = list(next(iter(caps.values())).keys())
+    cap_rows = [[html.escape(p), *[f'<span class="{row[b][0]}" title="{html.escape(row[b][1])}">'
+                                   f"{row[b][0]}</span>" for b in backends]]
+                for p, row in caps.items()]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>squeezelab: {sc.name}</title>"
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>squeezelab: {html.escape(sc.name)}</h1>",
+        f"<p>model <b>{html.escape(sc.model.source)}</b>; fp32 reference accuracy "
+        f"{_cell(run.reference.get('accuracy'), '{:.4f}')}, ONNX "
+        f"{_cell(run.reference.get('onnx_bytes'), 'kb')} KB, p50 "
+        f"{_cell(run.reference.get('latency_ms_p50'), '{:.3f}')} ms</p>",
+        "<h2>Recommendation</h2><ul>"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in rec.lines()) + "</ul>",
+        "<h2>Results</h2><p>bold recipe = on the Pareto front (accuracy, size, latency)</p>",
+        _table(headers, rows, classes),
+        "<h2>Accuracy vs size and latency</h2>",
+        f'<img alt="accuracy vs size" src="data:image/png;base64,'
+        f'{_plot(run.records, rec.pareto, "onnx_bytes", "ONNX bytes (log)", run.reference)}">',
+        f'<img alt="accuracy vs latency" src="data:image/png;base64,'
+        f'{_plot(run.records, rec.pareto, "latency_ms_p50", "p50 ms (log)", run.reference)}">',
+    ]
+    for title, body in extra_sections or []:
+        parts.append(f"<h2>{html.escape(title)}</h2>{body}")
+    parts += [
+        "<h2>Shared budget (the same for every backend)</h2>",
+        _table(["what", "value"], [[html.escape(k), html.escape(v)] for k, v in budget.items()],
+               left=2),
+        "<h2>Capability matrix</h2>",
+        _table(["recipe", *backends], cap_rows, left=1 + len(backends)),
+        "<h2>Toolkit versions</h2>",
+        _table(["package", "version"], [[html.escape(k), html.escape(v)]
+                                        for k, v in sorted(versions.items())], left=2),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def markdown_summary(run: RunFolder, rec: Recommendation | None = None) -> str:
+    rec = rec or recommend(run.records, run.scenario.select)
+    headers = ["recipe", "backend", "status", "acc", "drop", "size×", "p50 ms", "speedup"]
+    lines = [f"## squeezelab: {run.scenario.name}", "",
+             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for r in run.records:
+        lines.append("| " + " | ".join([
+            r["recipe"], r["backend"], r["status"], _cell(r.get("accuracy"), "{:.4f}"),
+            _cell(r.get("accuracy_drop"), "{:+.4f}"), _cell(r.get("size_ratio"), "{:.2f}"),
+            _cell(r.get("latency_ms_p50"), "{:.3f}"), _cell(r.get("speedup"), "{:.2f}"),
+        ]) + " |")
+    lines += ["", *[f"- {line}" for line in rec.lines()]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(folder: Path) -> tuple[Path, Path]:
+    run = RunFolder(folder)
+    html_path, md_path = folder / "report.html", folder / "summary.md"
+    html_path.write_text(html_report(run))
+    md_path.write_text(markdown_summary(run))
+    return html_path, md_path

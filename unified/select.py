@@ -1,0 +1,134 @@
+"""Pick the best toolkit: constraints, a winner per objective, the Pareto front, and one
+line for every other backend on why it lost or was excluded."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from unified.scenario import SelectSpec
+
+MEASURED = ("ok", "approximated")
+# objective name → (record field, human unit)
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "size": ("onnx_bytes", "ONNX bytes"),
+    "native_size": ("native_bytes", "native bytes"),
+    "latency": ("latency_ms_p50", "ms p50"),
+    "accuracy_drop": ("accuracy_drop", "accuracy drop"),
+}
+
+
+def row_name(record: dict[str, Any]) -> str:
+    return f"{record['recipe']} @ {record['backend']}"
+
+
+def exclusion(record: dict[str, Any], spec: SelectSpec) -> str | None:
+    """Why a row cannot be recommended, or None if it meets every constraint."""
+    if record["status"] not in MEASURED:
+        return f"{record['status']}: {record.get('reason') or 'no result'}"
+    checks = (
+        ("accuracy_drop", spec.max_accuracy_drop, "accuracy drop", lambda v, lim: v > lim),
+        ("agreement", spec.min_agreement, "agreement", lambda v, lim: v < lim),
+        ("onnx_bytes", spec.max_onnx_bytes, "ONNX bytes", lambda v, lim: v > lim),
+        ("latency_ms_p50", spec.max_latency_ms, "latency p50 ms", lambda v, lim: v > lim),
+    )
+    for name, limit, label, violates in checks:
+        if limit is None:
+            continue
+        value = record.get(name)
+        if value is None:
+            return f"{label} not measured"
+        if violates(value, limit):
+            return f"{label} {value:.4g} violates the limit {limit:g}"
+    return None
+
+
+def pareto_front(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows not dominated on (accuracy ↑, onnx_bytes ↓, latency ↓)."""
+
+    def key(r: dict[str, Any]) -> tuple[float, float, float]:
+        return (-(r.get("accuracy") or 0.0), float(r["onnx_bytes"]), float(r["latency_ms_p50"]))
+
+    rows = [r for r in records if r["status"] in MEASURED
+            and r.get("onnx_bytes") is not None and r.get("latency_ms_p50") is not None]
+    front = []
+    for r in rows:
+        kr = key(r)
+        dominated = any(
+            all(a <= b for a, b in zip(key(o), kr, strict=True)) and key(o) != kr for o in rows
+        )
+        if not dominated:
+            front.append(r)
+    return front
+
+
+@dataclass
+class Recommendation:
+    winners: dict[str, dict[str, Any]]  # objective → row
+    pareto: list[dict[str, Any]]
+    feasible: list[dict[str, Any]]
+    excluded: dict[str, str]  # row name → reason
+    backend_verdicts: dict[str, str] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        out = []
+        for objective, row in self.winners.items():
+            column, unit = OBJECTIVES[objective]
+            out.append(f"best {objective}: {row_name(row)} ({row[column]:.4g} {unit}, "
+                       f"accuracy drop {_fmt(row.get('accuracy_drop'))})")
+        if not self.winners:
+            out.append("no row meets the constraints")
+        out.append("Pareto front (accuracy, size, latency): "
+                   + (", ".join(row_name(r) for r in self.pareto) or "empty"))
+        out.extend(f"{backend}: {verdict}" for backend, verdict in self.backend_verdicts.items())
+        return out
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.4f}"
+
+
+def recommend(records: Sequence[dict[str, Any]], spec: SelectSpec) -> Recommendation:
+    excluded = {row_name(r): why for r in records if (why := exclusion(r, spec)) is not None}
+    feasible = [r for r in records if row_name(r) not in excluded]
+    winners: dict[str, dict[str, Any]] = {}
+    for objective in spec.minimize:
+        column, _ = OBJECTIVES[objective]
+        candidates = [r for r in feasible if r.get(column) is not None]
+        if candidates:
+            winners[objective] = min(
+                candidates, key=lambda r: (r[column], -(r.get("accuracy") or 0.0)))
+    rec = Recommendation(winners, pareto_front(records), feasible, excluded)
+    rec.backend_verdicts = _backend_verdicts(records, rec, spec)
+    return rec
+
+
+def _backend_verdicts(records: Sequence[dict[str, Any]], rec: Recommendation,
+                      spec: SelectSpec) -> dict[str, str]:
+    """One line per backend: why it won, lost, or was excluded."""
+    verdicts: dict[str, str] = {}
+    backends = list(dict.fromkeys(r["backend"] for r in records))
+    for backend in backends:
+        won = [o for o, row in rec.winners.items() if row["backend"] == backend]
+        if won:
+            verdicts[backend] = f"wins {', '.join(won)}"
+            continue
+        mine = [r for r in rec.feasible if r["backend"] == backend]
+        if not mine:
+            reasons = [rec.excluded[row_name(r)] for r in records if r["backend"] == backend]
+            verdicts[backend] = "excluded: every row fails a constraint (" + "; ".join(
+                dict.fromkeys(reasons)) + ")"
+            continue
+        parts = []
+        for objective, winner in rec.winners.items():
+            column, unit = OBJECTIVES[objective]
+            best = min((r for r in mine if r.get(column) is not None),
+                       key=lambda r: r[column], default=None)
+            if best is None:
+                parts.append(f"{objective} not measured")
+            elif winner[column]:
+                parts.append(f"{objective}: best {row_name(best)} is "
+                             f"{best[column] / winner[column]:.2f}× the winner's {unit}")
+        verdicts[backend] = "loses — " + "; ".join(parts) if parts else "no objective"
+    return verdicts
