@@ -63,7 +63,7 @@ def test_unknown_field_lists_allowed_fields(tmp_path: Path) -> None:
 def test_every_problem_reported_at_once(tmp_path: Path) -> None:
     lines = problems(
         tmp_path,
-        "  a:\n    - prune: {sparsity: 1.5}\n  b:\n    - quantize: {weights: 3}\n",
+        "  a:\n    - prune: {sparsity: 1.5}\n  b:\n    - quantize: {weights: 9}\n",
     )
     assert len(lines) == 2
     assert ":8: recipes.a[0].prune.sparsity" in lines[0] and "1.5" in lines[0]

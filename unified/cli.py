@@ -212,16 +212,9 @@ def regress(scenario_file: Path, baseline_file: Path | None, tolerances: tuple[s
 @click.argument("schedule_file", type=click.Path(path_type=Path))
 def import_distiller(schedule_file: Path) -> None:
     """Print a Distiller schedule YAML as a unified recipe (and what cannot be carried out)."""
-    import yaml
+    from unified.distiller import load_distiller_schedule, render_import
 
-    from unified.distiller import load_distiller_schedule, to_yaml_recipe
-
-    result = load_distiller_schedule(schedule_file)
-    click.echo(yaml.safe_dump(to_yaml_recipe(result), sort_keys=False).rstrip())
-    for note in result.notes:
-        click.echo(f"# approximated: {note}")
-    for item in result.unsupported:
-        click.echo(f"# unsupported: {item}")
+    click.echo(render_import(load_distiller_schedule(schedule_file)).rstrip())
 
 
 def wide_console() -> Any:

@@ -84,8 +84,17 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
                           settings=harness_settings(scenario))
     plan = result.plan
     notes = [*plan.notes, *ctx.notes, *result.artifacts.notes]
+    status = plan.status
+    imported = scenario.imported.get(job.recipe)
+    if imported is not None:
+        notes += [f"Distiller schedule: {n}" for n in imported.notes]
+        notes += [f"Distiller part not carried out: {u}" for u in imported.unsupported]
+        notes += [f"Distiller LR scheduler not applied (the shared budget keeps a constant "
+                  f"learning rate): {lr}" for lr in imported.lr_schedulers]
+        if imported.unsupported and status == "ok":
+            status = "approximated"
     return new_record(
-        scenario.name, scenario.model.source, job.recipe, job.backend, plan.status,
+        scenario.name, scenario.model.source, job.recipe, job.backend, status,
         notes=list(dict.fromkeys(notes)),
         compress_seconds=round(result.compress_seconds, 3),
         versions=adapter.capabilities.versions(),

@@ -6,6 +6,7 @@ Errors name ``file:line: field: what is wrong`` on one line each.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, get_args
@@ -155,6 +156,16 @@ class RegressSpec(_Strict):
     )
 
 
+class ImportedSchedule(_Strict):
+    """What the loader took from a Distiller schedule (``distiller: FILE`` in a recipe)."""
+
+    source: str
+    notes: tuple[str, ...] = ()  # approximated parts, and how
+    unsupported: tuple[str, ...] = ()  # parts no backend carries out: "name (Class): reason"
+    thinning: tuple[str, ...] = ()  # "filters" / "channels": real removal was requested
+    lr_schedulers: tuple[str, ...] = ()
+
+
 class Scenario(_Strict):
     version: int = Field(SCENARIO_VERSION, description="scenario format version")
     name: str = Field(..., pattern=r"^[\w.-]+$")
@@ -167,6 +178,10 @@ class Scenario(_Strict):
     recipes: dict[str, Recipe] = Field(..., min_length=1)
     select: SelectSpec = SelectSpec()
     regress: RegressSpec = RegressSpec()
+    imported: dict[str, ImportedSchedule] = Field(
+        default_factory=dict,
+        description="filled by the loader from recipes given as Distiller schedules",
+    )
 
     @field_validator("version")
     @classmethod
@@ -298,7 +313,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return None
 
 
-def _message(error: dict[str, Any], loc: tuple[Any, ...]) -> str:
+def _message(error: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
     msg = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
@@ -355,6 +370,7 @@ def load_scenario(path: str | Path) -> Scenario:
     data, lines = read_yaml(path)
     if not isinstance(data, dict):
         raise SpecError([f"{path}:1: a scenario is a mapping (name, model, recipes, ...)"])
+    data = _expand_distiller_recipes(data, path, lines)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
@@ -377,3 +393,78 @@ def _resolve_paths(scenario: Scenario, path: Path, lines: dict[tuple[Any, ...], 
         line = lines.get(("model", "weights"))
         raise SpecError([f"{path}:{line}: model.weights: file not found: {model.weights}"])
     return scenario.model_copy(update={"model": model, "data": data})
+
+
+# --- recipes given as Distiller schedules ---------------------------------------------------
+
+
+def _distiller_ref(entry: Any) -> str | None:
+    if isinstance(entry, dict) and set(entry) == {"distiller"}:
+        return str(entry["distiller"])
+    return None
+
+
+def _expand_distiller_recipes(data: dict[str, Any], path: Path,
+                              lines: dict[tuple[Any, ...], int]) -> dict[str, Any]:
+    """Replace ``{distiller: FILE}`` (a whole recipe, or one entry of a recipe list) by the
+    translated unified steps; record what was approximated or cannot be carried out."""
+    recipes = data.get("recipes")
+    if not isinstance(recipes, dict):
+        return data
+    expanded: dict[str, Any] = {}
+    imported: dict[str, Any] = {}
+    param_names: list[str] | None = None
+    for name, value in recipes.items():
+        entries = [value] if _distiller_ref(value) else value
+        if not isinstance(entries, list) or not any(_distiller_ref(e) for e in entries):
+            expanded[name] = value
+            continue
+        steps: list[Any] = []
+        for index, entry in enumerate(entries):
+            ref = _distiller_ref(entry)
+            if ref is None:
+                steps.append(entry)
+                continue
+            if param_names is None:
+                param_names = _model_parameter_names(data, path, lines)
+            schedule, info = _import_schedule(path, ref, param_names,
+                                              lines.get(("recipes", name, index))
+                                              or lines.get(("recipes", name)))
+            steps.extend(schedule)
+            imported[name] = info
+        expanded[name] = steps
+    if not imported:
+        return data
+    return {**data, "recipes": expanded, "imported": imported}
+
+
+def _import_schedule(path: Path, ref: str, param_names: list[str],
+                     line: int | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from unified.distiller import bind_to_model, load_distiller_schedule, to_yaml_recipe
+
+    file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+    if not file.is_file():
+        raise SpecError([f"{path}:{line}: distiller: schedule file not found: {file}"])
+    schedule = bind_to_model(load_distiller_schedule(file), param_names)
+    info = {
+        "source": str(file),
+        "notes": schedule.notes,
+        "unsupported": schedule.unsupported,
+        "thinning": schedule.thinning,
+        "lr_schedulers": [f"{lr.name}: {lr.torch_class or lr.class_name}" for lr in
+                          schedule.lr_schedulers],
+    }
+    return to_yaml_recipe(schedule), info
+
+
+def _model_parameter_names(data: dict[str, Any], path: Path,
+                           lines: dict[tuple[Any, ...], int]) -> list[str]:
+    """Parameter names of the scenario's model, to match Distiller weight names against."""
+    try:
+        model = ModelSpec.model_validate(data.get("model"))
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, str(path), lines)) from None
+    from unified.torchkit.models import build_model
+
+    net = build_model(model.source, model.num_classes, model.input_shape)
+    return [name for name, _ in net.named_parameters()]

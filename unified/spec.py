@@ -132,6 +132,11 @@ class Schedule(_Strict):
                 f"end_epoch ({self.end_epoch}) must be greater than start_epoch "
                 f"({self.start_epoch})"
             )
+        from unified.schedules import schedule_problems  # schedules imports this module
+
+        problems = schedule_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -172,10 +177,12 @@ class PruneStep(_Strict):
 class QuantizeStep(_Strict):
     kind: ClassVar[str] = "quantize"
     method: QuantMethod = QuantMethod.static
-    weights: Literal[16, 8, 4, 2, 1] = 8
-    activations: Literal[16, 8, 4, 2] | None = 8
+    weights: Literal[16, 8, 7, 6, 5, 4, 3, 2, 1] = 8
+    activations: Literal[16, 8, 7, 6, 5, 4, 3, 2] | None = 8
     granularity: Granularity = Granularity.per_channel
-    symmetric: bool = True
+    symmetric: bool = Field(
+        True, description="symmetric weights; activations keep a calibrated zero point"
+    )
     dtype: QuantDType = QuantDType.int
     algorithm: QuantAlgorithm = QuantAlgorithm.plain
     epochs: int | None = Field(

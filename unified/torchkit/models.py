@@ -46,14 +46,19 @@ def _adapt_input_channels(model: nn.Module, channels: int) -> None:
     for parent in model.modules():
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
-                setattr(
-                    parent,
-                    child_name,
-                    nn.Conv2d(
-                        channels, child.out_channels, child.kernel_size, child.stride,
-                        child.padding, child.dilation, child.groups, child.bias is not None,
-                    ),
+                replacement = nn.Conv2d(
+                    channels, child.out_channels, kernel_size=1, groups=child.groups,
+                    bias=child.bias is not None,
                 )
+                # same geometry as the original (tuples straight from the module)
+                replacement.kernel_size = child.kernel_size
+                replacement.stride = child.stride
+                replacement.padding = child.padding
+                replacement.dilation = child.dilation
+                replacement.weight = nn.Parameter(torch.empty(
+                    child.out_channels, channels // child.groups, *child.kernel_size))
+                nn.init.kaiming_normal_(replacement.weight, mode="fan_out")
+                setattr(parent, child_name, replacement)
                 return
 
 

@@ -26,14 +26,14 @@ def make_optimizer(
     params: Iterator[nn.Parameter] | list[nn.Parameter],
     budget: Budget,
     lr: float,
-    optimizer_class: type[torch.optim.Optimizer] | None = None,
+    optimizer_class: OptimizerFactory | None = None,
 ) -> torch.optim.Optimizer:
     """The budget's optimizer. ``optimizer_class`` lets NNI pass its ``nni.trace``d class."""
     if budget.optimizer is Optimizer.adam:
-        cls = optimizer_class or torch.optim.Adam
+        cls: OptimizerFactory = optimizer_class or torch.optim.Adam
         return cls(params, lr=lr, weight_decay=budget.weight_decay)
-    cls = optimizer_class or torch.optim.SGD
-    return cls(params, lr=lr, momentum=budget.momentum, weight_decay=budget.weight_decay)
+    sgd: OptimizerFactory = optimizer_class or torch.optim.SGD
+    return sgd(params, lr=lr, momentum=budget.momentum, weight_decay=budget.weight_decay)
 
 
 def cross_entropy(logits: torch.Tensor, _x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

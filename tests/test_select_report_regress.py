@@ -1,0 +1,131 @@
+"""select / report / baseline / regress on a real (tiny) run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+import yaml
+
+from tiny import TINY_SCENARIO
+from unified.regress import compare, make_baseline
+from unified.report import RunFolder, markdown_summary
+from unified.scenario import SelectSpec
+from unified.select import pareto_front, recommend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory,
+             cache_dir: Path) -> tuple[Path, Path]:
+    """A finished run of a small scenario file: (scenario file, run folder)."""
+    folder = tmp_path_factory.mktemp("tiny-run")
+    scenario = {**TINY_SCENARIO, "backends": ["onnxruntime", "pytorch"],
+                "recipes": {"fp32": [], "int8": [{"quantize": {"method": "static"}}],
+                            "pruned": [{"prune": {"sparsity": 0.5}}]},
+                "select": {"max_accuracy_drop": 0.05, "minimize": ["size", "latency"]}}
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    run = squeezelab("run", str(path), "--out", str(folder / "run"), "--cache-dir",
+                     str(cache_dir))
+    assert run.returncode == 0, run.stderr
+    return path, folder / "run"
+
+
+def squeezelab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "unified.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_select_names_winners_front_and_every_backend(tiny_run: tuple[Path, Path]) -> None:
+    run = RunFolder(tiny_run[1])
+    rec = recommend(run.records, run.scenario.select)
+    assert set(rec.winners) == {"size", "latency"}
+    assert rec.winners["size"]["recipe"] == "int8"  # int8 is the smallest ONNX
+    assert "pruned @ onnxruntime" in rec.excluded  # unsupported rows are excluded
+    assert set(rec.backend_verdicts) == {"onnxruntime", "pytorch"}
+    for row in rec.pareto:  # nobody on the front is dominated
+        assert not any(
+            o["accuracy"] >= row["accuracy"] and o["onnx_bytes"] <= row["onnx_bytes"]
+            and o["latency_ms_p50"] <= row["latency_ms_p50"] and o is not row
+            and (o["accuracy"], o["onnx_bytes"], o["latency_ms_p50"])
+            != (row["accuracy"], row["onnx_bytes"], row["latency_ms_p50"])
+            for o in rec.feasible)
+    result = squeezelab("select", str(tiny_run[1]))
+    assert result.returncode == 0 and "best size:" in result.stdout
+    assert "pytorch:" in result.stdout and "onnxruntime:" in result.stdout
+
+
+def test_constraints_exclude_with_reason() -> None:
+    rows = [
+        {"recipe": "a", "backend": "x", "status": "ok", "accuracy": 0.9, "accuracy_drop": 0.05,
+         "agreement": 0.9, "onnx_bytes": 10, "latency_ms_p50": 1.0},
+        {"recipe": "b", "backend": "y", "status": "ok", "accuracy": 0.95, "accuracy_drop": 0.0,
+         "agreement": 1.0, "onnx_bytes": 40, "latency_ms_p50": 2.0},
+        {"recipe": "c", "backend": "y", "status": "ok", "accuracy": 0.94, "accuracy_drop": 0.01,
+         "agreement": 1.0, "onnx_bytes": 50, "latency_ms_p50": 3.0},
+    ]
+    rec = recommend(rows, SelectSpec(max_accuracy_drop=0.01, minimize=("size",)))
+    assert rec.winners["size"]["recipe"] == "b"
+    assert "accuracy drop 0.05 violates the limit 0.01" in rec.excluded["a @ x"]
+    assert rec.backend_verdicts["x"].startswith("excluded")
+    assert [r["recipe"] for r in pareto_front(rows)] == ["a", "b"]  # c is dominated by b
+
+
+def test_report_is_self_contained_html(tiny_run: tuple[Path, Path]) -> None:
+    result = squeezelab("report", str(tiny_run[1]))
+    assert result.returncode == 0, result.stderr
+    page = (tiny_run[1] / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2
+    assert "http://" not in page and "https://" not in page  # opens without network
+    for text in ("Capability matrix", "Shared budget", "Toolkit versions", "int8", "Pareto"):
+        assert text in page
+    summary = (tiny_run[1] / "summary.md").read_text()
+    assert "| int8 | onnxruntime | ok |" in summary
+    assert markdown_summary(RunFolder(tiny_run[1])) == summary
+
+
+def test_regress_same_code_passes_better_baseline_fails(tiny_run: tuple[Path, Path],
+                                                        tmp_path: Path,
+                                                        cache_dir: Path) -> None:
+    scenario_file, run_dir = tiny_run
+    baseline = tmp_path / "baseline.json"
+    assert squeezelab("baseline", str(run_dir), "-o", str(baseline)).returncode == 0
+    same = squeezelab("regress", str(scenario_file), "--baseline", str(baseline),
+                      "--cache-dir", str(cache_dir), "--out", str(tmp_path / "r1"),
+                      "--junit", str(tmp_path / "j1.xml"))
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "0 regression(s)" in same.stdout
+
+    data = json.loads(baseline.read_text())
+    data["jobs"]["int8@onnxruntime"]["accuracy"] += 0.05  # the baseline was better
+    data["jobs"]["ghost@pytorch"] = dict(data["jobs"]["fp32@pytorch"])
+    baseline.write_text(json.dumps(data))
+    worse = squeezelab("regress", str(scenario_file), "--baseline", str(baseline),
+                       "--cache-dir", str(cache_dir), "--out", str(tmp_path / "r2"),
+                       "--junit", str(tmp_path / "j2.xml"))
+    assert worse.returncode == 1
+    assert "REGRESSION: int8@onnxruntime: accuracy:" in worse.stdout
+    assert "REGRESSION: ghost@pytorch: job: vanished" in worse.stdout
+    suite = ET.parse(tmp_path / "j2.xml").getroot()
+    failed = {c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None}
+    assert failed == {"int8@onnxruntime", "ghost@pytorch"}
+
+
+def test_compare_tolerances() -> None:
+    base = make_baseline([{"recipe": "r", "backend": "b", "status": "ok", "accuracy": 0.9,
+                           "size_ratio": 4.0, "latency_ms_p50": 1.0}], "s")
+    now = [{"recipe": "r", "backend": "b", "status": "ok", "accuracy": 0.895,
+            "size_ratio": 3.9, "latency_ms_p50": 1.2}]
+    assert not [f for f in compare(now, base, {"accuracy": 0.01, "size_ratio": 0.05,
+                                               "latency": 0.3}) if f.regression]
+    found = compare(now, base, {"accuracy": 0.001, "latency": 0.1})
+    assert {f.metric for f in found if f.regression} == {"accuracy", "latency"}
+    broken = [{**now[0], "status": "failed", "reason": "boom"}]
+    (finding,) = compare(broken, base, {})
+    assert finding.regression and finding.metric == "status"
