@@ -240,6 +240,12 @@ class Adapter(ABC):
         artifacts = self._compress(ctx, plan)
         seconds = time.perf_counter() - start
         self._check_onnx(artifacts.onnx_path)
+        # the same lossless clean-up as the fp32 reference got, so sizes compare fairly
+        from unified.onnx_compact import compact_verified
+
+        kept = compact_verified(artifacts.onnx_path, ctx.data.test_x[:8])
+        if kept:
+            artifacts.notes.append(kept)
         return CompressResult(artifacts, plan, seconds)
 
     @abstractmethod

@@ -105,7 +105,7 @@ def run(scenario_file: Path, out: Path | None, cache_dir: Path | None, jobs: int
     from unified.table import results_table
 
     console = wide_console()
-    console.print(results_table(records, title=f"{scenario.name}: {scenario.model.source}"))
+    console.print(results_table(records, title=f"{scenario.name}"))
     console.print(f"run folder: {out}  (results.jsonl, results.csv)")
 
 
@@ -236,9 +236,9 @@ def _run_with_progress(scenario: Any, options: Any) -> list[dict[str, Any]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from unified.runner import Progress as Callbacks
-    from unified.runner import Runner, expand_jobs
+    from unified.runner import Runner, count_jobs
 
-    total = len(expand_jobs(scenario, options))
+    total = count_jobs(scenario, options)
     running: list[str] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), transient=False) as bar:

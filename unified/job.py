@@ -27,10 +27,12 @@ from unified.splits import DataSplits
 class Job:
     recipe: str
     backend: str
+    model: str = ""  # the model's label when a scenario compares several models
 
     @property
     def label(self) -> str:
-        return f"{self.recipe} @ {self.backend}"
+        prefix = f"{self.model}: " if self.model else ""
+        return f"{prefix}{self.recipe} @ {self.backend}"
 
 
 def harness_settings(scenario: Scenario) -> HarnessSettings:
@@ -94,7 +96,7 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
         if imported.unsupported and status == "ok":
             status = "approximated"
     return new_record(
-        scenario.name, scenario.model.source, job.recipe, job.backend, status,
+        scenario.name, scenario.model.label, job.recipe, job.backend, status,
         notes=list(dict.fromkeys(notes)),
         compress_seconds=round(result.compress_seconds, 3),
         versions=adapter.capabilities.versions(),

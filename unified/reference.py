@@ -62,6 +62,7 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
 
     from unified.data import load_splits
     from unified.harness import HarnessSettings, make_session, measure, run_model
+    from unified.onnx_compact import compact_verified
     from unified.torchkit.export import export_onnx
     from unified.torchkit.models import build_model, count_parameters, load_state_dict
     from unified.torchkit.training import predict, set_seed, train
@@ -83,6 +84,9 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
     model.eval()
     torch.save(model.state_dict(), ref.weights)
     export_onnx(model, ref.onnx, spec.input_shape)
+    kept = compact_verified(ref.onnx, data.test_x[:8])
+    if kept:
+        log.warning("reference: %s", kept)
 
     settings = HarnessSettings(
         threads=scenario.evaluate.latency.threads,

@@ -23,8 +23,13 @@ TOLERANCES = {
 GOOD_STATUSES = ("ok", "approximated")
 
 
-def job_name(record: dict[str, Any]) -> str:
-    return f"{record['recipe']}@{record['backend']}"
+def job_name(record: dict[str, Any], with_model: bool = False) -> str:
+    name = f"{record['recipe']}@{record['backend']}"
+    return f"{record['model']}/{name}" if with_model else name
+
+
+def several_models(records: list[dict[str, Any]]) -> bool:
+    return len({r.get("model") for r in records}) > 1
 
 
 def make_baseline(records: list[dict[str, Any]], scenario: str) -> dict[str, Any]:
@@ -32,7 +37,7 @@ def make_baseline(records: list[dict[str, Any]], scenario: str) -> dict[str, Any
         "format": 1,
         "scenario": scenario,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "jobs": {job_name(r): {k: r.get(k) for k in BASELINE_FIELDS} | {
+        "jobs": {job_name(r, several_models(records)): {k: r.get(k) for k in BASELINE_FIELDS} | {
             "versions": r.get("versions")} for r in records},
     }
 
@@ -65,7 +70,7 @@ def compare(records: list[dict[str, Any]], baseline: dict[str, Any],
         raise SqueezelabError(f"unknown tolerance metric(s) {sorted(unknown)}; allowed: "
                               f"{', '.join(TOLERANCES)}")
     findings: list[Finding] = []
-    current = {job_name(r): r for r in records}
+    current = {job_name(r, several_models(records)): r for r in records}
     base_jobs: dict[str, dict[str, Any]] = baseline["jobs"]
     for name in base_jobs.keys() - current.keys():
         findings.append(Finding(name, "job", "vanished: in the baseline, not in this run", True))
@@ -115,7 +120,7 @@ def write_junit(path: Path, records: list[dict[str, Any]], findings: list[Findin
     by_job: dict[str, list[Finding]] = {}
     for f in findings:
         by_job.setdefault(f.job, []).append(f)
-    names = sorted({job_name(r) for r in records} | set(by_job))
+    names = sorted({job_name(r, several_models(records)) for r in records} | set(by_job))
     failures = sum(1 for n in names if any(f.regression for f in by_job.get(n, [])))
     root = ET.Element("testsuite", name=suite, tests=str(len(names)),
                       failures=str(failures), errors="0")

@@ -11,7 +11,7 @@ from typing import Any
 
 from unified.results import read_records
 from unified.scenario import Scenario
-from unified.select import Recommendation, recommend, row_name
+from unified.select import Recommendation, recommend
 from unified.table import COLUMNS, _cell
 
 STYLE = """
@@ -86,11 +86,13 @@ def _table(headers: list[str], rows: list[list[str]], row_classes: list[str] | N
 
 
 def results_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    headers = ["recipe", "backend", "status", *[h for _, h, _ in COLUMNS], "reason / notes"]
+    headers = ["model", "recipe", "backend", "status", *[h for _, h, _ in COLUMNS],
+               "reason / notes"]
     rows = []
     for r in records:
         notes = r.get("reason") or "; ".join(r.get("notes") or [])
-        rows.append([html.escape(r["recipe"]), html.escape(r["backend"]),
+        rows.append([html.escape(str(r["model"])), html.escape(r["recipe"]),
+                     html.escape(r["backend"]),
                      f'<span class="{r["status"]}">{r["status"]}</span>',
                      *[_cell(r.get(name), fmt) for name, _, fmt in COLUMNS],
                      html.escape(notes)])
@@ -101,9 +103,9 @@ def html_report(run: RunFolder, extra_sections: list[tuple[str, str]] | None = N
     from unified.capability_matrix import matrix
 
     rec = recommend(run.records, run.scenario.select)
-    pareto_names = {row_name(r) for r in rec.pareto}
+    pareto_names = {rec.name(r) for r in rec.pareto}
     headers, rows = results_rows(run.records)
-    classes = ["pareto" if row_name(r) in pareto_names else "" for r in run.records]
+    classes = ["pareto" if rec.name(r) in pareto_names else "" for r in run.records]
     sc = run.scenario
     budget = {
         "reference weights": f"{sc.model.source}, weights: {sc.model.weights}",
@@ -135,7 +137,7 @@ def html_report(run: RunFolder, extra_sections: list[tuple[str, str]] | None = N
         "<h2>Recommendation</h2><ul>"
         + "".join(f"<li>{html.escape(line)}</li>" for line in rec.lines()) + "</ul>",
         "<h2>Results</h2><p>bold recipe = on the Pareto front (accuracy, size, latency)</p>",
-        _table(headers, rows, classes),
+        _table(headers, rows, classes, left=4),
         "<h2>Accuracy vs size and latency</h2>",
         f'<img alt="accuracy vs size" src="data:image/png;base64,'
         f'{_plot(run.records, rec.pareto, "onnx_bytes", "ONNX bytes (log)", run.reference)}">',

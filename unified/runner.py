@@ -59,11 +59,20 @@ class Progress:
     on_done: Callable[[Job, dict[str, Any]], None] = lambda _job, _rec: None
 
 
-def expand_jobs(scenario: Scenario, options: RunOptions) -> list[Job]:
-    """models × recipes × backends, in scenario order, filtered by the options."""
+def expand_jobs(scenario: Scenario, options: RunOptions, multi_model: bool = False) -> list[Job]:
+    """recipes × backends of one (single-model) scenario, filtered by the options."""
     backends = [b for b in scenario.backends if not options.backends or b in options.backends]
     recipes = [r for r in scenario.recipes if not options.recipes or r in options.recipes]
-    return [Job(recipe, backend) for recipe in recipes for backend in backends]
+    model = scenario.model.label if multi_model else ""
+    return [Job(recipe, backend, model) for recipe in recipes for backend in backends]
+
+
+def count_jobs(scenario: Scenario, options: RunOptions) -> int:
+    return sum(len(expand_jobs(view, options)) for view in scenario.views())
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
 def worker_env(torch_threads: int, lock_path: Path) -> dict[str, str]:
@@ -96,83 +105,88 @@ class Runner:
     # -- public ---------------------------------------------------------------------------
 
     def run(self) -> list[dict[str, Any]]:
-        jobs = expand_jobs(self.scenario, self.options)
-        plans = {job: self._plan(job) for job in jobs}  # before anything runs
+        """Run every model × recipe × backend; return the records in scenario order."""
+        views = self.scenario.views()
+        multi = len(views) > 1
+        planned = [(view, job, self._plan(view, job))
+                   for view in views for job in expand_jobs(view, self.options, multi)]
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "scenario.json", self.scenario.model_dump(mode="json"))
         done = {r.get("job_key"): r for r in read_records(self.results_path)
                 if r.get("status") not in PENDING_STATUSES}
 
-        self.progress.on_stage("reference model")
-        ref = prepare_reference(self.scenario, self.options.cache_dir)
-        shutil.copy(ref.summary, self.out / "reference.json")
-        ref_key = reference_key(self.scenario)
-
-        runnable: list[tuple[Job, str]] = []
-        for job in jobs:
-            plan = plans[job]
-            key = job_key(self.scenario, job, ref_key,
-                          get_adapter(job.backend).capabilities.versions())
-            if key in done:  # resume: already in this run folder
-                self._keep(job, done[key])
-                continue
-            if isinstance(plan, dict):  # unavailable toolkit or unsupported recipe
-                plan["job_key"] = key
-                self._finish(job, plan)
-                continue
-            cached = self._from_cache(job, key)
-            if cached is not None:
-                self._finish(job, cached)
-                continue
-            runnable.append((job, key))
+        runnable: list[tuple[Scenario, Job, str, ReferenceArtifacts]] = []
+        for view in views:
+            self.progress.on_stage(f"reference model {view.model.label}")
+            ref = prepare_reference(view, self.options.cache_dir)
+            name = f"reference-{_safe(view.model.label)}.json" if multi else "reference.json"
+            shutil.copy(ref.summary, self.out / name)
+            ref_key = reference_key(view)
+            for _, job, plan in (p for p in planned if p[0] is view):
+                key = job_key(view, job, ref_key,
+                              get_adapter(job.backend).capabilities.versions())
+                if key in done:  # resume: already in this run folder
+                    self._keep(job, done[key])
+                elif isinstance(plan, dict):  # unavailable toolkit or unsupported recipe
+                    plan["job_key"] = key
+                    self._finish(job, plan)
+                elif (cached := self._from_cache(view, job, key)) is not None:
+                    self._finish(job, cached)
+                else:
+                    runnable.append((view, job, key, ref))
 
         self.progress.on_stage("jobs")
         workers = max(1, self.options.jobs)
+        threads = max(1, (os.cpu_count() or 1) // workers)
         if workers == 1:
-            for job, key in runnable:
-                self._run_job(job, key, ref, torch_threads=os.cpu_count() or 1)
+            for view, job, key, ref in runnable:
+                self._run_job(view, job, key, ref, threads)
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
             with ThreadPoolExecutor(workers) as pool:
-                for future in [pool.submit(self._run_job, job, key, ref, threads)
-                               for job, key in runnable]:
+                for future in [pool.submit(self._run_job, view, job, key, ref, threads)
+                               for view, job, key, ref in runnable]:
                     future.result()
-        order = {(j.recipe, j.backend): i for i, j in enumerate(jobs)}
-        self.records.sort(key=lambda r: order.get((r["recipe"], r["backend"]), 1 << 30))
+        order = {(j.model or v.model.label, j.recipe, j.backend): i
+                 for i, (v, j, _) in enumerate(planned)}
+        self.records.sort(
+            key=lambda r: order.get((r["model"], r["recipe"], r["backend"]), 1 << 30))
         write_csv(self.out / "results.csv", self.records)
         return self.records
 
     # -- steps ----------------------------------------------------------------------------
 
-    def _plan(self, job: Job) -> Plan | dict[str, Any]:
+    def _plan(self, view: Scenario, job: Job) -> Plan | dict[str, Any]:
         """The adapter's plan, or a finished record when the job cannot run at all."""
         adapter = get_adapter(job.backend)
         caps = adapter.capabilities
-        plan = adapter.plan(self.scenario.recipes[job.recipe])
+        plan = adapter.plan(view.recipes[job.recipe])
         if plan.status == "unsupported":
-            return self._record(job, "unsupported", reason=plan.reason, notes=plan.notes,
+            return self._record(view, job, "unsupported", reason=plan.reason, notes=plan.notes,
                                 versions=caps.versions(),
                                 plan=[str(s.verdict) for s in plan.steps])
         missing = caps.missing()
         if missing:
             return self._record(
-                job, "unsupported",
+                view, job, "unsupported",
                 reason=f"backend unavailable: {', '.join(missing)} not installed; "
                        f"{caps.install_hint}",
                 versions=caps.versions())
         return plan
 
-    def _record(self, job: Job, status: str, **fields: Any) -> dict[str, Any]:
-        return new_record(self.scenario.name, self.scenario.model.source, job.recipe,
-                          job.backend, status, **fields)
+    def _record(self, view: Scenario, job: Job, status: str, **fields: Any) -> dict[str, Any]:
+        return new_record(view.name, view.model.label, job.recipe, job.backend, status,
+                          **fields)
 
     def _job_dir(self, job: Job) -> Path:
-        return self.out / "jobs" / f"{job.recipe}@{job.backend}"
+        folder = self.out / "jobs"
+        if job.model:
+            folder = folder / _safe(job.model)
+        return folder / f"{job.recipe}@{job.backend}"
 
     def _cache_dir(self, key: str) -> Path:
         return self.options.cache_dir / "jobs" / key
 
-    def _from_cache(self, job: Job, key: str) -> dict[str, Any] | None:
+    def _from_cache(self, view: Scenario, job: Job, key: str) -> dict[str, Any] | None:
         if not self.options.use_cache:
             return None
         folder = self._cache_dir(key)
@@ -183,7 +197,8 @@ class Runner:
         target = self._job_dir(job) / "artifacts"
         if (folder / "artifacts").is_dir() and not target.exists():
             shutil.copytree(folder / "artifacts", target)
-        record.update(scenario=self.scenario.name, recipe=job.recipe, cached=True)
+        record.update(scenario=view.name, model=view.model.label, recipe=job.recipe,
+                      cached=True)
         return record
 
     def _store_in_cache(self, key: str, job_dir: Path, record: dict[str, Any]) -> None:
@@ -202,27 +217,28 @@ class Runner:
         except OSError:  # a concurrent run stored it first
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _run_job(self, job: Job, key: str, ref: ReferenceArtifacts, torch_threads: int) -> None:
+    def _run_job(self, view: Scenario, job: Job, key: str, ref: ReferenceArtifacts,
+                 torch_threads: int) -> None:
         self.progress.on_start(job)
         job_dir = self._job_dir(job)
         if job_dir.exists():
             shutil.rmtree(job_dir)
         job_dir.mkdir(parents=True)
         write_json(job_dir / "job.json", {
-            "scenario": self.scenario.model_dump(mode="json"),
+            "scenario": view.model_dump(mode="json"),
             "recipe": job.recipe,
             "backend": job.backend,
             "reference": str(ref.folder),
             "torch_threads": torch_threads,
         })
-        timeout = self.options.timeout or self.scenario.evaluate.timeout
-        record = self._spawn(job, job_dir, timeout, torch_threads)
+        timeout = self.options.timeout or view.evaluate.timeout
+        record = self._spawn(view, job, job_dir, timeout, torch_threads)
         record["job_key"] = key
         if record["status"] not in PENDING_STATUSES:
             self._store_in_cache(key, job_dir, record)
         self._finish(job, record)
 
-    def _spawn(self, job: Job, job_dir: Path, timeout: float,
+    def _spawn(self, view: Scenario, job: Job, job_dir: Path, timeout: float,
                torch_threads: int) -> dict[str, Any]:
         """Run the worker; turn every way it can end into a record."""
         env = worker_env(torch_threads, self.options.cache_dir / "latency.lock")
@@ -239,7 +255,7 @@ class Runner:
             except subprocess.TimeoutExpired:
                 _kill_group(proc)
                 return self._record(
-                    job, "timeout",
+                    view, job, "timeout",
                     reason=f"no result after {timeout:g} s; worker killed "
                            f"(log: {job_dir / 'worker.log'})",
                     compress_seconds=round(time.monotonic() - start, 3))
@@ -254,7 +270,7 @@ class Runner:
             reason = f"worker killed by signal {signal.Signals(-code).name}"
         else:
             reason = f"worker exited with code {code} without a result"
-        return self._record(job, "failed", reason=f"{reason} (log: {job_dir / 'worker.log'})",
+        return self._record(view, job, "failed", reason=f"{reason} (log: {job_dir / 'worker.log'})",
                             compress_seconds=round(time.monotonic() - start, 3),
                             versions=get_adapter(job.backend).capabilities.versions())
 

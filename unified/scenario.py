@@ -35,38 +35,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelSpec(_Strict):
-    source: str = Field(
-        ..., description="builtin:<name> | torchvision:<name> | python:<module>:<factory>"
-    )
-    weights: str = Field(
-        "train", description="train | random | path to a state_dict (.pt, .pth, .safetensors)"
-    )
-    input_shape: tuple[int, int, int] = Field(..., description="C, H, W")
-    num_classes: int = Field(10, ge=2)
-
-    @field_validator("source")
-    @classmethod
-    def _source_form(cls, value: str) -> str:
-        if not MODEL_SOURCE.match(value):
-            raise ValueError(
-                f"model source must be builtin:<name>, torchvision:<name> or "
-                f"python:<module>:<factory>. Got {value!r} instead"
-            )
-        return value
-
-    @field_validator("input_shape")
-    @classmethod
-    def _positive(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
-        if min(value) < 1:
-            raise ValueError(f"input_shape entries must be positive. Got {list(value)} instead")
-        return value
-
-    @property
-    def weights_path(self) -> Path | None:
-        return None if self.weights in ("train", "random") else Path(self.weights)
-
-
 class DataSpec(_Strict):
     source: str = Field("mnist", description="mnist | digits | synthetic | imagefolder:<dir>")
     train: int = Field(4000, ge=1)
@@ -95,6 +63,44 @@ class DataSpec(_Strict):
     @property
     def labelled(self) -> bool:
         return self.source != "synthetic"
+
+
+class ModelSpec(_Strict):
+    source: str = Field(
+        ..., description="builtin:<name> | torchvision:<name> | python:<module>:<factory>"
+    )
+    weights: str = Field(
+        "train", description="train | random | path to a state_dict (.pt, .pth, .safetensors)"
+    )
+    input_shape: tuple[int, int, int] = Field(..., description="C, H, W")
+    num_classes: int = Field(10, ge=2)
+    name: str | None = Field(None, description="label in the results (default: the source)")
+    data: DataSpec | None = Field(None, description="this model's own data (default: data)")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.source
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, value: str) -> str:
+        if not MODEL_SOURCE.match(value):
+            raise ValueError(
+                f"model source must be builtin:<name>, torchvision:<name> or "
+                f"python:<module>:<factory>. Got {value!r} instead"
+            )
+        return value
+
+    @field_validator("input_shape")
+    @classmethod
+    def _positive(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(value) < 1:
+            raise ValueError(f"input_shape entries must be positive. Got {list(value)} instead")
+        return value
+
+    @property
+    def weights_path(self) -> Path | None:
+        return None if self.weights in ("train", "random") else Path(self.weights)
 
 
 class Optimizer(StrEnum):
@@ -170,7 +176,11 @@ class Scenario(_Strict):
     version: int = Field(SCENARIO_VERSION, description="scenario format version")
     name: str = Field(..., pattern=r"^[\w.-]+$")
     seed: int = 0
-    model: ModelSpec
+    model: ModelSpec = Field(..., description="the model (or give models: instead)")
+    models: dict[str, ModelSpec] = Field(
+        default_factory=dict,
+        description="several named models, each run with every recipe on every backend",
+    )
     data: DataSpec = DataSpec()
     budget: Budget = Budget()
     evaluate: EvaluateSpec = EvaluateSpec()
@@ -182,6 +192,30 @@ class Scenario(_Strict):
         default_factory=dict,
         description="filled by the loader from recipes given as Distiller schedules",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_or_models(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("models") and "model" not in data:
+            models = data["models"]
+            if isinstance(models, dict):
+                return {**data, "model": next(iter(models.values()))}
+        if isinstance(data, dict) and data.get("models") and "model" in data:
+            raise ValueError("give either model or models, not both")
+        return data
+
+    def views(self) -> list[Scenario]:
+        """One single-model scenario per model (itself when there is one model)."""
+        if not self.models:
+            return [self]
+        return [
+            self.model_copy(update={
+                "model": spec.model_copy(update={"name": spec.name or key}),
+                "models": {},
+                "data": spec.data or self.data,
+            })
+            for key, spec in self.models.items()
+        ]
 
     @field_validator("version")
     @classmethod
@@ -219,27 +253,33 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _labels_for_training(self) -> Scenario:
+        for view in self.views():
+            view.check_labels()
+        return self
+
+    def check_labels(self) -> None:
+        """Training (reference or recipe steps) needs labelled data."""
         if self.data.labelled:
-            return self
+            return
+        who = f"model {self.model.label!r}: " if self.model.name else ""
         if self.model.weights == "train":
             raise ValueError(
-                "weights: train needs labelled data; data source 'synthetic' has no labels "
-                "(use weights: random or a labelled source)"
+                f"{who}weights: train needs labelled data; data source 'synthetic' has no "
+                "labels (use weights: random or a labelled source)"
             )
         for name, recipe in self.recipes.items():
             for step in recipe.steps:
                 if step.kind in TRAINING_STEPS or getattr(step, "method", None) == "qat":
                     raise ValueError(
-                        f"recipe {name!r}: step {step.kind!r} trains and needs labelled data; "
-                        "data source 'synthetic' has no labels"
+                        f"{who}recipe {name!r}: step {step.kind!r} trains and needs labelled "
+                        "data; data source 'synthetic' has no labels"
                     )
-        return self
 
     def reference_key(self, weights_digest: str | None) -> str:
         """Cache key of the reference model: everything its weights depend on."""
         return stable_hash(
             {
-                "model": self.model.model_dump(mode="json"),
+                "model": self.model.model_dump(mode="json", exclude={"name", "data"}),
                 "weights_digest": weights_digest,
                 "data": self.data.model_dump(mode="json"),
                 "seed": self.seed,
@@ -381,18 +421,31 @@ def load_scenario(path: str | Path) -> Scenario:
 def _resolve_paths(scenario: Scenario, path: Path, lines: dict[tuple[Any, ...], int]) -> Scenario:
     """Paths inside a scenario are relative to the scenario file."""
     base = path.parent
-    model, data = scenario.model, scenario.data
-    weights = model.weights_path
-    if weights is not None and not weights.is_absolute():
-        model = model.model_copy(update={"weights": str((base / weights).resolve())})
-    if data.source.startswith("imagefolder:"):
-        folder = Path(data.source.partition(":")[2])
-        if not folder.is_absolute():
-            data = data.model_copy(update={"source": f"imagefolder:{(base / folder).resolve()}"})
-    if weights is not None and not Path(model.weights).is_file():
-        line = lines.get(("model", "weights"))
-        raise SpecError([f"{path}:{line}: model.weights: file not found: {model.weights}"])
-    return scenario.model_copy(update={"model": model, "data": data})
+
+    def data_paths(data: DataSpec) -> DataSpec:
+        if data.source.startswith("imagefolder:"):
+            folder = Path(data.source.partition(":")[2])
+            if not folder.is_absolute():
+                return data.model_copy(
+                    update={"source": f"imagefolder:{(base / folder).resolve()}"})
+        return data
+
+    def model_paths(model: ModelSpec, where: tuple[str, ...]) -> ModelSpec:
+        weights = model.weights_path
+        if weights is not None and not weights.is_absolute():
+            model = model.model_copy(update={"weights": str((base / weights).resolve())})
+        if weights is not None and not Path(model.weights).is_file():
+            line = lines.get((*where, "weights"))
+            field = ".".join(where)
+            raise SpecError([f"{path}:{line}: {field}.weights: file not found: {model.weights}"])
+        if model.data is not None:
+            model = model.model_copy(update={"data": data_paths(model.data)})
+        return model
+
+    models = {k: model_paths(m, ("models", k)) for k, m in scenario.models.items()}
+    model = next(iter(models.values())) if models else model_paths(scenario.model, ("model",))
+    return scenario.model_copy(
+        update={"model": model, "models": models, "data": data_paths(scenario.data)})
 
 
 # --- recipes given as Distiller schedules ---------------------------------------------------
@@ -460,8 +513,11 @@ def _import_schedule(path: Path, ref: str, param_names: list[str],
 def _model_parameter_names(data: dict[str, Any], path: Path,
                            lines: dict[tuple[Any, ...], int]) -> list[str]:
     """Parameter names of the scenario's model, to match Distiller weight names against."""
+    spec = data.get("model")
+    if spec is None and isinstance(data.get("models"), dict) and data["models"]:
+        spec = next(iter(data["models"].values()))
     try:
-        model = ModelSpec.model_validate(data.get("model"))
+        model = ModelSpec.model_validate(spec)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, str(path), lines)) from None
     from unified.torchkit.models import build_model

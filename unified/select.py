@@ -3,7 +3,7 @@ line for every other backend on why it lost or was excluded."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +19,9 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
 }
 
 
-def row_name(record: dict[str, Any]) -> str:
-    return f"{record['recipe']} @ {record['backend']}"
+def row_name(record: dict[str, Any], with_model: bool = False) -> str:
+    name = f"{record['recipe']} @ {record['backend']}"
+    return f"{record['model']}: {name}" if with_model else name
 
 
 def exclusion(record: dict[str, Any], spec: SelectSpec) -> str | None:
@@ -69,18 +70,19 @@ class Recommendation:
     pareto: list[dict[str, Any]]
     feasible: list[dict[str, Any]]
     excluded: dict[str, str]  # row name → reason
+    name: Callable[[dict[str, Any]], str] = row_name  # how rows are named
     backend_verdicts: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = []
         for objective, row in self.winners.items():
             column, unit = OBJECTIVES[objective]
-            out.append(f"best {objective}: {row_name(row)} ({row[column]:.4g} {unit}, "
+            out.append(f"best {objective}: {self.name(row)} ({row[column]:.4g} {unit}, "
                        f"accuracy drop {_fmt(row.get('accuracy_drop'))})")
         if not self.winners:
             out.append("no row meets the constraints")
         out.append("Pareto front (accuracy, size, latency): "
-                   + (", ".join(row_name(r) for r in self.pareto) or "empty"))
+                   + (", ".join(self.name(r) for r in self.pareto) or "empty"))
         out.extend(f"{backend}: {verdict}" for backend, verdict in self.backend_verdicts.items())
         return out
 
@@ -90,8 +92,13 @@ def _fmt(value: float | None) -> str:
 
 
 def recommend(records: Sequence[dict[str, Any]], spec: SelectSpec) -> Recommendation:
-    excluded = {row_name(r): why for r in records if (why := exclusion(r, spec)) is not None}
-    feasible = [r for r in records if row_name(r) not in excluded]
+    with_model = len({r.get("model") for r in records}) > 1
+
+    def name(r: dict[str, Any]) -> str:
+        return row_name(r, with_model)
+
+    excluded = {name(r): why for r in records if (why := exclusion(r, spec)) is not None}
+    feasible = [r for r in records if name(r) not in excluded]
     winners: dict[str, dict[str, Any]] = {}
     for objective in spec.minimize:
         column, _ = OBJECTIVES[objective]
@@ -99,13 +106,13 @@ def recommend(records: Sequence[dict[str, Any]], spec: SelectSpec) -> Recommenda
         if candidates:
             winners[objective] = min(
                 candidates, key=lambda r: (r[column], -(r.get("accuracy") or 0.0)))
-    rec = Recommendation(winners, pareto_front(records), feasible, excluded)
-    rec.backend_verdicts = _backend_verdicts(records, rec, spec)
+    rec = Recommendation(winners, pareto_front(records), feasible, excluded, name)
+    rec.backend_verdicts = _backend_verdicts(records, rec)
     return rec
 
 
-def _backend_verdicts(records: Sequence[dict[str, Any]], rec: Recommendation,
-                      spec: SelectSpec) -> dict[str, str]:
+def _backend_verdicts(records: Sequence[dict[str, Any]],
+                      rec: Recommendation) -> dict[str, str]:
     """One line per backend: why it won, lost, or was excluded."""
     verdicts: dict[str, str] = {}
     backends = list(dict.fromkeys(r["backend"] for r in records))
@@ -116,7 +123,7 @@ def _backend_verdicts(records: Sequence[dict[str, Any]], rec: Recommendation,
             continue
         mine = [r for r in rec.feasible if r["backend"] == backend]
         if not mine:
-            reasons = [rec.excluded[row_name(r)] for r in records if r["backend"] == backend]
+            reasons = [rec.excluded[rec.name(r)] for r in records if r["backend"] == backend]
             verdicts[backend] = "excluded: every row fails a constraint (" + "; ".join(
                 dict.fromkeys(reasons)) + ")"
             continue
@@ -128,7 +135,7 @@ def _backend_verdicts(records: Sequence[dict[str, Any]], rec: Recommendation,
             if best is None:
                 parts.append(f"{objective} not measured")
             elif winner[column]:
-                parts.append(f"{objective}: best {row_name(best)} is "
+                parts.append(f"{objective}: best {rec.name(best)} is "
                              f"{best[column] / winner[column]:.2f}× the winner's {unit}")
         verdicts[backend] = "loses — " + "; ".join(parts) if parts else "no objective"
     return verdicts

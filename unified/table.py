@@ -41,7 +41,11 @@ def _cell(value: Any, fmt: str) -> str:
 
 
 def results_table(records: Iterable[dict[str, Any]], title: str | None = None) -> Table:
+    records = list(records)
+    with_model = len({r.get("model") for r in records}) > 1
     table = Table(title=title, header_style="bold")
+    if with_model:
+        table.add_column("model")
     table.add_column("recipe")
     table.add_column("backend")
     table.add_column("status")
@@ -56,6 +60,7 @@ def results_table(records: Iterable[dict[str, Any]], title: str | None = None) -
         if len(text) > 120:  # the full text is in results.jsonl and the HTML report
             text = text[:119] + "…"
         table.add_row(
+            *([record["model"]] if with_model else []),
             record["recipe"],
             record["backend"],
             f"[{style}]{status}[/]{cached}",

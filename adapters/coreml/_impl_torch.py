@@ -1,0 +1,244 @@
+"""The training-time route: coremltools.optimize.torch on the (BN-folded) torch model.
+
+MagnitudePruner (AGP → PolynomialDecayScheduler), DKMPalettizer (cluster + finetune) and
+LinearQuantizer (qat) train with the shared torchkit loop and the budget; a finetune step
+right after extends that training. The compressed torch model is then either handed to the
+post-training stage (conversion + read-back) or, for LinearQuantizer, exported as the
+prepared fake-quant model (TorchScript exporter, QDQ ONNX).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from adapters.base import Artifacts
+from adapters.coreml import TORCH, TRAIN
+from adapters.coreml._impl import (
+    convert,
+    layers_in_order,
+    targeted,
+    weight_file,
+)
+from unified.context import JobContext
+from unified.spec import ClusterStep, FinetuneStep, PruneStep, QuantizeStep, Schedule, Step
+from unified.torchkit.export import export_onnx
+from unified.torchkit.training import train
+
+
+@dataclass
+class TorchResult:
+    model: nn.Module
+    onnx_path: Path | None = None  # set when the torch model itself is the ONNX (qat)
+    native_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def artifacts(self, ctx: JobContext) -> Artifacts:
+        assert self.onnx_path is not None
+        return Artifacts(onnx_path=self.onnx_path, native_path=self.native_path,
+                         notes=self.notes, details=self.details)
+
+
+def _excluded(model: nn.Module, step: Step, input_shape: tuple[int, ...]) -> dict[str, None]:
+    """module_name_configs entries (None = leave alone) for layers the targets leave out."""
+    targets = getattr(step, "targets", None)
+    out: dict[str, None] = {}
+    for name, module in layers_in_order(model, input_shape):
+        if targets is not None and not targeted(name, module, targets):
+            out[name] = None
+    return out
+
+
+def _finetune_epochs(ctx: JobContext, steps: list[Step], index: int) -> int:
+    """Epochs of the finetune step right after ``index`` (0 if none)."""
+    if index + 1 < len(steps) and isinstance(steps[index + 1], FinetuneStep):
+        epochs = steps[index + 1].epochs  # type: ignore[union-attr]
+        return epochs if epochs is not None else ctx.budget.finetune_epochs
+    return 0
+
+
+def agp_update_steps(schedule: Schedule) -> list[int]:
+    """Distiller's pruning epochs (start, start+freq, ... start+span) as MagnitudePruner
+    step counts: the pruner's step() is called at each epoch start and counts from 1."""
+    span = ((schedule.end_epoch - schedule.start_epoch - 1) // schedule.frequency) \
+        * schedule.frequency
+    epochs = range(schedule.start_epoch, schedule.start_epoch + span + 1, schedule.frequency)
+    return [e + 1 for e in epochs]
+
+
+def _sparsity(layers: list[tuple[str, nn.Module]]) -> float:
+    zeros = total = 0
+    with torch.no_grad():
+        for _, module in layers:
+            w = module.weight
+            zeros += int((w == 0).sum())
+            total += w.numel()
+    return zeros / total if total else 0.0
+
+
+def prune(ctx: JobContext, model: nn.Module, step: PruneStep, extra_epochs: int) -> TorchResult:
+    from coremltools.optimize.torch.pruning import (
+        MagnitudePruner,
+        MagnitudePrunerConfig,
+        ModuleMagnitudePrunerConfig,
+    )
+    from coremltools.optimize.torch.pruning.pruning_scheduler import (
+        ConstantSparsityScheduler,
+        PolynomialDecayScheduler,
+    )
+
+    schedule = step.schedule
+    if schedule is not None and schedule.curve != "constant":
+        power = 3 if schedule.curve == "agp" else 1
+        scheduler: Any = PolynomialDecayScheduler(update_steps=agp_update_steps(schedule),
+                                                  power=power)
+        initial = float(schedule.initial_sparsity)
+        epochs = schedule.end_epoch + extra_epochs
+        how = (f"PolynomialDecayScheduler(power={power}) at epochs "
+               f"{[s - 1 for s in agp_update_steps(schedule)]}")
+    else:
+        begin = schedule.start_epoch if schedule is not None else 0
+        scheduler = ConstantSparsityScheduler(begin_step=begin + 1)
+        initial = 0.0
+        epochs = (schedule.end_epoch if schedule is not None else 0) + extra_epochs
+        how = f"ConstantSparsityScheduler from epoch {begin}"
+    kwargs: dict[str, Any] = {}
+    if step.structure == "n:m":
+        assert step.n is not None and step.m is not None
+        kwargs = {"n_m_ratio": (step.m - step.n, step.m)}
+    else:
+        kwargs = {"target_sparsity": float(step.sparsity)}
+    module_config = ModuleMagnitudePrunerConfig(
+        scheduler=scheduler, initial_sparsity=initial, **kwargs)
+    config = MagnitudePrunerConfig(
+        global_config=module_config,
+        module_name_configs=_excluded(model, step, ctx.input_shape),  # type: ignore[arg-type]
+    )
+    pruner = MagnitudePruner(model, config)
+    model = pruner.prepare(inplace=True)
+    layers = [(n, m) for n, m in layers_in_order(model, ctx.input_shape)
+              if targeted(n, m, step.targets)]
+
+    def on_epoch_start(_epoch: int) -> None:
+        pruner.step()
+
+    def on_epoch_end(epoch: int) -> None:
+        ctx.epoch_log.append({"epoch": epoch, "sparsity": round(_sparsity(layers), 4)})
+
+    if epochs == 0:  # prune without training: apply the final sparsity once
+        pruner.step()
+    else:
+        train(model, ctx.data.train_x, ctx.data.train_y, ctx.budget, epochs=epochs,
+              lr=ctx.budget.effective_finetune_lr, seed=ctx.seed,
+              on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end)
+    pruner.finalize(inplace=True)
+    ctx.note(f"optimize.torch MagnitudePruner ({how}), {epochs} training epochs; each layer "
+             "pruned to the target (local)")
+    return TorchResult(model.eval())
+
+
+def palettize(ctx: JobContext, model: nn.Module, step: ClusterStep, epochs: int) -> TorchResult:
+    from coremltools.optimize.torch.palettization import (
+        DKMPalettizer,
+        DKMPalettizerConfig,
+        ModuleDKMPalettizerConfig,
+    )
+
+    bits = int(np.log2(step.n_clusters))
+    gran: dict[str, Any] = {}
+    if step.granularity != "per_tensor":
+        size = 1 if step.granularity == "per_channel" else (step.group_size or 32)
+        gran = {"granularity": "per_grouped_channel", "group_size": size}
+    module_config = ModuleDKMPalettizerConfig(n_bits=bits, weight_threshold=0, milestone=0,
+                                              **gran)
+    config = DKMPalettizerConfig(
+        global_config=module_config,
+        module_name_configs=_excluded(model, step, ctx.input_shape),  # type: ignore[arg-type]
+    )
+    palettizer = DKMPalettizer(model, config)
+    model = palettizer.prepare(inplace=True)
+    train(model, ctx.data.train_x, ctx.data.train_y, ctx.budget, epochs=epochs,
+          lr=ctx.budget.effective_finetune_lr, seed=ctx.seed, on_step=palettizer.step)
+    model = palettizer.finalize(inplace=True)
+    ctx.note(f"optimize.torch DKMPalettizer {bits}-bit ({2 ** bits} clusters), "
+             f"{epochs} training epochs")
+    return TorchResult(model.eval())
+
+
+def quantize_qat(ctx: JobContext, model: nn.Module, step: QuantizeStep,
+                 epochs: int) -> TorchResult:
+    from coremltools.optimize.torch.quantization import (
+        LinearQuantizer,
+        LinearQuantizerConfig,
+        ModuleLinearQuantizerConfig,
+    )
+
+    module_config = ModuleLinearQuantizerConfig(
+        weight_dtype="qint8" if step.weights == 8 else "qint4",
+        weight_per_channel=step.granularity == "per_channel",
+        activation_dtype=torch.quint8 if step.activations == 8 else torch.float32,
+        quantization_scheme="symmetric" if step.symmetric else "affine",
+        milestones=None,
+    )
+    config = LinearQuantizerConfig(
+        global_config=module_config,
+        module_name_configs=_excluded(model, step, ctx.input_shape),  # type: ignore[arg-type]
+    )
+    quantizer = LinearQuantizer(model, config)
+    example = (torch.zeros(1, *ctx.input_shape),)
+    prepared = quantizer.prepare(example_inputs=example, inplace=False)
+    train(prepared, ctx.data.train_x, ctx.data.train_y, ctx.budget, epochs=epochs,
+          lr=ctx.budget.effective_finetune_lr, seed=ctx.seed, on_step=quantizer.step)
+    prepared.eval()
+    # frozen ranges: an enabled observer would update its min/max (aten::copy) while tracing
+    prepared.apply(torch.ao.quantization.disable_observer)
+    onnx_path = ctx.workdir / "model.onnx"
+    # The prepared fake-quant model exports (dynamo=False) to QDQ that onnxruntime fuses.
+    export_onnx(prepared, onnx_path, ctx.input_shape)
+    ctx.note(f"optimize.torch LinearQuantizer int{step.weights} weights"
+             + (", uint8 activations" if step.activations == 8 else ", float activations")
+             + f", {epochs} QAT epochs; ONNX = the prepared fake-quant model")
+    result = TorchResult(prepared, onnx_path=onnx_path)
+    try:
+        import copy
+
+        final = quantizer.finalize(copy.deepcopy(prepared), inplace=True)
+        package = ctx.workdir / "model.mlpackage"
+        convert(final, ctx.input_shape, fp16=False).save(str(package))
+        result.native_path = weight_file(package)
+        result.notes.append("native_bytes is the weight file of the mlpackage converted from "
+                            "the finalized LinearQuantizer model")
+    except Exception as exc:  # the ONNX stands; say why there is no mlpackage
+        result.notes.append(f"no mlpackage: ct.convert of the finalized LinearQuantizer model "
+                            f"failed ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+    return result
+
+
+def run(ctx: JobContext, model: nn.Module, steps: list[Step], routes: list[str]) -> TorchResult:
+    """Run the training-time step (and plain finetunes) of the recipe on ``model``."""
+    result = TorchResult(model)
+    for i, (step, route) in enumerate(zip(steps, routes, strict=True)):
+        if route == TORCH:
+            extra = _finetune_epochs(ctx, steps, i)
+            if isinstance(step, PruneStep):
+                result = prune(ctx, result.model, step, extra)
+            elif isinstance(step, ClusterStep):
+                result = palettize(ctx, result.model, step, extra)
+            elif isinstance(step, QuantizeStep):
+                epochs = step.epochs if step.epochs is not None else ctx.budget.finetune_epochs
+                result = quantize_qat(ctx, result.model, step, epochs + extra)
+        elif route == TRAIN and (i == 0 or routes[i - 1] != TORCH):
+            # a finetune with no compression before it: ordinary training
+            assert isinstance(step, FinetuneStep)
+            epochs = step.epochs if step.epochs is not None else ctx.budget.finetune_epochs
+            model = result.model
+            train(model, ctx.data.train_x, ctx.data.train_y, ctx.budget, epochs=epochs,
+                  lr=ctx.budget.effective_finetune_lr, seed=ctx.seed)
+            result = TorchResult(model.eval())
+    return result
