@@ -6,6 +6,7 @@ traceback). The parent turns a missing record, a signal or a timeout into a row.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,8 +17,16 @@ from unified.job import Job, execute, failure_text, format_traceback, write_json
 from unified.scenario import Scenario
 
 
+def preload_triton() -> None:
+    """Load triton (via torch._dynamo) before any toolkit can load TensorFlow: TF's
+    libraries loaded first make triton segfault (NNI and coremltools import TF)."""
+    if importlib.util.find_spec("triton") is not None:
+        import torch._dynamo  # noqa: F401
+
+
 def main(folder: Path) -> int:
     try:
+        preload_triton()
         spec = json.loads((folder / "job.json").read_text())
         scenario = Scenario.model_validate(spec["scenario"])
         job = Job(spec["recipe"], spec["backend"])

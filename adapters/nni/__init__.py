@@ -1,0 +1,242 @@
+"""Microsoft NNI 3.0 backend: pruners (+ ModelSpeedup), quantizers, distillers.
+
+Capabilities are plain data; NNI and torch are imported only inside ``_compress``
+(``adapters/nni/_impl*.py``). What each option really maps to:
+
+- prune: l1 / l2 / fpgm / taylor → L1Norm / L2Norm / FPGM / Taylor pruner on output channels
+  (structure channel, then ``ModelSpeedup`` removes them for real); unstructured → LevelPruner
+  (element-wise magnitude; l1 and l2 of one element are the same ranking); scope global →
+  one ``global_group_id`` for every target; a schedule → AGPPruner / LinearPruner wrapping
+  the basic pruner.
+- quantize: static → PtqQuantizer (calibration forward passes only), qat → QATQuantizer,
+  algorithm lsq → LsqQuantizer (DoReFa is broken in NNI 3.0: unsupported); the QDQ ONNX
+  is built from NNI's own scales (int8 symmetric weights in [-127, 127], uint8 affine
+  activations).
+- binarize: bnn → BNNQuantizer (DoReFa 1-bit is broken in NNI 3.0: unsupported).
+- distill: DynamicLayerwiseDistiller on the logits; finetune: the shared torch loop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from adapters.base import (
+    NATIVE,
+    Adapter,
+    Artifacts,
+    Capabilities,
+    Plan,
+    StepCapability,
+    Verdict,
+    approximated,
+    unsupported,
+)
+from unified.spec import (
+    BinarizeStep,
+    PruneStep,
+    PruneStructure,
+    QuantizeStep,
+    QuantMethod,
+    Step,
+)
+
+if TYPE_CHECKING:
+    from unified.context import JobContext
+
+_CHANNEL_NOTE = (
+    "NNI ModelSpeedup removes the pruned channels (the model really shrinks); layers tied by a "
+    "depthwise conv or a residual add keep the union of their masks, so fewer channels than "
+    "asked may go"
+)
+
+CAPABILITIES = Capabilities(
+    backend="nni",
+    toolkit="NNI 3.0",
+    input_framework="pytorch",
+    packages=("nni", "torch"),
+    modules=("nni", "torch"),
+    install_hint="pip install 'squeezelab[nni]'",
+    artifact=".pt",  # state_dict of the compressed model (of the shrunk model after speedup)
+    parity_atol=5e-2,  # QDQ rounding of activations vs NNI's fake-quant forward
+    steps={
+        "prune": StepCapability(
+            options={
+                "structure": {
+                    "unstructured": NATIVE,
+                    "channel": NATIVE,
+                    "n:m": unsupported("NNI 3.0 pruners have no n:m sparsity pattern"),
+                    "block": unsupported(
+                        "NNI 3.0 block granularity is not wired in this adapter; "
+                        "use unstructured or channel"
+                    ),
+                },
+                "criterion": {
+                    "l1": NATIVE,
+                    "l2": NATIVE,
+                    "level": NATIVE,
+                    "fpgm": NATIVE,
+                    "taylor": NATIVE,
+                    "random": unsupported("NNI 3.0 has no random pruner"),
+                },
+                "scope": {"local": NATIVE, "global": NATIVE},
+            },
+        ),
+        "quantize": StepCapability(
+            options={
+                "method": {
+                    "static": NATIVE,
+                    "qat": NATIVE,
+                    "dynamic": unsupported(
+                        "NNI 3.0 has no dynamic (run-time activation range) quantizer"
+                    ),
+                },
+                "weights": {
+                    8: NATIVE,
+                    16: unsupported("NNI 3.0 has no float16 quantization"),
+                    4: unsupported(
+                        "NNI can simulate int4 but the QDQ ONNX this adapter builds is int8 "
+                        "(onnxruntime has no CPU int4 conv kernels)"
+                    ),
+                    2: unsupported("NNI can simulate int2 but the QDQ ONNX export is int8 only"),
+                    1: unsupported("1-bit weights are the binarize step"),
+                },
+                "activations": {
+                    8: NATIVE,
+                    None: NATIVE,
+                    16: unsupported("the QDQ ONNX export quantizes activations to 8 bits only"),
+                    4: unsupported("the QDQ ONNX export quantizes activations to 8 bits only"),
+                    2: unsupported("the QDQ ONNX export quantizes activations to 8 bits only"),
+                },
+                "granularity": {
+                    "per_tensor": NATIVE,
+                    "per_channel": NATIVE,
+                    "per_block": unsupported("NNI 3.0 quantizers have no per-block granularity"),
+                },
+                "symmetric": {
+                    True: NATIVE,
+                    False: approximated(
+                        "weights stay symmetric int8 (zero point 0, the form onnxruntime's "
+                        "per-channel int8 kernels take); activations are affine uint8 either way"
+                    ),
+                },
+                "dtype": {
+                    "int": NATIVE,
+                    "float16": unsupported("NNI 3.0 has no float16 quantization"),
+                },
+                "algorithm": {
+                    "plain": NATIVE,
+                    "lsq": NATIVE,
+                    "dorefa": unsupported(
+                        "NNI 3.0's DoReFaQuantizer is unusable here: its calibration config "
+                        "leaves the activation scale NaN, and weights-only it zeroed every "
+                        "weight (measured on convnet-tiny: sparsity 1.0, accuracy 0.07)"
+                    ),
+                    "pact": unsupported(
+                        "NNI 3.0 has no PACT quantizer (it ships QAT, PTQ, LSQ, LSQ+, DoReFa, BNN)"
+                    ),
+                },
+            },
+        ),
+        "binarize": StepCapability(
+            options={
+                "style": {
+                    "bnn": NATIVE,
+                    "dorefa": unsupported(
+                        "NNI 3.0's DoReFaQuantizer leaves 1-bit weights as a TODO; with uint1 "
+                        "it collapses whole layers to one value (measured on convnet-tiny: 3 of "
+                        "8 layers single-valued, accuracy 0.11)"
+                    ),
+                    "xnor": unsupported(
+                        "NNI 3.0 has no XNOR-Net (per-channel scaled sign) quantizer"
+                    ),
+                },
+                "activations": {
+                    False: NATIVE,
+                    True: unsupported(
+                        "binary activations are simulated by NNI but the ONNX export keeps float "
+                        "activations; only 1-bit weights are exported"
+                    ),
+                },
+            },
+        ),
+        "cluster": StepCapability(
+            verdict=unsupported("NNI 3.0 has no weight clustering / weight sharing")
+        ),
+        "distill": StepCapability(),
+        "finetune": StepCapability(),
+    },
+)
+
+
+def _check_steps(steps: list[Step]) -> list[tuple[int, Verdict]]:
+    """Cross-step rules (see NniAdapter.check_recipe)."""
+    out: list[tuple[int, Verdict]] = []
+    seen_prune: PruneStep | None = None
+    for i, step in enumerate(steps):
+        if step.kind == "distill" and i > 0:
+            out.append((i, unsupported(
+                "distill trains a freshly built student: it must be the first step "
+                "(the steps before it would be discarded)")))
+        if step.kind in ("quantize", "binarize") and i < len(steps) - 1:
+            out.append((i, unsupported(
+                f"{step.kind} must be the last step with NNI: the QDQ/binary ONNX export "
+                "ends the pipeline (NNI's fake-quant model cannot be fine-tuned further here)")))
+        if step.kind == "prune":
+            if seen_prune is not None:
+                out.append((i, unsupported("one prune step per recipe with NNI")))
+            seen_prune = step
+            if step.structure is PruneStructure.unstructured and step.criterion.value == "fpgm":
+                out.append((i, unsupported(
+                    "FPGM ranks whole filters by their geometric median: use structure channel")))
+            if step.structure is PruneStructure.unstructured and step.criterion.value == "taylor":
+                out.append((i, unsupported(
+                    "NNI's TaylorPruner ranks output channels: use structure channel")))
+            if step.structure is PruneStructure.channel and step.criterion.value == "level":
+                out.append((i, unsupported(
+                    "LevelPruner is element-wise: use structure unstructured or another "
+                    "criterion")))
+            if step.structure is PruneStructure.unstructured and \
+                    step.criterion.value in ("l1", "l2"):
+                out.append((i, approximated(
+                    "element-wise L1 and L2 rank weights the same way as magnitude: NNI "
+                    "LevelPruner")))
+            if step.schedule is not None:
+                from unified.schedules import schedule_problems
+
+                problems = schedule_problems(step.schedule)
+                if problems:
+                    out.append((i, unsupported("; ".join(problems))))
+                elif step.schedule.curve.value == "constant":
+                    out.append((i, unsupported(
+                        "NNI 3.0 scheduled pruners are AGP and linear; a constant curve is "
+                        "a one-shot prune (drop the schedule)")))
+            if step.structure is PruneStructure.channel:
+                out.append((i, Verdict(NATIVE.support, _CHANNEL_NOTE)))
+        if isinstance(step, QuantizeStep) and seen_prune is not None and \
+                seen_prune.structure is PruneStructure.unstructured and \
+                step.method is QuantMethod.qat:
+            out.append((i, unsupported(
+                "QAT after unstructured pruning would regrow the pruned weights (NNI's "
+                "pruner/quantizer fusion is not wired here); use method static")))
+        if isinstance(step, BinarizeStep) and seen_prune is not None and \
+                seen_prune.structure is PruneStructure.unstructured:
+            out.append((i, unsupported(
+                "binarizing after unstructured pruning turns the pruned zeros into +1")))
+    return out
+
+
+class NniAdapter(Adapter):
+    capabilities = CAPABILITIES
+
+    def check_recipe(self, steps: list[Step]) -> list[tuple[int, Verdict]]:
+        """Ordering rules (distill first, quantize/binarize last, one prune step, no training
+        quantizer over unstructured masks) and NNI quantizer limits."""
+        return _check_steps(steps)
+
+    def _compress(self, ctx: JobContext, plan: Plan) -> Artifacts:
+        from adapters.nni import _impl
+
+        return _impl.run(ctx)
+
+
+ADAPTER = NniAdapter()
