@@ -9,6 +9,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +41,25 @@ def harness_settings(scenario: Scenario) -> HarnessSettings:
     return HarnessSettings(threads=latency.threads, warmup=latency.warmup, runs=latency.runs)
 
 
+@cache
+def code_digest(backend: str) -> str:
+    """Hash of the code a job's result depends on: the core and this backend's adapter."""
+    import adapters
+    import unified
+
+    roots = [Path(unified.__file__).parent, Path(adapters.__file__).parent / backend]
+    files = [Path(adapters.__file__).parent / "base.py"]
+    files += sorted(f for root in roots for f in root.rglob("*.py"))
+    return stable_hash([f.read_bytes().hex() for f in files if f.is_file()])
+
+
 def job_key(scenario: Scenario, job: Job, reference_key: str, versions: dict[str, Any]) -> str:
     """Cache key: model + weights + data (the reference key), recipe, backend, budget,
-    harness settings and toolkit versions."""
+    harness settings, toolkit versions and the code that runs the job."""
     import unified
 
     return stable_hash({
+        "code": code_digest(job.backend),
         "reference": reference_key,
         "recipe": scenario.recipes[job.recipe].canonical(),
         "backend": job.backend,
