@@ -29,7 +29,7 @@ def micro_student(num_classes: int, input_shape: tuple[int, int, int]) -> Any:
     block."""
     from unified.torchkit.nets import ConvNet
 
-    return ConvNet(num_classes, input_shape[0], width=8, residual=False)
+    return ConvNet(num_classes, input_shape, width=8, residual=False)
 
 
 def onnx_graph(tmp_path: Path) -> onnx.GraphProto:

@@ -37,12 +37,16 @@ class ConvNet(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int = 10, in_channels: int = 1, width: int = 32, residual: bool = True
+        self,
+        num_classes: int = 10,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        width: int = 32,
+        residual: bool = True,
     ) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            conv_bn_relu(in_channels, w),  # stem
+            conv_bn_relu(input_shape[0], w),  # stem
             conv_bn_relu(w, w, groups=w),  # depthwise 3x3
             conv_bn_relu(w, 2 * w, kernel=1),  # pointwise 1x1
             nn.MaxPool2d(2),
@@ -50,8 +54,10 @@ class ConvNet(nn.Module):
             nn.MaxPool2d(2),
             conv_bn_relu(2 * w, 4 * w),
         )
-        self.pool = nn.AdaptiveMaxPool2d(3)
-        self.fc = nn.Linear(4 * w * 9, 4 * w)
+        self.pool = nn.MaxPool2d(2)  # 28×28 inputs: 7×7 → 3×3
+        with torch.no_grad():
+            flat = self.pool(self.features(torch.zeros(1, *input_shape))).numel()
+        self.fc = nn.Linear(flat, 4 * w)
         self.fc_relu = nn.ReLU()
         self.classifier = nn.Linear(4 * w, num_classes)
 
@@ -61,16 +67,16 @@ class ConvNet(nn.Module):
 
 
 def convnet(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
-    return ConvNet(num_classes, input_shape[0], width=32)
+    return ConvNet(num_classes, input_shape, width=32)
 
 
 def convnet_thin(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
-    return ConvNet(num_classes, input_shape[0], width=12, residual=False)
+    return ConvNet(num_classes, input_shape, width=12, residual=False)
 
 
 def convnet_tiny(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """For tests: the same layer kinds, a few thousand parameters."""
-    return ConvNet(num_classes, input_shape[0], width=8)
+    return ConvNet(num_classes, input_shape, width=8)
 
 
 BUILTIN: dict[str, Callable[[int, tuple[int, int, int]], nn.Module]] = {
