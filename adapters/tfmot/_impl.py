@@ -1,0 +1,627 @@
+"""TF-MOT on the torch reference: torch → tf_keras (nobuco) → TF-MOT → TFLite → ONNX (tf2onnx).
+
+Pruning, clustering and QAT run on the Keras model; post-training quantization (static int8,
+dynamic range, float16) is the TFLite converter's. The ONNX is converted from the TFLite file
+so the harness measures what TFLite ships (int8 kept as QDQ).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import io
+import math
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2: before TF is imported
+
+import numpy as np
+import torch
+
+from adapters.base import Artifacts
+from adapters.tfmot._impl_bridge import Bridged, BridgeError, keras, tf, torch_to_keras
+from unified.spec import (
+    ClusterInit,
+    ClusterStep,
+    FinetuneStep,
+    Granularity,
+    OpType,
+    PruneStep,
+    PruneStructure,
+    QuantDType,
+    QuantizeStep,
+    QuantMethod,
+    ScheduleCurve,
+    Step,
+    Targets,
+)
+
+# isort: split
+# after the bridge: it imports torch (and triton) before TensorFlow, else a segfault
+import tensorflow_model_optimization as tfmot
+from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+if TYPE_CHECKING:
+    from adapters.base import Plan
+    from unified.context import JobContext
+
+__all__ = ["BridgeError", "compress"]
+
+sparsity_api = tfmot.sparsity.keras
+cluster_api = tfmot.clustering.keras
+quant_api = tfmot.quantization.keras
+CentroidInit = cluster_api.CentroidInitialization
+
+BRIDGE_ATOL = 1e-3
+OP_TYPE_LAYERS = {OpType.conv: "Conv2D", OpType.depthwise: "DepthwiseConv2D",
+                  OpType.linear: "Dense"}
+CENTROID_INIT = {
+    ClusterInit.kmeans_pp: CentroidInit.KMEANS_PLUS_PLUS,
+    ClusterInit.linear: CentroidInit.LINEAR,
+    ClusterInit.density: CentroidInit.DENSITY_BASED,
+    ClusterInit.random: CentroidInit.RANDOM,
+}
+NEVER = 2**31 - 1  # a mask-update frequency that never comes round again
+
+
+# --- targets -------------------------------------------------------------------------------
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def select_layers(model: keras.Model, targets: Targets) -> list[keras.layers.Layer]:
+    """Layers of ``model`` a step's targets pick: op type, then include/exclude patterns on
+    the torch module name (the bridge names conv / dense layers after it)."""
+    kinds = {OP_TYPE_LAYERS[t] for t in targets.op_types}
+    out = []
+    for layer in model.layers:
+        if type(layer).__name__ not in kinds:
+            continue
+        if targets.include and not any(_matches(layer.name, p) for p in targets.include):
+            continue
+        if any(_matches(layer.name, p) for p in targets.exclude):
+            continue
+        out.append(layer)
+    return out
+
+
+def _rewrap(model: keras.Model, wrap: Callable[[keras.layers.Layer], keras.layers.Layer],
+            names: set[str]) -> keras.Model:
+    """Clone the functional graph, wrapping the named layers (others are reused as is,
+    keeping their weights, as TF-MOT's own examples do)."""
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return wrap(layer) if layer.name in names else layer
+
+    return keras.models.clone_model(model, clone_function=clone)
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+def _optimizer(ctx: JobContext, lr: float) -> Any:
+    """The budget's optimizer in Keras. Keras applies weight decay decoupled (w -= lr*wd*w)
+    where torch adds wd*w to the gradient; with SGD they differ only through momentum."""
+    budget = ctx.budget
+    if budget.optimizer.value == "adam":
+        return keras.optimizers.Adam(learning_rate=lr, weight_decay=budget.weight_decay or None)
+    return keras.optimizers.SGD(learning_rate=lr, momentum=budget.momentum,
+                                weight_decay=budget.weight_decay or None)
+
+
+def nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
+def train(model: keras.Model, ctx: JobContext, epochs: int, lr: float,
+          callbacks: list[Any] | None = None,
+          on_epoch_end: Callable[[int], None] | None = None) -> None:
+    """Fine-tune ``model`` in place with the shared budget: the same per-epoch sample order
+    as torchkit.training (``default_rng([seed, epoch])``), batch size and lr."""
+    if epochs <= 0:
+        return
+    if ctx.data.train_y is None:
+        raise ValueError("training needs labelled data")
+    keras.utils.set_random_seed(ctx.seed)
+    model.compile(optimizer=_optimizer(ctx, lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = nhwc(ctx.data.train_x), ctx.data.train_y.astype(np.int64)
+    for epoch in range(epochs):
+        order = np.random.default_rng([ctx.seed, epoch]).permutation(len(x))
+        model.fit(x[order], y[order], batch_size=ctx.budget.batch_size, epochs=1,
+                  shuffle=False, verbose=0, callbacks=list(callbacks or []))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+
+
+def steps_per_epoch(ctx: JobContext) -> int:
+    return math.ceil(len(ctx.data.train_x) / ctx.budget.batch_size)
+
+
+# --- state of the Keras model through the recipe -------------------------------------------
+
+
+@dataclass
+class State:
+    model: keras.Model
+    pruned: list[str] = field(default_factory=list)  # layer names with pruning masks
+    clustered: list[str] = field(default_factory=list)
+    prune_wrapped: bool = False
+    cluster_wrapped: bool = False
+    qat: bool = False
+    ptq: QuantizeStep | None = None
+    bn_folded: bool = False  # BN folded away: training needs a smaller lr (see cluster)
+
+    pruned_sparsity: float | None = None  # measured when the wrappers come off
+    clustered_distinct: int | None = None
+
+    def strip(self) -> None:
+        """Remove training wrappers (masks / centroids stay baked into the kernels) and
+        measure what they left, before a later QAT wrapper hides the kernels."""
+        if self.prune_wrapped:
+            self.model = sparsity_api.strip_pruning(self.model)
+            self.prune_wrapped = False
+            self.pruned_sparsity = round(kernel_sparsity(self.model, self.pruned), 6)
+        if self.cluster_wrapped:
+            self.model = cluster_api.strip_clustering(self.model)
+            self.cluster_wrapped = False
+            self.clustered_distinct = max(
+                int(np.unique(_kernel(ly)).size) for ly in self.model.layers
+                if ly.name in self.clustered)
+
+
+def train_lr(state: State, ctx: JobContext) -> float:
+    """The budget's fine-tune lr; a tenth of it once BatchNorm is folded away (measured: the
+    BN-free network diverges to chance accuracy in one epoch at the budget's lr)."""
+    lr = ctx.budget.effective_finetune_lr
+    if state.bn_folded:
+        ctx.note(f"fine-tuned at lr {lr / 10:g}, a tenth of the budget's {lr:g}: without "
+                 "BatchNorm (folded for clustering) the network diverges at the budget's lr")
+        return lr / 10
+    return lr
+
+
+def _kernel(layer: keras.layers.Layer) -> np.ndarray:
+    inner = getattr(layer, "layer", layer)
+    weight = getattr(inner, "depthwise_kernel", None)
+    if weight is None:
+        weight = inner.kernel
+    return np.asarray(weight.numpy())
+
+
+def kernel_sparsity(model: keras.Model, names: list[str]) -> float:
+    """Share of zeros over the kernels of the named layers (wrapped or not)."""
+    zeros = total = 0
+    for layer in model.layers:
+        inner_name = getattr(getattr(layer, "layer", None), "name", None)
+        if layer.name in names or inner_name in names:
+            k = _kernel(layer)
+            zeros += int((k == 0).sum())
+            total += k.size
+    return zeros / total if total else 0.0
+
+
+# --- prune ---------------------------------------------------------------------------------
+
+
+def _schedule(step: PruneStep, ctx: JobContext) -> tuple[Any, int, str]:
+    """TF-MOT pruning schedule, the epochs the prune step trains, and a description.
+
+    Distiller prunes at the *start* of epochs start, start+freq, ... up to start+span with
+    ``span = ((end - start - 1) // freq) * freq``. TF-MOT updates masks in the training step
+    that brings ``pruning_step`` to begin + k*frequency (steps count from 1), so begin_step
+    = start*spe + 1 puts each update on the first batch of its epoch and PolynomialDecay's
+    ``(step - begin) / (end - begin)`` equals Distiller's ``(epoch - start) / span``.
+    """
+    spe = steps_per_epoch(ctx)
+    sched = step.schedule
+    if sched is None:  # one-shot: masks computed once (below), kept while fine-tuning
+        return sparsity_api.ConstantSparsity(step.sparsity, begin_step=1, frequency=NEVER), 0, \
+            f"one-shot magnitude pruning to {step.sparsity:g}"
+    span = ((sched.end_epoch - sched.start_epoch - 1) // sched.frequency) * sched.frequency
+    begin = sched.start_epoch * spe + 1
+    if sched.curve is ScheduleCurve.constant or span == 0:
+        schedule = sparsity_api.ConstantSparsity(step.sparsity, begin_step=begin, frequency=NEVER)
+        desc = f"ConstantSparsity({step.sparsity:g}) from step {begin}"
+    else:
+        power = 3 if sched.curve is ScheduleCurve.agp else 1
+        end = (sched.start_epoch + span) * spe + 1
+        schedule = sparsity_api.PolynomialDecay(
+            initial_sparsity=sched.initial_sparsity, final_sparsity=step.sparsity,
+            begin_step=begin, end_step=end, power=power, frequency=sched.frequency * spe)
+        desc = (f"PolynomialDecay(power={power}, {sched.initial_sparsity:g}→{step.sparsity:g}, "
+                f"steps {begin}..{end}, every {sched.frequency * spe} steps; "
+                f"{spe} steps/epoch)")
+    return schedule, sched.end_epoch, desc
+
+
+def prune(state: State, step: PruneStep, ctx: JobContext, later_training: bool) -> None:
+    state.strip()
+    layers = select_layers(state.model, step.targets)
+    depthwise = [ly.name for ly in layers if type(ly).__name__ == "DepthwiseConv2D"]
+    if depthwise:
+        ctx.note(f"TF-MOT has no pruning for DepthwiseConv2D: kernels of {', '.join(depthwise)} "
+                 "left dense")
+    names = [ly.name for ly in layers if ly.name not in depthwise]
+    if not names:
+        raise ValueError("the prune step's targets select no Conv2D / Dense layer")
+    schedule, epochs, desc = _schedule(step, ctx)
+    kwargs: dict[str, Any] = {"pruning_schedule": schedule}
+    if step.structure is PruneStructure.n_m:
+        assert step.n is not None and step.m is not None
+        # TF-MOT's (m, n) means m zeros in every n consecutive input-channel values
+        kwargs["sparsity_m_by_n"] = (step.m - step.n, step.m)
+        desc = f"{step.n}:{step.m} structured pruning (sparsity_m_by_n={kwargs['sparsity_m_by_n']})"
+    block: dict[str, Any] = {}
+    if step.structure is PruneStructure.block:
+        assert step.block is not None
+        # TF-MOT's block sparsity accepts 2-D kernels only: Dense gets blocks
+        block = {"block_size": tuple(step.block)}
+        conv = [n for n in names if type(state.model.get_layer(n)).__name__ != "Dense"]
+        if conv:
+            ctx.note(f"block sparsity on Dense layers only; {', '.join(conv)} pruned "
+                     "unstructured (TF-MOT blocks need 2-D kernels)")
+
+    def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
+        extra = block if type(layer).__name__ == "Dense" else {}
+        return sparsity_api.prune_low_magnitude(layer, **kwargs, **extra)
+
+    state.model = _rewrap(state.model, wrap, set(names))
+    state.prune_wrapped = True
+    state.pruned = names
+    ctx.note(f"TF-MOT prune_low_magnitude on {len(names)} layers ({desc}); "
+             "each layer pruned to the target on its own (TF-MOT has no global ranking)")
+    wrappers = [ly for ly in state.model.layers
+                if isinstance(ly, pruning_wrapper.PruneLowMagnitude)]
+    if epochs == 0:
+        # One-shot: let TF-MOT compute the masks now (its own magnitude / m-by-n rules), at
+        # step 1 where the schedule says "prune"; fine-tuning later keeps them fixed.
+        for layer in wrappers:
+            layer.pruning_step.assign(1)
+            layer.pruning_obj.conditional_mask_update()
+            layer.pruning_obj.weight_mask_op()
+        ctx.epoch_log.append({"epoch": None, "step": "prune",
+                              "sparsity": round(kernel_sparsity(state.model, names), 6)})
+        return
+    lr = ctx.budget.effective_finetune_lr
+
+    def log(epoch: int) -> None:
+        ctx.epoch_log.append({"epoch": epoch, "step": "prune",
+                              "sparsity": round(kernel_sparsity(state.model, names), 6)})
+
+    ctx.note(f"pruning schedule trains {epochs} epochs at lr {lr:g}")
+    train(state.model, ctx, epochs, lr, callbacks=[sparsity_api.UpdatePruningStep()],
+          on_epoch_end=log)
+
+
+# --- cluster -------------------------------------------------------------------------------
+
+
+def cluster(state: State, step: ClusterStep, ctx: JobContext, finetune_follows: bool) -> None:
+    preserve_sparsity = bool(state.pruned)
+    state.strip()
+    layers = select_layers(state.model, step.targets)
+    depthwise = [ly.name for ly in layers if type(ly).__name__ == "DepthwiseConv2D"]
+    if depthwise:
+        ctx.note(f"TF-MOT has no clustering for DepthwiseConv2D: kernels of "
+                 f"{', '.join(depthwise)} left unclustered")
+    names = [ly.name for ly in layers if ly.name not in depthwise]
+    if not names:
+        raise ValueError("the cluster step's targets select no Conv2D / Dense layer")
+    n = step.n_clusters
+    init = CENTROID_INIT[step.init]
+    per_channel = step.granularity is Granularity.per_channel
+
+    def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return cluster_api.cluster_weights(
+            layer, number_of_clusters=n, cluster_centroids_init=init,
+            preserve_sparsity=preserve_sparsity,
+            cluster_per_channel=per_channel and type(layer).__name__ == "Conv2D")
+
+    state.model = _rewrap(state.model, wrap, set(names))
+    state.cluster_wrapped = True
+    state.clustered = names
+    ctx.note(f"TF-MOT cluster_weights({n} clusters, {init}) on {len(names)} layers"
+             + (" preserving sparsity" if preserve_sparsity else ""))
+    if finetune_follows:
+        ctx.note("clustering fine-tuned by the recipe's finetune step")
+        return
+    epochs = ctx.budget.finetune_epochs
+    lr = train_lr(state, ctx)
+    if epochs:
+        ctx.note(f"clustered model fine-tuned {epochs} epoch(s) at lr {lr:g} (TF-MOT's usage)")
+    train(state.model, ctx, epochs, lr)
+
+
+# --- quantize ------------------------------------------------------------------------------
+
+
+def qat(state: State, step: QuantizeStep, ctx: JobContext) -> None:
+    preserve_prune = bool(state.pruned)
+    preserve_cluster = bool(state.clustered)
+    state.strip()
+    model = state.model
+    if preserve_cluster:
+        scheme = tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(
+            preserve_sparsity=preserve_prune)
+        scheme_name = "cluster-preserving QAT" + (" (and sparsity)" if preserve_prune else "")
+    elif preserve_prune:
+        scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+        scheme_name = "pruning-preserving QAT"
+    else:
+        scheme = quant_api.default_8bit.Default8BitQuantizeScheme()
+        scheme_name = "QAT (Default8BitQuantizeScheme)"
+    registry = scheme.get_quantize_registry()  # what this scheme can wrap
+    targets = {ly.name for ly in select_layers(model, step.targets)}
+    weighted = {"Conv2D", "DepthwiseConv2D", "Dense"}
+    annotate, skipped = set(), []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind in weighted and layer.name not in targets:
+            continue
+        if kind in ("InputLayer", "Identity", "Dropout"):  # no-ops: nothing to quantize
+            continue
+        if registry.supports(layer):
+            annotate.add(layer.name)
+        # BN after a conv is folded by quantize_apply's Conv+BN(+ReLU) transforms
+        elif kind != "BatchNormalization":
+            skipped.append(f"{layer.name} ({kind})")
+    annotated = _rewrap(model, quant_api.quantize_annotate_layer, annotate)
+    with quant_api.quantize_scope():
+        state.model = quant_api.quantize_apply(annotated, scheme)
+    state.qat = True
+    ctx.note(f"TF-MOT {scheme_name} on {len(annotate)} layers; Conv2D/Dense per-channel / "
+             "per-tensor int8 as TF-MOT's default 8-bit scheme does")
+    if skipped:
+        ctx.note(f"TF-MOT QAT left in float: {', '.join(skipped)}")
+    epochs = step.epochs if step.epochs is not None else ctx.budget.finetune_epochs
+    lr = ctx.budget.effective_finetune_lr
+    ctx.note(f"QAT trained {epochs} epoch(s) at lr {lr:g}")
+    train(state.model, ctx, epochs, lr)
+
+
+# --- TFLite and ONNX -----------------------------------------------------------------------
+
+
+def to_tflite(model: keras.Model, ptq: QuantizeStep | None, qat_done: bool,
+              calib_x: np.ndarray) -> bytes:
+    """TFLite flatbuffer of ``model``: float, QAT int8, or the converter's own PTQ."""
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if qat_done:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif (ptq is not None and ptq.method is QuantMethod.static and ptq.activations is not None
+          and ptq.dtype is QuantDType.int):
+        calib = nhwc(calib_x)
+
+        def representative() -> Iterator[list[np.ndarray]]:
+            for i in range(len(calib)):
+                yield [calib[i:i + 1]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        # full-integer ops; input/output stay float32 (Quantize/Dequantize at the edges)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if ptq.granularity is Granularity.per_tensor:
+            converter._experimental_disable_per_channel = True
+    elif ptq is not None and ptq.dtype is QuantDType.float16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif ptq is not None:  # dynamic range (also static without activations: weights only)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    with _quiet():
+        return bytes(converter.convert())
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def tflite_predict(path: Path, x_nhwc: np.ndarray) -> np.ndarray:
+    """Logits of the TFLite model, one sample at a time (TFLite models are batch 1)."""
+    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    rows = []
+    for i in range(len(x_nhwc)):
+        interpreter.set_tensor(inp["index"], x_nhwc[i:i + 1].astype(inp["dtype"]))
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(out["index"]).copy())
+    return np.concatenate(rows).astype(np.float32)
+
+
+def _rename(model: Any, old: str, new: str) -> None:
+    for node in model.graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for value in (*model.graph.input, *model.graph.output):
+        if value.name == old:
+            value.name = new
+
+
+def tflite_to_onnx(tflite_path: Path, onnx_path: Path) -> None:
+    """tf2onnx from the TFLite file, NCHW float input named ``input``, output ``logits``."""
+    import onnx
+    import tf2onnx
+
+    interpreter = tf.lite.Interpreter(model_path=str(tflite_path))
+    in_name = interpreter.get_input_details()[0]["name"]
+    with _quiet():
+        proto, _ = tf2onnx.convert.from_tflite(str(tflite_path), inputs_as_nchw=[in_name],
+                                               opset=17)
+    _rename(proto, proto.graph.input[0].name, "input")
+    _rename(proto, proto.graph.output[0].name, "logits")
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(onnx_path))
+
+
+def onnx_distinct(path: Path, layers: list[str]) -> dict[str, int]:
+    """Distinct values of each named layer's weight in the exported ONNX (tf2onnx names
+    compute nodes after the Keras layers; the last MatMul is named after the output)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    weights = {init.name: init for init in model.graph.initializer}
+    out: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        init = weights.get(node.input[1])
+        for layer in layers:
+            if init is not None and f"/{layer}/" in node.name:
+                out[layer] = int(np.unique(numpy_helper.to_array(init)).size)
+    return out
+
+
+def onnx_predict(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    batch = session.get_inputs()[0].shape[0]
+    if isinstance(batch, int):
+        rows = [session.run(None, {"input": x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+        return np.concatenate(rows)
+    return np.asarray(session.run(None, {"input": x})[0])
+
+
+# --- the job -------------------------------------------------------------------------------
+
+
+def fold_batchnorm(model: keras.Model) -> tuple[keras.Model, list[str]]:
+    """Fold each BatchNormalization that directly follows a conv / dense layer (its only
+    consumer) into that layer; the BN becomes an Identity. Clustering needs it: TFLite folds
+    BN into the kernel, scaling each output channel of a clustered kernel differently."""
+    folded: dict[str, list[np.ndarray]] = {}
+    bn_names: set[str] = set()
+    for layer in model.layers:
+        if type(layer).__name__ != "BatchNormalization" or len(layer._inbound_nodes) != 1:
+            continue
+        producers = layer._inbound_nodes[0].inbound_layers
+        prev = producers if not isinstance(producers, list) else (
+            producers[0] if len(producers) == 1 else None)
+        kind = type(prev).__name__
+        if kind not in ("Conv2D", "DepthwiseConv2D", "Dense") or len(prev._outbound_nodes) != 1:
+            continue
+        gamma, beta, mean, var = (w.numpy() for w in (
+            layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance))
+        if gamma is None or beta is None or layer.axis not in ([3], [-1], 3, -1):
+            continue
+        scale = gamma / np.sqrt(var + layer.epsilon)
+        kernel = _kernel(prev)
+        if kind == "DepthwiseConv2D":  # (kh, kw, cin, multiplier): output channel = cin*m + j
+            cin, mult = kernel.shape[2:]
+            kernel = kernel * scale.reshape(1, 1, cin, mult)
+        else:
+            kernel = kernel * scale
+        bias = prev.bias.numpy() if prev.use_bias else np.zeros_like(mean)
+        folded[prev.name] = [kernel.astype(np.float32),
+                             ((bias - mean) * scale + beta).astype(np.float32)]
+        bn_names.add(layer.name)
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if layer.name in folded:
+            return type(layer).from_config({**layer.get_config(), "use_bias": True})
+        if layer.name in bn_names:
+            return keras.layers.Identity(name=layer.name)
+        return layer
+
+    if not folded:
+        return model, []
+    out = keras.models.clone_model(model, clone_function=clone)
+    for name, weights in folded.items():
+        out.get_layer(name).set_weights(weights)
+    return out, sorted(folded)
+
+
+def compress(ctx: JobContext, plan: Plan) -> Artifacts:
+    """Run the recipe with TF-MOT; write model.tflite and model.onnx in ctx.workdir."""
+    steps: list[Step] = list(ctx.recipe.steps)
+    details: dict[str, Any] = {}
+    torch_model = ctx.reference_model()
+    check_x = ctx.data.test_x[:64]
+    bridged: Bridged = torch_to_keras(torch_model, ctx.input_shape, check_x, atol=BRIDGE_ATOL)
+    details["bridge_max_abs_diff"] = bridged.max_abs_diff
+    if bridged.nonstandard:
+        details["bridge_nonstandard_layers"] = bridged.nonstandard
+        ctx.note(f"torch→Keras bridge left non-standard layers: {', '.join(bridged.nonstandard)}")
+    model = bridged.model
+    qat_follows = any(isinstance(s, QuantizeStep) and s.method is QuantMethod.qat for s in steps)
+    if any(isinstance(s, ClusterStep) for s in steps) and qat_follows:
+        # quantize_apply cannot wrap the Identity left by folding: QAT folds BN itself
+        ctx.note("BatchNorm kept for cluster-preserving QAT (QAT folds it): the int8 kernels "
+                 "share values per output channel, not per tensor")
+    elif any(isinstance(s, ClusterStep) for s in steps):
+        model, folded = fold_batchnorm(model)
+        if folded:
+            with torch.no_grad():
+                expected = torch_model(torch.from_numpy(check_x)).numpy()
+            diff = float(np.abs(model(nhwc(check_x), training=False).numpy() - expected).max())
+            if diff > BRIDGE_ATOL:
+                raise BridgeError(f"BatchNorm folding changed the outputs by {diff:.3g}")
+            details["bn_fold_max_abs_diff"] = diff
+            ctx.note("BatchNorm folded into the preceding conv/dense before clustering, so the "
+                     "shared values survive TFLite's BN folding")
+    state = State(model, bn_folded="bn_fold_max_abs_diff" in details)
+    for i, step in enumerate(steps):
+        later = steps[i + 1:]
+        if isinstance(step, PruneStep):
+            prune(state, step, ctx, any(isinstance(s, FinetuneStep) for s in later))
+        elif isinstance(step, ClusterStep):
+            follows = bool(later) and isinstance(later[0], FinetuneStep)
+            cluster(state, step, ctx, follows)
+        elif isinstance(step, QuantizeStep):
+            if step.method is QuantMethod.qat:
+                qat(state, step, ctx)
+            else:
+                state.strip()
+                state.ptq = step
+        elif isinstance(step, FinetuneStep):
+            epochs = step.epochs if step.epochs is not None else ctx.budget.finetune_epochs
+            lr = train_lr(state, ctx)
+            callbacks = [sparsity_api.UpdatePruningStep()] if state.prune_wrapped else []
+            names = state.pruned
+
+            def log(epoch: int, names: list[str] = names) -> None:
+                if names:
+                    ctx.epoch_log.append({"epoch": epoch, "step": "finetune", "sparsity": round(
+                        kernel_sparsity(state.model, names), 6)})
+
+            train(state.model, ctx, epochs, lr, callbacks=callbacks, on_epoch_end=log)
+        else:  # the plan rejects these before compress is called
+            raise BridgeError(f"the tfmot backend has no {step.kind} step")
+    state.strip()
+    if state.pruned_sparsity is not None:
+        details["pruned_kernel_sparsity"] = state.pruned_sparsity
+    if state.clustered_distinct is not None:
+        details["clustered_layers"] = state.clustered
+        details["clustered_max_distinct"] = state.clustered_distinct
+
+    native = ctx.workdir / "model.tflite"
+    native.write_bytes(to_tflite(state.model, state.ptq, state.qat, ctx.data.calib_x))
+    onnx_path = ctx.workdir / "model.onnx"
+    tflite_to_onnx(native, onnx_path)
+
+    if state.clustered:
+        details["onnx_clustered_distinct"] = onnx_distinct(onnx_path, state.clustered)
+
+    # Faithfulness: the ONNX must say what the TFLite file says.
+    test_x = ctx.data.test_x
+    lite = tflite_predict(native, nhwc(test_x))
+    onnx_logits = onnx_predict(onnx_path, test_x)
+    details["tflite_onnx_agreement"] = float((lite.argmax(1) == onnx_logits.argmax(1)).mean())
+    details["tflite_onnx_max_abs_diff"] = float(np.abs(lite - onnx_logits).max())
+    return Artifacts(onnx_path=onnx_path, native_path=native, details=details)
