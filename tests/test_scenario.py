@@ -121,3 +121,42 @@ def test_steps_are_typed_and_canonical() -> None:
     explicit = Recipe.model_validate(
         [{"prune": {"sparsity": 0.5, "scope": "local"}}, {"quantize": {"method": "static"}}])
     assert recipe.digest() == explicit.digest()
+
+
+def test_several_models_each_with_own_data(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+name: t
+models:
+  small: {source: builtin:convnet-tiny, input_shape: [1, 8, 8], data: {source: digits,
+          train: 500, calibration: 32, test: 100}}
+  big: {source: "torchvision:resnet18", weights: random, input_shape: [3, 64, 64]}
+data: {source: synthetic, train: 10, calibration: 4, test: 8}
+backends: [onnxruntime]
+recipes:
+  fp32: []
+""")
+    scenario = load_scenario(path)
+    small, big = scenario.views()
+    assert (small.model.label, small.data.source) == ("small", "digits")
+    assert (big.model.label, big.data.source) == ("big", "synthetic")
+    assert small.reference_key(None) != big.reference_key(None)
+    assert not small.models and scenario.model.source == "builtin:convnet-tiny"
+
+
+def test_model_and_models_together_is_an_error(tmp_path: Path) -> None:
+    text = BASE + "  fp32: []\nmodels: {a: {source: builtin:convnet, input_shape: [1, 8, 8]}}\n"
+    (line,) = problems(tmp_path, "", base=text)
+    assert "either model or models" in line
+
+
+def test_synthetic_model_cannot_train_names_the_model(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+name: t
+models:
+  big: {source: builtin:convnet, input_shape: [1, 8, 8], data: {source: synthetic}}
+backends: [onnxruntime]
+recipes:
+  fp32: []
+""")
+    with pytest.raises(SpecError, match="model 'big': weights: train needs labelled data"):
+        load_scenario(path)

@@ -176,8 +176,10 @@ def markdown_summary(run: RunFolder, rec: Recommendation | None = None) -> str:
 
 
 def write_report(folder: Path) -> tuple[Path, Path]:
+    from unified.article import article_sections
+
     run = RunFolder(folder)
     html_path, md_path = folder / "report.html", folder / "summary.md"
-    html_path.write_text(html_report(run))
+    html_path.write_text(html_report(run, article_sections(run)))
     md_path.write_text(markdown_summary(run))
     return html_path, md_path
