@@ -41,16 +41,23 @@ def harness_settings(scenario: Scenario) -> HarnessSettings:
     return HarnessSettings(threads=latency.threads, warmup=latency.warmup, runs=latency.runs)
 
 
+# The modules a job's figures depend on (not the CLI, report, select or regress code).
+RESULT_MODULES = ("context.py", "data.py", "harness.py", "job.py", "onnx_compact.py",
+                  "onnx_inspect.py", "reference.py", "splits.py", "worker.py", "torchkit")
+
+
 @cache
 def code_digest(backend: str) -> str:
-    """Hash of the code a job's result depends on: the core and this backend's adapter."""
+    """Hash of the code a job's result depends on: the measuring core and this backend's
+    adapter, so that a changed adapter never serves stale cached rows."""
     import adapters
     import unified
 
-    roots = [Path(unified.__file__).parent, Path(adapters.__file__).parent / backend]
-    files = [Path(adapters.__file__).parent / "base.py"]
-    files += sorted(f for root in roots for f in root.rglob("*.py"))
-    return stable_hash([f.read_bytes().hex() for f in files if f.is_file()])
+    core, adapter_root = Path(unified.__file__).parent, Path(adapters.__file__).parent
+    paths = [core / name for name in RESULT_MODULES]
+    paths += [adapter_root / "base.py", adapter_root / backend]
+    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*.py")))
+    return stable_hash([f.read_bytes().hex() for f in files])
 
 
 def job_key(scenario: Scenario, job: Job, reference_key: str, versions: dict[str, Any]) -> str:
