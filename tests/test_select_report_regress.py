@@ -10,8 +10,8 @@ from xml.etree import ElementTree as ET
 
 import pytest
 import yaml
-
 from tiny import TINY_SCENARIO
+
 from unified.regress import compare, make_baseline
 from unified.report import RunFolder, markdown_summary
 from unified.scenario import SelectSpec

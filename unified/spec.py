@@ -249,6 +249,12 @@ class FinetuneStep(_Strict):
 
 
 Step = PruneStep | QuantizeStep | ClusterStep | BinarizeStep | DistillStep | FinetuneStep
+TargetedStep = PruneStep | QuantizeStep | ClusterStep | BinarizeStep
+
+
+def targets_of(step: Step) -> Targets:
+    """The layers a step touches (distill and finetune train the whole model)."""
+    return step.targets if isinstance(step, TargetedStep) else Targets()
 STEP_TYPES: dict[str, type[_Strict]] = {
     cls.kind: cls
     for cls in (PruneStep, QuantizeStep, ClusterStep, BinarizeStep, DistillStep, FinetuneStep)

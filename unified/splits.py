@@ -21,6 +21,14 @@ class DataSplits:
     test_x: np.ndarray
     test_y: np.ndarray | None
 
+    @property
+    def labels(self) -> np.ndarray:
+        """The train labels; training on unlabelled (synthetic) data is refused earlier, by
+        the scenario validator, so their absence here is a bug."""
+        if self.train_y is None:
+            raise ValueError("this step trains, but the data has no labels")
+        return self.train_y
+
     def save(self, path: Path) -> None:
         arrays = {"train_x": self.train_x, "calib_x": self.calib_x, "test_x": self.test_x}
         if self.train_y is not None and self.test_y is not None:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from adapters.coreml import COREML, PALETTE_BITS, TORCH, TRAIN, storage_bits
 from adapters.coreml._impl_ct import ct, ct_model_utils, cto, milproto_load
 from unified.context import JobContext
 from unified.errors import ExportMismatch
-from unified.spec import ClusterStep, PruneStep, QuantizeStep, Step, Targets
+from unified.spec import ClusterStep, PruneStep, QuantizeStep, Step, Targets, targets_of
 from unified.torchkit.export import export_onnx
 
 log = logging.getLogger(__name__)
@@ -255,20 +255,20 @@ def coreml_op(step: Step, ctx: JobContext) -> CoremlOp | None:
         bits = storage_bits(k)
         assert bits is not None  # check_recipe rejects more than 256 clusters
         mode = "uniform" if step.init == "linear" else "kmeans"
-        gran = _palettize_granularity(str(step.granularity), step.group_size)
+        palette = _palettize_granularity(str(step.granularity), step.group_size)
         if step.granularity == "per_block" and step.group_size is None:
             ctx.note(f"grouped-channel palettization with coremltools' group_size {DEFAULT_GROUP}")
         if k == 1 << bits and bits in PALETTE_BITS:
             config = cto.coreml.OpPalettizerConfig(mode=mode, nbits=bits, weight_threshold=0,
-                                                   **gran)
+                                                   **palette)
         else:
             config = cto.coreml.OpPalettizerConfig(
                 mode="custom", lut_function=_padded_lut(k, bits, mode), weight_threshold=0,
-                **gran,
+                **palette,
             )
         return CoremlOp("cluster", cto.coreml.palettize_weights, config,
                         f"palettize_weights {mode} {k} entries ({bits}-bit indices) "
-                        f"{gran['granularity']}")
+                        f"{palette['granularity']}")
     if isinstance(step, PruneStep):
         if step.structure == "n:m":
             assert step.n is not None and step.m is not None
@@ -324,7 +324,7 @@ def run_coreml_steps(
             continue
         skip: dict[str, Any] = {}
         for (name, module), const, mil_op in zip(layers, consts, ops, strict=True):
-            if not targeted(name, module, step.targets):
+            if not targeted(name, module, targets_of(step)):
                 skip[const] = None
                 skip[mil_op.name] = None
         config = cto.coreml.OptimizationConfig(global_config=op.config, op_name_configs=skip)
@@ -335,7 +335,7 @@ def run_coreml_steps(
     package = ctx.workdir / "model.mlpackage"
     mlmodel.save(str(package))
     compressed = compute_ops(mil_program(load_mlpackage(package)))
-    wanted = [any(o is not None and targeted(n, m, s.targets) for s, o in steps)
+    wanted = [any(o is not None and targeted(n, m, targets_of(s)) for s, o in steps)
               for n, m in layers]
     skipped = [n for n, op, w in zip(names, compressed, wanted, strict=True)
                if w and not _weight_is_compressed(op)]
@@ -345,8 +345,12 @@ def run_coreml_steps(
     return fp32_package, package, names
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, module.weight)
+
+
 def _check_alignment(layers: list[tuple[str, nn.Module]], shapes: list[tuple[int, ...]]) -> None:
-    torch_shapes = [tuple(m.weight.shape) for _, m in layers]
+    torch_shapes = [tuple(_weight(m).shape) for _, m in layers]
     if len(torch_shapes) != len(shapes) or any(
         tuple(a) != tuple(b) for a, b in zip(torch_shapes, shapes, strict=False)
     ):
@@ -379,11 +383,11 @@ def load_into(layers: list[tuple[str, nn.Module]],
     with torch.no_grad():
         for (_, module), (weight, bias) in zip(layers, weights, strict=True):
             w32 = weight.astype(np.float32)
-            module.weight.copy_(torch.from_numpy(w32))
+            _weight(module).copy_(torch.from_numpy(w32))
             if bias is not None:
                 if module.bias is None:
-                    module.bias = nn.Parameter(torch.zeros(module.weight.shape[0]))
-                module.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
+                    module.bias = nn.Parameter(torch.zeros(_weight(module).shape[0]))
+                cast(torch.Tensor, module.bias).copy_(torch.from_numpy(bias.astype(np.float32)))
             loaded.append(w32)
     return loaded
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ def _sparsity(layers: list[tuple[str, nn.Module]]) -> float:
     zeros = total = 0
     with torch.no_grad():
         for _, module in layers:
-            w = module.weight
+            w = cast(torch.Tensor, module.weight)
             zeros += int((w == 0).sum())
             total += w.numel()
     return zeros / total if total else 0.0
@@ -134,7 +134,7 @@ def prune(ctx: JobContext, model: nn.Module, step: PruneStep, extra_epochs: int)
     if epochs == 0:  # prune without training: apply the final sparsity once
         pruner.step()
     else:
-        train(model, ctx.data.train_x, ctx.data.train_y, ctx.budget, epochs=epochs,
+        train(model, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs,
               lr=ctx.budget.effective_finetune_lr, seed=ctx.seed,
               on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end)
     pruner.finalize(inplace=True)
@@ -163,7 +163,7 @@ def palettize(ctx: JobContext, model: nn.Module, step: ClusterStep, epochs: int)
     )
     palettizer = DKMPalettizer(model, config)
     model = palettizer.prepare(inplace=True)
-    train(model, ctx.data.train_x, ctx.data.train_y, ctx.budget, epochs=epochs,
+    train(model, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs,
           lr=ctx.budget.effective_finetune_lr, seed=ctx.seed, on_step=palettizer.step)
     model = palettizer.finalize(inplace=True)
     ctx.note(f"optimize.torch DKMPalettizer {bits}-bit ({2 ** bits} clusters), "
@@ -193,7 +193,7 @@ def quantize_qat(ctx: JobContext, model: nn.Module, step: QuantizeStep,
     quantizer = LinearQuantizer(model, config)
     example = (torch.zeros(1, *ctx.input_shape),)
     prepared = quantizer.prepare(example_inputs=example, inplace=False)
-    train(prepared, ctx.data.train_x, ctx.data.train_y, ctx.budget, epochs=epochs,
+    train(prepared, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs,
           lr=ctx.budget.effective_finetune_lr, seed=ctx.seed, on_step=quantizer.step)
     prepared.eval()
     # frozen ranges: an enabled observer would update its min/max (aten::copy) while tracing
@@ -238,7 +238,7 @@ def run(ctx: JobContext, model: nn.Module, steps: list[Step], routes: list[str])
             assert isinstance(step, FinetuneStep)
             epochs = step.epochs if step.epochs is not None else ctx.budget.finetune_epochs
             model = result.model
-            train(model, ctx.data.train_x, ctx.data.train_y, ctx.budget, epochs=epochs,
+            train(model, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs,
                   lr=ctx.budget.effective_finetune_lr, seed=ctx.seed)
             result = TorchResult(model.eval())
     return result

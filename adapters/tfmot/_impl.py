@@ -514,7 +514,8 @@ def fold_batchnorm(model: keras.Model) -> tuple[keras.Model, list[str]]:
         prev = producers if not isinstance(producers, list) else (
             producers[0] if len(producers) == 1 else None)
         kind = type(prev).__name__
-        if kind not in ("Conv2D", "DepthwiseConv2D", "Dense") or len(prev._outbound_nodes) != 1:
+        if prev is None or kind not in ("Conv2D", "DepthwiseConv2D", "Dense") or len(
+                prev._outbound_nodes) != 1:
             continue
         gamma, beta, mean, var = (w.numpy() for w in (
             layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance))
