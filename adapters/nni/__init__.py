@@ -168,10 +168,46 @@ CAPABILITIES = Capabilities(
 )
 
 
+_SEVERAL_NOTE = (
+    "several prune steps run as ONE NNI norm pruner over a combined config_list (one entry "
+    "per step: its op_names, sparse_ratio and granularity, out_channel or element-wise); "
+    "NNI's AGPPruner/LinearPruner carry one schedule for all targets, so squeezelab's "
+    "training loop sets each step's sparse_ratio to its Distiller target and has NNI "
+    "regenerate that step's masks at the start of each of its pruning epochs"
+)
+
+
+def _several_prune_rules(steps: list[Step]) -> list[tuple[int, Verdict]]:
+    """Several prune steps (e.g. a Distiller schedule's concurrent policies): they must be
+    consecutive and fit one NNI norm pruner (one norm order for all channel steps)."""
+    prunes = [(i, s) for i, s in enumerate(steps) if isinstance(s, PruneStep)]
+    if len(prunes) < 2:
+        return []
+    out: list[tuple[int, Verdict]] = []
+    first, last = prunes[0][0], prunes[-1][0]
+    if last - first + 1 != len(prunes):
+        out += [(i, unsupported(
+            "several prune steps must be consecutive with NNI: they run together as one "
+            "NNI pruner")) for i, _ in prunes]
+    channel = {s.criterion.value for _, s in prunes if s.structure is PruneStructure.channel}
+    for i, step in prunes:
+        if step.criterion.value in ("fpgm", "taylor"):
+            out.append((i, unsupported(
+                f"criterion {step.criterion.value} in a recipe with several prune steps: they "
+                "share one NNI L1/L2 norm pruner (use a single prune step for FPGM/Taylor)")))
+        elif step.structure is PruneStructure.channel and len(channel) > 1:
+            out.append((i, unsupported(
+                f"channel steps with different criteria ({', '.join(sorted(channel))}) "
+                "cannot share one NNI norm pruner")))
+        else:
+            out.append((i, approximated(_SEVERAL_NOTE)))
+    return out
+
+
 def _check_steps(steps: list[Step]) -> list[tuple[int, Verdict]]:
     """Cross-step rules (see NniAdapter.check_recipe)."""
-    out: list[tuple[int, Verdict]] = []
-    seen_prune: PruneStep | None = None
+    out: list[tuple[int, Verdict]] = _several_prune_rules(steps)
+    several = len(out) > 0
     for i, step in enumerate(steps):
         if step.kind == "distill" and i > 0:
             out.append((i, unsupported(
@@ -181,10 +217,7 @@ def _check_steps(steps: list[Step]) -> list[tuple[int, Verdict]]:
             out.append((i, unsupported(
                 f"{step.kind} must be the last step with NNI: the QDQ/binary ONNX export "
                 "ends the pipeline (NNI's fake-quant model cannot be fine-tuned further here)")))
-        if step.kind == "prune":
-            if seen_prune is not None:
-                out.append((i, unsupported("one prune step per recipe with NNI")))
-            seen_prune = step
+        if isinstance(step, PruneStep):
             if step.structure is PruneStructure.unstructured and step.criterion.value == "fpgm":
                 out.append((i, unsupported(
                     "FPGM ranks whole filters by their geometric median: use structure channel")))
@@ -198,28 +231,29 @@ def _check_steps(steps: list[Step]) -> list[tuple[int, Verdict]]:
             if step.structure is PruneStructure.unstructured and \
                     step.criterion.value in ("l1", "l2"):
                 out.append((i, approximated(
-                    "element-wise L1 and L2 rank weights the same way as magnitude: NNI "
-                    "LevelPruner")))
+                    "element-wise L1 and L2 rank weights the same way as magnitude: "
+                    + ("element-wise granularity in the shared NNI norm pruner" if several
+                       else "NNI LevelPruner"))))
             if step.schedule is not None:
                 from unified.schedules import schedule_problems
 
                 problems = schedule_problems(step.schedule)
                 if problems:
                     out.append((i, unsupported("; ".join(problems))))
-                elif step.schedule.curve.value == "constant":
+                elif step.schedule.curve.value == "constant" and not several:
                     out.append((i, unsupported(
                         "NNI 3.0 scheduled pruners are AGP and linear; a constant curve is "
                         "a one-shot prune (drop the schedule)")))
             if step.structure is PruneStructure.channel:
                 out.append((i, Verdict(NATIVE.support, _CHANNEL_NOTE)))
-        if isinstance(step, QuantizeStep) and seen_prune is not None and \
-                seen_prune.structure is PruneStructure.unstructured and \
+        unstructured_before = any(isinstance(s, PruneStep) and
+                                  s.structure is PruneStructure.unstructured for s in steps[:i])
+        if isinstance(step, QuantizeStep) and unstructured_before and \
                 step.method is QuantMethod.qat:
             out.append((i, unsupported(
                 "QAT after unstructured pruning would regrow the pruned weights (NNI's "
                 "pruner/quantizer fusion is not wired here); use method static")))
-        if isinstance(step, BinarizeStep) and seen_prune is not None and \
-                seen_prune.structure is PruneStructure.unstructured:
+        if isinstance(step, BinarizeStep) and unstructured_before:
             out.append((i, unsupported(
                 "binarizing after unstructured pruning turns the pruned zeros into +1")))
     return out
@@ -229,8 +263,9 @@ class NniAdapter(Adapter):
     capabilities = CAPABILITIES
 
     def check_recipe(self, steps: list[Step]) -> list[tuple[int, Verdict]]:
-        """Ordering rules (distill first, quantize/binarize last, one prune step, no training
-        quantizer over unstructured masks) and NNI quantizer limits."""
+        """Ordering rules (distill first, quantize/binarize last, several prune steps
+        consecutive and sharing one norm pruner, no training quantizer over unstructured
+        masks) and NNI quantizer limits."""
         return _check_steps(steps)
 
     def _compress(self, ctx: JobContext, plan: Plan) -> Artifacts:

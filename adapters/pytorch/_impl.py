@@ -63,8 +63,17 @@ def compress(ctx: JobContext) -> Artifacts:
     training.set_seed(ctx.seed)
     state = State(model=ctx.reference_model())
     ref_params = count_parameters(state.model)
-    for index, step in enumerate(ctx.recipe.steps):
-        _run_step(ctx, state, index, step, onnx_path)
+    steps = ctx.recipe.steps
+    index = 0
+    while index < len(steps):
+        group = _scheduled_prune_run(steps, index)
+        if len(group) > 1:  # Distiller runs all its pruning policies in one training loop
+            _prune_concurrently(ctx, state, [(i, steps[i]) for i in group])  # type: ignore[misc]
+            index = group[-1] + 1
+            continue
+        _run_step(ctx, state, index, steps[index], onnx_path)
+        index += 1
+    _thinning_note(ctx)
     if not state.onnx_written:
         if P.make_permanent(state.model):
             ctx.note("pruning masks made permanent (prune.remove) before export: "
@@ -76,6 +85,26 @@ def compress(ctx: JobContext) -> Artifacts:
     state.details["reference_torch_parameters"] = ref_params
     _parity(ctx, state, onnx_path)
     return Artifacts(onnx_path=onnx_path, native_path=native_path, details=state.details)
+
+
+def _scheduled_prune_run(steps: list[Step], start: int) -> list[int]:
+    """Indices of the consecutive scheduled prune steps from ``start`` (empty if none)."""
+    out: list[int] = []
+    for index in range(start, len(steps)):
+        step = steps[index]
+        if not isinstance(step, PruneStep) or step.schedule is None:
+            break
+        out.append(index)
+    return out
+
+
+def _thinning_note(ctx: JobContext) -> None:
+    imported = ctx.scenario.imported.get(ctx.recipe_name)
+    if imported is not None and imported.thinning:
+        ctx.note(f"Distiller thinning ({', '.join(imported.thinning)} removal) requested: not "
+                 "possible with torch.nn.utils.prune, which only zeroes weights; the pruned "
+                 "filters/channels stay in the model as zeros (the nni backend removes them "
+                 "with ModelSpeedup)")
 
 
 def _run_step(ctx: JobContext, state: State, index: int, step: Step, onnx_path: Path) -> None:
@@ -159,6 +188,17 @@ def _distill(ctx: JobContext, state: State, index: int, step: DistillStep) -> No
 
 
 def _prune(ctx: JobContext, state: State, index: int, step: PruneStep) -> None:
+    if step.schedule is not None:
+        _prune_concurrently(ctx, state, [(index, step)])
+        return
+    modules = _prune_targets(ctx, state, index, step)
+    names = ", ".join(n for n, _ in modules)
+    P.apply_sparsity(modules, step, step.sparsity)
+    ctx.note(f"step {index + 1} (prune): {P.describe(step)} to {step.sparsity:g} on {names}")
+
+
+def _prune_targets(ctx: JobContext, state: State, index: int, step: PruneStep) -> P.Named:
+    """The modules a prune step targets (error when none), with notes on what is skipped."""
     modules = P.select_modules(state.model, step.targets)
     if not modules:
         raise SqueezelabError(
@@ -172,31 +212,61 @@ def _prune(ctx: JobContext, state: State, index: int, step: PruneStep) -> None:
     if step.structure is PruneStructure.channel and layers and layers[-1] in dict(modules):
         ctx.note(f"channel pruning targets the output layer {layers[-1]}: zeroing its rows "
                  "silences whole classes (exclude it in targets to keep them)")
-    names = ", ".join(n for n, _ in modules)
-    label = f"step {index + 1} (prune)"
-    if step.schedule is None:
-        P.apply_sparsity(modules, step, step.sparsity)
-        ctx.note(f"{label}: {P.describe(step)} to {step.sparsity:g} on {names}")
-        return
-    run = P.ScheduleRun(modules, step)
+    return modules
+
+
+def _prune_concurrently(ctx: JobContext, state: State, group: list[tuple[int, PruneStep]]) -> None:
+    """Scheduled prune steps sharing ONE training loop of max(end_epoch) epochs, as
+    Distiller runs its pruning policies: each step updates its own masks at the start of
+    its own pruning epochs (unified.schedules) and keeps them in between."""
+    runs = [(index, P.ScheduleRun(_prune_targets(ctx, state, index, step), step))
+            for index, step in group]
+    _note_shared_targets(ctx, runs)
+
+    def on_epoch_start(epoch: int) -> None:
+        for _, run in runs:  # recipe order: a later step sees an earlier step's new mask
+            run.on_epoch_start(epoch)
 
     def log_epoch(epoch: int) -> None:
-        ctx.epoch_log.append({"step": index + 1, "kind": "prune", "epoch": epoch,
-                              "target": round(run.target(epoch), 6),
-                              "sparsity": round(P.sparsity(modules), 6)})
+        for index, run in runs:
+            ctx.epoch_log.append({"step": index + 1, "kind": "prune", "epoch": epoch,
+                                  "target": round(run.target(epoch), 6),
+                                  "sparsity": round(P.sparsity(run.modules), 6)})
 
-    schedule = step.schedule
+    epochs = max(run.step.schedule.end_epoch for _, run in runs)  # type: ignore[union-attr]
     lr = ctx.budget.effective_finetune_lr
     training.train(state.model, ctx.data.train_x, _labels(ctx), ctx.budget,
-                   epochs=schedule.end_epoch, lr=lr, seed=ctx.seed,
-                   on_epoch_start=run.on_epoch_start, on_epoch_end=log_epoch)
+                   epochs=epochs, lr=lr, seed=ctx.seed,
+                   on_epoch_start=on_epoch_start, on_epoch_end=log_epoch)
     state.model.eval()
-    ctx.note(
-        f"{label}: {schedule.curve} schedule {schedule.initial_sparsity:g} -> "
-        f"{step.sparsity:g}, pruning ({P.describe(step)}) at the start of epochs "
-        f"{schedule.start_epoch}..{schedule.end_epoch - 1} every {schedule.frequency}, "
-        f"{schedule.end_epoch} training epoch(s) at lr {lr:g} on {names}"
-    )
+    for index, run in runs:
+        step, schedule = run.step, run.step.schedule
+        assert schedule is not None
+        names = ", ".join(n for n, _ in run.modules)
+        ctx.note(
+            f"step {index + 1} (prune): {schedule.curve} schedule {schedule.initial_sparsity:g} "
+            f"-> {step.sparsity:g}, pruning ({P.describe(step)}) at the start of epochs "
+            f"{schedule.start_epoch}..{schedule.end_epoch - 1} every {schedule.frequency} "
+            f"on {names}"
+        )
+    together = (f"steps {', '.join(str(i + 1) for i, _ in runs)} ran concurrently in one "
+                "training loop (Distiller semantics), " if len(runs) > 1 else "")
+    ctx.note(f"{together}{epochs} training epoch(s) at lr {lr:g} "
+             f"({ctx.budget.optimizer}, batch {ctx.budget.batch_size})")
+
+
+def _note_shared_targets(ctx: JobContext, runs: list[tuple[int, P.ScheduleRun]]) -> None:
+    """Two concurrent steps on one layer: torch stacks their masks (PruningContainer), and
+    each step counts the zeros already there towards its own target."""
+    owner: dict[str, int] = {}
+    for index, run in runs:
+        for name, _ in run.modules:
+            if name in owner:
+                ctx.note(f"steps {owner[name] + 1} and {index + 1} both prune {name}: their "
+                         "torch masks are stacked and the later step counts the earlier "
+                         "step's zeros towards its own target")
+            else:
+                owner[name] = index
 
 
 # --- quantization --------------------------------------------------------------------------

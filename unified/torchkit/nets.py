@@ -79,8 +79,48 @@ def convnet_tiny(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Modu
     return ConvNet(num_classes, input_shape, width=8)
 
 
+class SimplenetMnist(nn.Module):
+    """Distiller's ``simplenet_mnist`` (distiller/models/mnist/simplenet_mnist.py, itself the
+    pytorch/examples MNIST net) with the same parameter names (conv1, conv2, fc1, fc2), so
+    Distiller schedules written for it bind unchanged.
+
+    Two differences, neither changing the parameters: ReLU and pooling are modules (tracers
+    and NNI's ModelSpeedup follow them more easily than ``F.*`` calls), and the output is the
+    logits, not Distiller's ``log_softmax`` of them (same argmax; the losses apply their own
+    log-softmax, and the ONNX contract's output is logits).
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1,
+                 spatial: tuple[int, int] = (28, 28)) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 20, 5, 1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(20, 50, 5, 1)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2, 2)
+        # 28x28 -> conv 24 -> pool 12 -> conv 8 -> pool 4: fc1 is Linear(4*4*50, 500)
+        height, width = (((side - 4) // 2 - 4) // 2 for side in spatial)
+        if height < 1 or width < 1:
+            raise ValueError(f"simplenet-mnist needs inputs of at least 12x12. "
+                             f"Got {spatial[0]}x{spatial[1]} instead")
+        self.fc1 = nn.Linear(height * width * 50, 500)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(500, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        return self.fc2(self.relu3(self.fc1(x.flatten(1))))
+
+
+def simplenet_mnist(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    return SimplenetMnist(num_classes, input_shape[0], (input_shape[1], input_shape[2]))
+
+
 BUILTIN: dict[str, Callable[[int, tuple[int, int, int]], nn.Module]] = {
     "convnet": convnet,
     "convnet-thin": convnet_thin,
     "convnet-tiny": convnet_tiny,
+    "simplenet-mnist": simplenet_mnist,
 }
