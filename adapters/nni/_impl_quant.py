@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -90,7 +90,8 @@ def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
     for conv_name, bn_name in pairs:
         conv = model.get_submodule(conv_name)
         bn = model.get_submodule(bn_name)
-        _set_module(model, conv_name, fuse_conv_bn_eval(conv, bn))  # type: ignore[arg-type]
+        fused = fuse_conv_bn_eval(cast(nn.Conv2d, conv), cast(nn.BatchNorm2d, bn))
+        _set_module(model, conv_name, fused)
         _set_module(model, bn_name, nn.Identity())
     return pairs
 
@@ -102,10 +103,14 @@ class ChannelAffine(nn.Module):
     def __init__(self, bn: nn.BatchNorm2d) -> None:
         super().__init__()
         assert bn.running_var is not None and bn.running_mean is not None
-        scale = (bn.weight if bn.weight is not None else 1.0) / torch.sqrt(bn.running_var + bn.eps)
-        shift = (bn.bias if bn.bias is not None else 0.0) - bn.running_mean * scale
+        var, mean = cast(torch.Tensor, bn.running_var), cast(torch.Tensor, bn.running_mean)
+        scale = (bn.weight if bn.weight is not None else 1.0) / torch.sqrt(var + bn.eps)
+        shift = (bn.bias if bn.bias is not None else 0.0) - mean * scale
         self.register_buffer("scale", scale.detach().reshape(1, -1, 1, 1).clone())
         self.register_buffer("shift", shift.detach().reshape(1, -1, 1, 1).clone())
+
+    scale: torch.Tensor  # buffers, registered in __init__
+    shift: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale + self.shift
@@ -305,10 +310,10 @@ def _layer_quant(step: QuantizeStep, calibration: dict[str, Any], name: str) -> 
         return LayerQuant(scale, None, None)
     zero_point = act.get("zero_point")
     if step.algorithm is QuantAlgorithm.lsq or zero_point is None:
-        zp = 0  # LSQ quantizes round(clamp(x / s)) with no zero point
+        act_zero_point = 0  # LSQ quantizes round(clamp(x / s)) with no zero point
     else:
-        zp = int(np.round(_as_array(zero_point)).reshape(-1)[0])
-    return LayerQuant(scale, float(_as_array(act["scale"]).reshape(-1)[0]), zp)
+        act_zero_point = int(np.round(_as_array(zero_point)).reshape(-1)[0])
+    return LayerQuant(scale, float(_as_array(act["scale"]).reshape(-1)[0]), act_zero_point)
 
 
 def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path) -> None:
@@ -342,7 +347,7 @@ def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
     quantizer.unwrap_model()
     with torch.no_grad():
         for name, weight in effective.items():
-            model.get_submodule(name).weight.copy_(weight)
+            cast(torch.Tensor, model.get_submodule(name).weight).copy_(weight)
     layers = {name: _layer_quant(step, calibration, name) for name in names}
     float_path = onnx_path.with_name("model_float.onnx")
     export_onnx(model, float_path, ctx.input_shape)
@@ -386,7 +391,7 @@ def binarize(ctx: JobContext, state: State, step: BinarizeStep, onnx_path: Path)
     model.eval()
     with torch.no_grad():
         for name, weight in effective.items():
-            model.get_submodule(name).weight.copy_(weight)
+            cast(torch.Tensor, model.get_submodule(name).weight).copy_(weight)
     kept = 0
     for conv_name, bn_name in pairs:
         if conv_name in effective:
