@@ -40,3 +40,10 @@ def run_recipe(tiny_reference: ReferenceArtifacts,
         return execute(scenario, Job("r", backend), tmp_path / backend, tiny_reference)
 
     return run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the TF-MOT tests last. Its torch→Keras bridge (nobuco) leaves torch patched in the
+    process it ran in, which breaks NNI's tracer afterwards. squeezelab itself runs every job
+    in a fresh worker process, so only this one-process test session needs the ordering."""
+    items.sort(key=lambda item: "test_tfmot" in item.nodeid)

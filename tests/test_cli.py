@@ -18,7 +18,7 @@ def squeezelab(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]
 def test_validate_misspelt_step_is_one_line_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text((ROOT / "scenarios" / "quickstart.yaml").read_text().replace(
-        "- quantize: {method: static", "- quantise: {method: static"))
+        "- quantize: {method: static", "- quantise: {method: static", 1))
     result = squeezelab("validate", str(path))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -4,8 +4,10 @@ so that sizes compare weights and graphs rather than how verbosely an exporter n
 The TorchScript exporter stores int8 weights, scales and zero points as Constant nodes
 with long names; on a small model that metadata outweighs the weights. Constants become
 initializers, constant-only Identity / ConstantOfShape / Cast chains are folded, Casts to
-the type their input already has are dropped, identical constants are shared and internal
-tensors get short names. DequantizeLinear is never folded: weights keep their storage type.
+the type their input already has are dropped and exporter-generated tensor names get short
+ones. DequantizeLinear is never folded: weights keep their storage type,
+and identical constants are shared only where onnxruntime then fuses exactly what it fused
+before (checked, with the outputs, before the compacted file replaces the original).
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from onnx import helper, numpy_helper
 
 def compact_verified(path: Path, sample: np.ndarray) -> str | None:
     """Compact ``path`` in place if the result computes exactly the same outputs on
-    ``sample``; otherwise keep the original. Returns None, or why it was kept."""
+    ``sample`` and onnxruntime runs the same kernels on it; otherwise keep the original.
+    Returns None, or why the file was left as exported."""
     import onnxruntime as ort
 
-    backup = path.with_suffix(".uncompacted.onnx")
-    shutil.copy(path, backup)
+    from unified.onnx_inspect import optimized_op_counts
 
     def run(file: Path) -> np.ndarray:
         session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
@@ -33,30 +35,32 @@ def compact_verified(path: Path, sample: np.ndarray) -> str | None:
         dtype = np.float16 if first.type == "tensor(float16)" else np.float32
         return np.asarray(session.run(None, {first.name: sample[:batch].astype(dtype)})[0])
 
+    backup = path.with_suffix(".uncompacted.onnx")
+    shutil.copy(path, backup)
+    reason = None
     try:
-        before = run(backup)
-        compact_onnx(path)
-        onnx.checker.check_model(str(path))
-        same = np.array_equal(before, run(path))
+        before, kernels = run(backup), optimized_op_counts(backup)
+        for share in (True, False):  # sharing constants can change what onnxruntime fuses
+            shutil.copy(backup, path)
+            compact_onnx(path, share=share)
+            onnx.checker.check_model(str(path))
+            if not np.array_equal(before, run(path)):
+                reason = "ONNX left as exported (compaction changed its outputs)"
+            elif optimized_op_counts(path) != kernels:
+                reason = "ONNX left as exported (compaction changed the fused kernels)"
+            else:
+                backup.unlink()
+                return None
     except Exception as exc:  # an exotic graph: measure it as the toolkit wrote it
-        shutil.copy(backup, path)
-        backup.unlink()
-        return f"ONNX left as exported (lossless compaction failed: {type(exc).__name__})"
-    if not same:
-        shutil.copy(backup, path)
-        backup.unlink()
-        return "ONNX left as exported (compaction changed its outputs)"
+        reason = f"ONNX left as exported (lossless compaction failed: {type(exc).__name__})"
+    shutil.copy(backup, path)
     backup.unlink()
-    return None
+    return reason
 
 
-def compact_onnx(path: Path) -> int:
-    """Lossless clean-up of the TorchScript exporter's QDQ graph, whose metadata outweighs
-    the int8 weights of a small model: its Constant nodes (int8 weights, scales, zero
-    points) become initializers, constant-only Identity / ConstantOfShape / Cast chains are
-    folded, Casts to the type their input already has are dropped, identical constants are
-    shared and internal tensors get short names. DequantizeLinear is never folded, so the
-    weights stay int8 and the computation is unchanged. Returns how many nodes went away."""
+def compact_onnx(path: Path, share: bool = True) -> int:
+    """Compact ``path`` in place (see the module docstring); returns how many nodes went.
+    ``share``: one initializer per distinct constant value."""
     model = onnx.load(str(path))
     graph = model.graph
     before = len(graph.node)
@@ -79,7 +83,7 @@ def compact_onnx(path: Path) -> int:
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
     _drop_noop_casts(model)
     used = {name for node in graph.node for name in node.input} | outputs
-    _share_and_rename(model, {k: v for k, v in consts.items() if k in used})
+    _rename_generated(model, {k: v for k, v in consts.items() if k in used}, share)
     onnx.save(model, str(path))
     return before - len(graph.node)
 
@@ -87,31 +91,35 @@ def compact_onnx(path: Path) -> int:
 _FOLDABLE = {"Constant", "Identity", "ConstantOfShape", "Cast"}
 
 
-def _share_and_rename(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> None:
-    """One initializer per distinct constant; short names for every internal tensor."""
+GENERATED = ("/", "onnx::")  # the TorchScript exporter's names for its own tensors
+
+
+def _rename_generated(model: onnx.ModelProto, consts: dict[str, np.ndarray],
+                      share: bool) -> None:
+    """Constants become initializers (with ``share``, one per distinct value);
+    exporter-generated tensor names get short ones; meaningful names are kept."""
     graph = model.graph
     keep = {v.name for v in (*graph.input, *graph.output)}
     rename: dict[str, str] = {}
-    by_content: dict[tuple[str, tuple[int, ...], bytes], str] = {}
+
+    def short(name: str) -> str:
+        if name in keep or not name.startswith(GENERATED):
+            return name
+        return rename.setdefault(name, f"t{len(rename)}")
+
     initializers = []
+    by_value: dict[tuple[str, tuple[int, ...], bytes], str] = {}
     for name, value in consts.items():
         key = (value.dtype.str, value.shape, value.tobytes())
-        if key in by_content:
-            rename[name] = by_content[key]
+        if share and key in by_value:
+            rename[name] = by_value[key]
             continue
-        short = f"c{len(by_content)}"
-        by_content[key] = short
-        rename[name] = short
-        initializers.append(numpy_helper.from_array(value, short))
+        by_value[key] = short(name)
+        initializers.append(numpy_helper.from_array(value, by_value[key]))
     for node in graph.node:
-        for out in node.output:
-            if out and out not in keep and out not in rename:
-                rename[out] = f"t{len(rename)}"
-    for node in graph.node:
-        node.name = ""
-        node.doc_string = ""
-        node.input[:] = [rename.get(n, n) for n in node.input]
-        node.output[:] = [rename.get(n, n) for n in node.output]
+        node.input[:] = [short(n) if n else n for n in node.input]
+        node.output[:] = [short(n) if n else n for n in node.output]
+        node.doc_string = ""  # node names stay: they map ops back to torch modules
     del graph.initializer[:]
     graph.initializer.extend(initializers)
     del graph.value_info[:]
