@@ -183,6 +183,18 @@ def test_coreml_bits_sharing_qat_binarize(tmp_path: Path) -> None:
     assert page.count("<table>") == page.count("</table>")
 
 
+def test_chance_level_reference_is_not_judged_on_accuracy(tmp_path: Path) -> None:
+    sc = _scenario({"m": _model("torchvision:squeezenet1_1", "train", 10)},
+                   {k: RECIPES[k] for k in ("static", "qat")})
+    records = [  # fp32 reference = accuracy + drop = 0.10: chance for 10 classes
+        _rec("m", "static", "pytorch", accuracy=0.09, accuracy_drop=0.01, size_ratio=3.8),
+        _rec("m", "qat", "pytorch", accuracy=0.05, accuracy_drop=0.05, size_ratio=3.8),
+    ]
+    [(_, body)] = article_sections(_run(tmp_path, sc, records))
+    assert _verdict(body, "QAT", "m") == "n/a"
+    assert "chance level" in body
+
+
 @pytest.mark.parametrize("status", ["unsupported", "failed", "timeout"])
 def test_unmeasured_rows_only(tmp_path: Path, status: str) -> None:
     sc = _scenario({"m": _model("torchvision:mobilenet_v2")}, {"static": RECIPES["static"]})

@@ -160,3 +160,21 @@ recipes:
 """)
     with pytest.raises(SpecError, match="model 'big': weights: train needs labelled data"):
         load_scenario(path)
+
+
+def test_a_model_may_run_only_some_recipes(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+name: t
+models:
+  a: {source: builtin:convnet-tiny, input_shape: [1, 8, 8], recipes: [fp32]}
+  b: {source: builtin:convnet-tiny, input_shape: [1, 8, 8]}
+backends: [onnxruntime]
+recipes:
+  fp32: []
+  int8: [{quantize: {}}]
+""")
+    a, b = load_scenario(path).views()
+    assert list(a.recipes) == ["fp32"] and list(b.recipes) == ["fp32", "int8"]
+    bad = write(tmp_path, path.read_text().replace("recipes: [fp32]", "recipes: [nope]"))
+    with pytest.raises(SpecError, match="unknown recipe 'nope'"):
+        load_scenario(bad)

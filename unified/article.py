@@ -54,6 +54,7 @@ QAT_TIE = 0.002
 PROPORTIONAL = 0.2  # weight file within 20% of 32/bits counts as "in proportion"
 SHARING_SIZE = (10.0, 15.0)
 BAD_DROP = 0.05
+CHANCE_FACTOR = 2.0  # a reference below 2× chance accuracy did not learn: no accuracy verdicts
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,16 @@ def _best_storage(record: dict[str, Any]) -> tuple[float | None, str]:
     return max(present) if present else (None, "")
 
 
+def _size_speed(record: dict[str, Any]) -> str:
+    """ONNX size and speed ratios, plus the native artifact's when it tells more (Core ML
+    weights-only rows: the ONNX carries decompressed float weights)."""
+    size, native = record.get("size_ratio"), record.get("native_ratio")
+    text = f"size {_x(size)}"
+    if native is not None and (size is None or abs(native / size - 1) > 0.05):
+        text += f" (native {_x(native)})"
+    return text + f", speed {_x(record.get('speedup'))}"
+
+
 # --- the claims --------------------------------------------------------------------------
 
 
@@ -143,6 +154,7 @@ class ModelRows:
     spec: ModelSpec
     by_kind: dict[str, list[tuple[RecipeKind, dict[str, Any]]]]
     fp32_bytes: float | None
+    reference_accuracy: float | None = None
 
     @property
     def arch(self) -> tuple[str, bool] | None:
@@ -151,8 +163,12 @@ class ModelRows:
 
     @property
     def trained(self) -> bool:
-        """Accuracy means something only for trained (or loaded) weights on labelled data."""
-        return self.spec.weights != "random"
+        """Accuracy means something only for trained (or loaded) weights on labelled data
+        whose fp32 reference beats chance clearly."""
+        if self.spec.weights == "random":
+            return False
+        acc = self.reference_accuracy
+        return acc is None or acc > CHANCE_FACTOR / self.spec.num_classes
 
     def rows(self, kind: str, backend: str | None = None) -> list[tuple[RecipeKind, dict]]:
         return [(k, r) for k, r in self.by_kind.get(kind, [])
@@ -188,7 +204,7 @@ def claim_dynamic(m: ModelRows) -> tuple[str, Verdict] | None:
     mine = [r for k, r in rows if r["backend"] == "pytorch"]
     if not rows:
         return None
-    fmt = lambda r: f"size {_x(r.get('size_ratio'))}, speed {_x(r.get('speedup'))}"  # noqa: E731
+    fmt = _size_speed
     if not mine:
         return "no PyTorch row" + _others(rows, "pytorch", fmt), (NA, "PyTorch not in run")
     rec = mine[0]
@@ -218,7 +234,7 @@ def claim_static(m: ModelRows) -> tuple[str, Verdict] | None:
     rows = m.rows("static")
     if not rows:
         return None
-    fmt = lambda r: f"size {_x(r.get('size_ratio'))}, speed {_x(r.get('speedup'))}"  # noqa: E731
+    fmt = _size_speed
     mine = [r for _, r in rows if r["backend"] == "pytorch"]
     if not mine:
         return "no PyTorch row" + _others(rows, "pytorch", fmt), (NA, "PyTorch not in run")
@@ -227,17 +243,18 @@ def claim_static(m: ModelRows) -> tuple[str, Verdict] | None:
     size, speed = rec.get("size_ratio"), rec.get("speedup")
     if size is None:
         return ours, (NA, f"not measured ({rec['status']})")
-    size_ok, speed_ok = _inside(size, STATIC_SIZE), _inside(speed, STATIC_SPEED)
+    size_ok = _inside(size, STATIC_SIZE)
+    # faster than the article's top figure still bears the claim out
+    speed_ok = speed is not None and speed >= STATIC_SPEED[0]
     problems = []
     if not size_ok:
         problems.append(f"size {_x(size)} outside 3–4×")
     if not speed_ok:
-        if speed is not None and speed > STATIC_SPEED[1]:
-            problems.append(f"speed-up {_x(speed)} above 1.2–3×")
-        else:
-            problems.append(f"speed-up {_x(speed)} below 1.2×")
+        problems.append(f"speed-up {_x(speed)} below 1.2×")
     if size_ok and speed_ok:
-        return ours, (AGREES, "size and speed-up inside the article's ranges")
+        above = (f" (speed-up {_x(speed)} above the article's 3×)"
+                 if speed is not None and speed > STATIC_SPEED[1] else "")
+        return ours, (AGREES, "size and speed-up inside the article's ranges" + above)
     return ours, (PARTLY if size_ok or speed_ok else DIFFERS, "; ".join(problems))
 
 
@@ -251,7 +268,8 @@ def claim_qat(m: ModelRows) -> tuple[str, Verdict] | None:
     ours = html.escape("pytorch: " + "; ".join(
         f"{k} {_acc(v[0])}" for k, v in mine.items() if v)) + _others(qat, "pytorch", fmt)
     if not m.trained:
-        return ours, (NA, "random weights: accuracy carries no meaning (size/latency only)")
+        return ours, (NA, "untrained (random or chance-level) weights: accuracy carries no "
+                          "meaning (size/latency only)")
     if not mine["qat"]:
         return ours, (NA, "no measured PyTorch QAT row")
     q = mine["qat"][0]["accuracy"]
@@ -316,7 +334,7 @@ def claim_coreml_bits(m: ModelRows) -> tuple[str, Verdict] | None:
     ours = "<br>".join(html.escape(p) for p in parts)
     if not checked:
         return ours, (NA, "no measured Core ML row")
-    note = ("" if m.trained else "; accuracy not judged (random weights)") + \
+    note = ("" if m.trained else "; accuracy not judged (untrained model)") + \
         "; latency not judged: the ONNX carries decompressed float weights"
     if not problems:
         return ours, (AGREES, "weight size in proportion to the bits" + note)
@@ -342,7 +360,7 @@ def claim_sharing(m: ModelRows) -> tuple[str, Verdict] | None:
         keeps = (not m.trained) or (drop is not None and drop <= KEEPS_ACCURACY)
         scored.append((best or 0.0, keeps, k, r, how))
     winners = [s for s in scored if s[0] >= SHARING_SIZE[0] and s[1]]
-    acc_note = "" if m.trained else " (accuracy not judged: random weights)"
+    acc_note = "" if m.trained else " (accuracy not judged: untrained model)"
     if winners:
         best, _, k, r, how = max(winners, key=lambda s: s[0])
         return ours, (AGREES, f"{r['backend']} {k.label}: {how} {_x(best)} "
@@ -413,22 +431,26 @@ def model_rows(records: list[dict[str, Any]], scenario: Scenario) -> list[ModelR
         mine = [r for r in records if r.get("model") in (label, None)
                 or len(scenario.views()) == 1]
         by_kind: dict[str, list[tuple[RecipeKind, dict[str, Any]]]] = {}
-        fp32 = None
+        fp32 = ref_acc = None
         for r in mine:
             if r.get("status") not in MEASURED:
                 continue
             if fp32 is None and r.get("onnx_bytes") and r.get("size_ratio"):
                 fp32 = r["onnx_bytes"] * r["size_ratio"]
+            if ref_acc is None and r.get("accuracy") is not None \
+                    and r.get("accuracy_drop") is not None:
+                ref_acc = r["accuracy"] + r["accuracy_drop"]  # drop = fp32 - this
             kind = kinds.get(r.get("recipe", ""))
             if kind is not None:
                 by_kind.setdefault(kind.kind, []).append((kind, r))
-        out.append(ModelRows(label, view.model, by_kind, fp32))
+        out.append(ModelRows(label, view.model, by_kind, fp32, ref_acc))
     return out
 
 
 def _describe(m: ModelRows) -> str:
     arch = m.arch[0] if m.arch else m.spec.source
-    weights = "random weights" if not m.trained else "trained weights"
+    weights = ("random weights" if m.spec.weights == "random" else "trained weights"
+               if m.trained else "trained weights, at chance level")
     shape = "×".join(str(d) for d in m.spec.input_shape)
     return f"{m.label}<br><small>{html.escape(arch)}, {shape}, {weights}</small>"
 
@@ -471,7 +493,8 @@ def article_sections(run: RunFolder) -> list[tuple[str, str]]:
         "the same architectures with random weights at their full input size, accuracy from "
         "versions trained on the run's labelled data at a small resolution. Ratios are "
         "fp32 / compressed (size: ONNX bytes, native: the toolkit's own artifact, gzip: the "
-        "gzipped ONNX); speed = fp32 p50 latency / this p50 on the one onnxruntime harness. "
+        "gzipped ONNX); speed = fp32 p50 latency / this p50 on the one onnxruntime harness "
+        "(batch 1; on a shared machine latency ratios are noisy, sizes are exact). "
         "Verdict tolerances: sizes exact, 'no gain' = within "
         f"{SIZE_SAME[0]:g}–{SIZE_SAME[1]:g}× in size and {SPEED_SAME[0]:g}–{SPEED_SAME[1]:g}× "
         f"in speed, 'keeps accuracy' = drop ≤ {KEEPS_ACCURACY:g}, 'in proportion to the "

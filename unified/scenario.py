@@ -76,6 +76,9 @@ class ModelSpec(_Strict):
     num_classes: int = Field(10, ge=2)
     name: str | None = Field(None, description="label in the results (default: the source)")
     data: DataSpec | None = Field(None, description="this model's own data (default: data)")
+    recipes: tuple[str, ...] | None = Field(
+        None, description="only these recipes for this model (default: every recipe)"
+    )
 
     @property
     def label(self) -> str:
@@ -210,12 +213,23 @@ class Scenario(_Strict):
             return [self]
         return [
             self.model_copy(update={
-                "model": spec.model_copy(update={"name": spec.name or key}),
+                "model": spec.model_copy(update={"name": spec.name or key, "recipes": None}),
                 "models": {},
                 "data": spec.data or self.data,
+                "recipes": {name: recipe for name, recipe in self.recipes.items()
+                            if spec.recipes is None or name in spec.recipes},
             })
             for key, spec in self.models.items()
         ]
+
+    @model_validator(mode="after")
+    def _model_recipes_exist(self) -> Scenario:
+        for key, spec in self.models.items():
+            unknown = [r for r in spec.recipes or () if r not in self.recipes]
+            if unknown:
+                raise ValueError(f"models.{key}.recipes: unknown recipe {unknown[0]!r}; "
+                                 f"recipes are: {', '.join(self.recipes)}")
+        return self
 
     @field_validator("version")
     @classmethod
@@ -469,7 +483,6 @@ def _expand_distiller_recipes(data: dict[str, Any], path: Path,
         return data
     expanded: dict[str, Any] = {}
     imported: dict[str, Any] = {}
-    param_names: list[str] | None = None
     for name, value in recipes.items():
         entries = [value] if _distiller_ref(value) else value
         if not isinstance(entries, list) or not any(_distiller_ref(e) for e in entries):
@@ -481,8 +494,7 @@ def _expand_distiller_recipes(data: dict[str, Any], path: Path,
             if ref is None:
                 steps.append(entry)
                 continue
-            if param_names is None:
-                param_names = _model_parameter_names(data, path, lines)
+            param_names = _model_parameter_names(data, path, lines, name)
             schedule, info = _import_schedule(path, ref, param_names,
                                               lines.get(("recipes", name, index))
                                               or lines.get(("recipes", name)))
@@ -514,11 +526,15 @@ def _import_schedule(path: Path, ref: str, param_names: list[str],
 
 
 def _model_parameter_names(data: dict[str, Any], path: Path,
-                           lines: dict[tuple[Any, ...], int]) -> list[str]:
-    """Parameter names of the scenario's model, to match Distiller weight names against."""
+                           lines: dict[tuple[Any, ...], int], recipe: str) -> list[str]:
+    """Parameter names of the model that runs ``recipe`` (the first model that lists it,
+    else the first model), to match Distiller weight names against."""
     spec = data.get("model")
-    if spec is None and isinstance(data.get("models"), dict) and data["models"]:
-        spec = next(iter(data["models"].values()))
+    models = data.get("models")
+    if spec is None and isinstance(models, dict) and models:
+        listing = [m for m in models.values()
+                   if isinstance(m, dict) and recipe in (m.get("recipes") or ())]
+        spec = listing[0] if listing else next(iter(models.values()))
     try:
         model = ModelSpec.model_validate(spec)
     except ValidationError as exc:

@@ -346,6 +346,10 @@ def _scheduled_prune(ctx: JobContext, model: nn.Module, step: PruneStep,
     pruner.compress(max_steps=epochs * steps_per_epoch(ctx), max_epochs=epochs)
     masks = pruner.get_masks()
     pruner.unwrap_model()
+    ctx.note(f"NNI's {type(pruner).__name__} updates the masks at the end of each interval: "
+             "epoch e trains with the mask Distiller applies at epoch e - 1 (epoch "
+             f"{start} trains unmasked); epoch_log 'sparsity' is the mask after each epoch, "
+             "'target' Distiller's for the next")
     ctx.note(f"NNI {type(pruner).__name__}({type(basic).__name__}) pruned to {step.sparsity:.0%} "
              f"over epochs {start}..{end - 1}, mask update every {freq} epoch(s), "
              f"{total_times} updates; {epochs} training epochs at lr {lr}")
