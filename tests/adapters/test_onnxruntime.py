@@ -244,7 +244,8 @@ def test_4bit_weights_are_stored_as_int4(run_recipe: Any, tmp_path: Path) -> Non
 
 
 def test_static_int8_is_over_2_5x_smaller_on_convnet(tmp_path: Path) -> None:
-    from tests.conftest import tiny_scenario
+    from tiny import tiny_scenario
+
     from unified.context import JobContext, ReferenceArtifacts
     from unified.splits import DataSplits
     from unified.torchkit.export import export_onnx
