@@ -46,18 +46,28 @@ RESULT_MODULES = ("context.py", "data.py", "harness.py", "job.py", "onnx_compact
                   "onnx_inspect.py", "reference.py", "splits.py", "worker.py", "torchkit")
 
 
+def _digest_files(paths: list[Path]) -> str:
+    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*.py")))
+    return stable_hash([f.read_bytes().hex() for f in files])
+
+
+@cache
+def core_digest() -> str:
+    """Hash of the measuring core: what the reference model and every job depend on."""
+    import unified
+
+    core = Path(unified.__file__).parent
+    return _digest_files([core / name for name in RESULT_MODULES])
+
+
 @cache
 def code_digest(backend: str) -> str:
     """Hash of the code a job's result depends on: the measuring core and this backend's
     adapter, so that a changed adapter never serves stale cached rows."""
     import adapters
-    import unified
 
-    core, adapter_root = Path(unified.__file__).parent, Path(adapters.__file__).parent
-    paths = [core / name for name in RESULT_MODULES]
-    paths += [adapter_root / "base.py", adapter_root / backend]
-    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*.py")))
-    return stable_hash([f.read_bytes().hex() for f in files])
+    root = Path(adapters.__file__).parent
+    return stable_hash([core_digest(), _digest_files([root / "base.py", root / backend])])
 
 
 def job_key(scenario: Scenario, job: Job, reference_key: str, versions: dict[str, Any]) -> str:

@@ -291,11 +291,11 @@ class Scenario(_Strict):
 
     def reference_key(self, weights_digest: str | None) -> str:
         """Cache key of the reference model: everything its weights depend on."""
-        from unified.job import code_digest
+        from unified.job import core_digest
 
         return stable_hash(
             {
-                "code": code_digest("pytorch"),
+                "code": core_digest(),
                 "model": self.model.model_dump(mode="json", exclude={"name", "data"}),
                 "weights_digest": weights_digest,
                 "data": self.data.model_dump(mode="json"),
