@@ -33,7 +33,6 @@ from unified.distiller_parse import (
     normalize_name,
     parse_components,
     parse_policies,
-    read_yaml,
 )
 from unified.distiller_pruners import PRUNERS, translate_pruner
 from unified.distiller_quant import (
@@ -48,6 +47,7 @@ from unified.distiller_quant import (
 )
 from unified.errors import SpecError
 from unified.spec import Recipe, Step, Targets
+from unified.yamlio import read_yaml
 
 __all__ = [
     "DistillerRecipe",

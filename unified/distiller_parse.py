@@ -10,16 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from unified.errors import SpecError
 from unified.spec import Step
-
-YPath = tuple[str | int, ...]
+from unified.yamlio import YPath, field_name
 
 SECTIONS = ("pruners", "quantizers", "regularizers", "lr_schedulers", "extensions")
 # dict_config tests the policy kinds in this order; the first one present wins.
@@ -35,49 +31,6 @@ WHEN_KEYS = ("epochs", "starting_epoch", "ending_epoch", "frequency")
 # Arguments build_component injects itself; a user may name them, they are overwritten.
 INJECTED = ("name", "model", "optimizer", "last_epoch")
 _REGEX_CHARS = re.compile(r"[\\^$*+?{}\[\]|()]")
-
-
-# --- YAML with line numbers ----------------------------------------------------------------
-
-
-def _line_map(node: yaml.Node, path: YPath, out: dict[YPath, int]) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = (*path, str(key_node.value))
-            _line_map(value_node, key, out)
-            out[key] = key_node.start_mark.line + 1  # a key points at its own line
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _line_map(item, (*path, index), out)
-
-
-def read_yaml(path: Path) -> tuple[Any, dict[YPath, int]]:
-    """``yaml.safe_load`` the file; return (data, {path: 1-based line})."""
-    if not path.is_file():
-        raise SpecError([f"{path}: file not found"])
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = " ".join(str(exc.problem or exc).split())
-        raise SpecError([f"{where}: invalid YAML: {problem}"]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError([f"{path}: invalid YAML: {str(exc).splitlines()[0]}"]) from None
-    lines: dict[YPath, int] = {}
-    if node is not None:
-        _line_map(node, (), lines)
-    return data, lines
-
-
-def field_name(path: YPath) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
 
 
 # --- document model ------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,6 +23,7 @@ from pydantic import (
 
 from unified.errors import SpecError
 from unified.spec import TRAINING_STEPS, Recipe, stable_hash
+from unified.yamlio import field_name, read_yaml
 
 SCENARIO_VERSION = 1
 MODEL_SOURCE = re.compile(r"^(builtin:[\w.-]+|torchvision:\w+|python:[\w.]+:\w+)$")
@@ -310,19 +310,6 @@ class Scenario(_Strict):
 # --- loading with line numbers -------------------------------------------------------------
 
 
-def _line_map(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            out[(*path, key)] = key_node.start_mark.line + 1
-            _line_map(value_node, (*path, key), out)
-            out[(*path, key)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _line_map(item, (*path, index), out)
-
-
 def _normalize_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     # pydantic puts union/root names into loc; map back to the YAML path.
     return tuple(part for part in loc if part not in ("root",) and not str(part).startswith(
@@ -335,13 +322,6 @@ def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | 
         if prefix in lines:
             return lines[prefix]
     return None
-
-
-def _field_name(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -396,29 +376,8 @@ def format_validation_error(
         # An unknown key inside a model: point at the key itself and name the allowed ones.
         line = _line_for(loc, lines)
         where = f"{file}:{line}" if line else file
-        problems.append(f"{where}: {_field_name(loc)}: {_message(error, loc)}")
+        problems.append(f"{where}: {field_name(loc)}: {_message(error, loc)}")
     return problems
-
-
-def read_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
-    """safe_load the file and return (data, {yaml path: line})."""
-    if not path.is_file():
-        raise SpecError([f"{path}: file not found"])
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = (exc.problem or str(exc)).replace("\n", " ")
-        raise SpecError([f"{path}{line}: invalid YAML: {problem}"]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError([f"{path}: invalid YAML: {str(exc).splitlines()[0]}"]) from None
-    lines: dict[tuple[Any, ...], int] = {}
-    if node is not None:
-        _line_map(node, (), lines)
-    return data, lines
 
 
 def load_scenario(path: str | Path) -> Scenario:

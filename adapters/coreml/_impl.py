@@ -10,9 +10,7 @@ decompressed Core ML weights exactly.
 from __future__ import annotations
 
 import copy
-import fnmatch
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +25,9 @@ from adapters.coreml import COREML, PALETTE_BITS, TORCH, TRAIN, storage_bits
 from adapters.coreml._impl_ct import ct, ct_model_utils, cto, milproto_load
 from unified.context import JobContext
 from unified.errors import ExportMismatch
-from unified.spec import ClusterStep, PruneStep, QuantizeStep, Step, Targets, targets_of
+from unified.spec import ClusterStep, PruneStep, QuantizeStep, Step, targets_of
 from unified.torchkit.export import export_onnx
+from unified.torchkit.targets import targeted
 
 log = logging.getLogger(__name__)
 WEIGHT_FILE = Path("Data/com.apple.CoreML/weights/weight.bin")
@@ -94,30 +93,6 @@ def layers_in_order(model: nn.Module, input_shape: tuple[int, ...]) -> list[tupl
         for h in hooks:
             h.remove()
     return order
-
-
-def _matches(name: str, pattern: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.search(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
-
-
-def op_type_of(module: nn.Module) -> str:
-    if isinstance(module, nn.Linear):
-        return "linear"
-    groups = getattr(module, "groups", 1)
-    if groups > 1 and groups == getattr(module, "in_channels", 0):
-        return "depthwise"
-    return "conv"
-
-
-def targeted(name: str, module: nn.Module, targets: Targets) -> bool:
-    """Does the step's ``targets`` select this torch module?"""
-    if op_type_of(module) not in {str(t) for t in targets.op_types}:
-        return False
-    if targets.include and not any(_matches(name, p) for p in targets.include):
-        return False
-    return not any(_matches(name, p) for p in targets.exclude)
 
 
 # --- Core ML side ---------------------------------------------------------------------------

@@ -6,10 +6,8 @@ concrete-tracer patches ``ModelSpeedup`` needs on torch >= 2.2 (see ``_impl_patc
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +41,6 @@ from unified.scenario import Optimizer
 from unified.spec import (
     DistillStep,
     FinetuneStep,
-    OpType,
     PruneCriterion,
     PruneScope,
     PruneStep,
@@ -55,6 +52,7 @@ from unified.spec import (
 from unified.torchkit import training
 from unified.torchkit.export import export_onnx
 from unified.torchkit.models import count_parameters
+from unified.torchkit.targets import op_type, select_modules
 
 _impl_patches.apply()
 # NNI logs every replaced module at INFO; the notes say what matters
@@ -76,40 +74,14 @@ class State:
 # --- targets ---------------------------------------------------------------------------------
 
 
-def _op_type(module: nn.Module) -> OpType | None:
-    if isinstance(module, nn.Conv2d):
-        if module.groups > 1 and module.groups == module.in_channels:
-            return OpType.depthwise
-        return OpType.conv
-    if isinstance(module, nn.Linear):
-        return OpType.linear
-    return None
-
-
-def _matches(name: str, pattern: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
-
-
 def target_modules(model: nn.Module, targets: Targets) -> dict[str, nn.Module]:
     """Modules selected by op type and include/exclude name patterns, in model order."""
-    out: dict[str, nn.Module] = {}
-    for name, module in model.named_modules():
-        kind = _op_type(module)
-        if kind is None or kind not in targets.op_types:
-            continue
-        if targets.include and not any(_matches(name, p) for p in targets.include):
-            continue
-        if any(_matches(name, p) for p in targets.exclude):
-            continue
-        out[name] = module
-    return out
+    return dict(select_modules(model, targets))
 
 
 def output_layer(model: nn.Module) -> str:
     """Name of the last conv/linear module: the one producing the logits in a classifier."""
-    names = [n for n, m in model.named_modules() if _op_type(m) is not None]
+    names = [n for n, m in model.named_modules() if op_type(m) is not None]
     return names[-1]
 
 

@@ -38,6 +38,7 @@ from unified.spec import (
 from unified.torchkit import training
 from unified.torchkit.export import export_onnx
 from unified.torchkit.models import count_parameters
+from unified.torchkit.targets import op_type, select_modules
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _train(ctx: JobContext, state: State, index: int, kind: str, epochs: int, lr
         ctx.note(f"step {index + 1} ({kind}): 0 epochs in the budget, no training")
         return
     model = state.model
-    targets = P.select_modules(model, Targets()) if state.pruned else []
+    targets = select_modules(model, Targets()) if state.pruned else []
 
     def log_epoch(epoch: int) -> None:
         entry: dict[str, Any] = {"step": index + 1, "kind": kind, "epoch": epoch}
@@ -199,7 +200,7 @@ def _prune(ctx: JobContext, state: State, index: int, step: PruneStep) -> None:
 
 def _prune_targets(ctx: JobContext, state: State, index: int, step: PruneStep) -> P.Named:
     """The modules a prune step targets (error when none), with notes on what is skipped."""
-    modules = P.select_modules(state.model, step.targets)
+    modules = select_modules(state.model, step.targets)
     if not modules:
         raise SqueezelabError(
             f"step {index + 1} (prune): no module matches the targets {step.targets}"
@@ -208,7 +209,7 @@ def _prune_targets(ctx: JobContext, state: State, index: int, step: PruneStep) -
     if grouped:
         ctx.note(f"grouped (non-depthwise) convs not targeted: {', '.join(grouped)}")
     state.pruned = True
-    layers = [n for n, m in state.model.named_modules() if P.op_type(m) is not None]
+    layers = [n for n, m in state.model.named_modules() if op_type(m) is not None]
     if step.structure is PruneStructure.channel and layers and layers[-1] in dict(modules):
         ctx.note(f"channel pruning targets the output layer {layers[-1]}: zeroing its rows "
                  "silences whole classes (exclude it in targets to keep them)")
@@ -309,7 +310,7 @@ class _Float32IO(nn.Module):
 
 
 def _quantized_linears(model: nn.Module, step: QuantizeStep) -> list[str]:
-    return [name for name, module in P.select_modules(model, step.targets)
+    return [name for name, module in select_modules(model, step.targets)
             if isinstance(module, nn.Linear)]
 
 
@@ -336,7 +337,7 @@ def _dynamic(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
         weight_type=QuantType.QInt8, extra_options={"WeightSymmetric": step.symmetric},
     )
     fp32_path.unlink()
-    convs = [n for n, m in P.select_modules(model, step.targets)
+    convs = [n for n, m in select_modules(model, step.targets)
              if not isinstance(m, nn.Linear)]
     ctx.note(f"torch quantize_dynamic(qint8, {step.granularity}) on Linear: {', '.join(names)}")
     if convs:
@@ -404,9 +405,9 @@ def _qconfig_mapping(model: nn.Module, step: QuantizeStep, qat: bool) -> Any:
         activation = HistogramObserver.with_args(**act_args)
         mapping = get_default_qconfig_mapping("x86")
     mapping.set_global(QConfig(activation=activation, weight=_weight_observer(step, qat)))
-    selected = {name for name, _ in P.select_modules(model, step.targets)}
+    selected = {name for name, _ in select_modules(model, step.targets)}
     for name, module in model.named_modules():
-        if P.op_type(module) is not None and name not in selected:
+        if op_type(module) is not None and name not in selected:
             mapping.set_module_name(name, None)
     return mapping
 
@@ -451,8 +452,8 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
     state.model = quantized
     export_onnx(quantized, onnx_path, ctx.input_shape)
     weights = (f"qint8 {step.granularity} {'symmetric' if step.symmetric else 'affine'}")
-    selected = P.select_modules(model, step.targets)
-    all_layers = [n for n, m in model.named_modules() if P.op_type(m) is not None]
+    selected = select_modules(model, step.targets)
+    all_layers = [n for n, m in model.named_modules() if op_type(m) is not None]
     left = [n for n in all_layers if n not in {s for s, _ in selected}]
     how = ("prepare_qat_fx / convert_fx" if qat
            else f"prepare_fx / convert_fx, calibrated on {len(ctx.data.calib_x)} samples")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from dataclasses import dataclass
 
 import torch
@@ -12,53 +10,17 @@ from torch.nn.utils import prune
 
 from unified.schedules import pruning_epochs, sparsity_at_epoch, target_sparsity
 from unified.spec import (
-    OpType,
     PruneCriterion,
     PruneScope,
     PruneStep,
     PruneStructure,
-    Targets,
 )
+from unified.torchkit.targets import op_type
 
 Named = list[tuple[str, nn.Module]]
 
 
 # --- targets -------------------------------------------------------------------------------
-
-
-def op_type(module: nn.Module) -> OpType | None:
-    """conv (groups == 1), depthwise (groups == in_channels > 1), linear; else None."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        if module.groups == 1:
-            return OpType.conv
-        if module.groups == module.in_channels > 1:
-            return OpType.depthwise
-        return None  # grouped, not depthwise: none of the unified op types
-    if isinstance(module, nn.Linear):
-        return OpType.linear
-    return None
-
-
-def name_matches(name: str, pattern: str) -> bool:
-    """fnmatch glob, or ``re:<regex>`` (full match) against a torch module name."""
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
-
-
-def select_modules(model: nn.Module, targets: Targets) -> Named:
-    """The (name, module) pairs ``targets`` designates, in module order."""
-    out: Named = []
-    for name, module in model.named_modules():
-        kind = op_type(module)
-        if kind is None or kind not in targets.op_types:
-            continue
-        if targets.include and not any(name_matches(name, p) for p in targets.include):
-            continue
-        if any(name_matches(name, p) for p in targets.exclude):
-            continue
-        out.append((name, module))
-    return out
 
 
 def skipped_grouped(model: nn.Module) -> list[str]:
