@@ -138,9 +138,9 @@ def test_plan_reports_every_problem_at_once() -> None:
 
 
 def test_target_selection_by_op_type_and_name() -> None:
-    from adapters.pytorch._impl_prune import select_modules
     from unified.spec import Targets
     from unified.torchkit.nets import convnet_tiny
+    from unified.torchkit.targets import select_modules
 
     model = convnet_tiny(10, (1, 8, 8))
     names = lambda t: [n for n, _ in select_modules(model, t)]  # noqa: E731
