@@ -49,6 +49,7 @@ def _rec(model: str, recipe: str, backend: str, status: str = "ok",
 
 
 def _run(tmp_path: Path, scenario: Scenario, records: list[dict[str, Any]]) -> RunFolder:
+    tmp_path.mkdir(exist_ok=True)
     # model: is derived from models: (the first one); a dump holding both does not load back
     (tmp_path / "scenario.json").write_text(scenario.model_dump_json(exclude={"model"}))
     (tmp_path / "results.jsonl").touch()
@@ -122,6 +123,13 @@ def test_dynamic_static_and_pruning_verdicts(tmp_path: Path) -> None:
     ]
     [(title, body)] = article_sections(_run(tmp_path, sc, records))
     assert "seed article" in title
+    # the PyTorch adapter refuses a model without nn.Linear: that bears the claim out
+    refused = [r for r in records if not (r["model"] == "sq" and r["recipe"] == "dyn")]
+    refused.append(_rec("sq", "dyn", "pytorch", "failed",
+                        reason="SqueezelabError: dynamic quantization: no nn.Linear matches"))
+    [(_, body2)] = article_sections(_run(tmp_path / "refused", sc, refused))
+    assert _verdict(body2, "dynamic quantization", "sq") == "agrees"
+    assert "no nn.Linear" in body2
     assert _verdict(body, "dynamic quantization", "mnv2") == "agrees"
     assert _verdict(body, "dynamic quantization", "sq") == "agrees"
     assert _verdict(body, "dynamic quantization", "r50") == "differs"
@@ -151,6 +159,7 @@ def test_coreml_bits_sharing_qat_binarize(tmp_path: Path) -> None:
 
     records = [
         coreml("good", "w16", 2.0, 0.0), coreml("good", "w4", 7.9, 0.004),
+        coreml("good", "static", 3.95, 0.001),  # Core ML int8 = weights only: the 8-bit point
         coreml("good", "c16", 7.8, 0.003),
         coreml("bad", "w16", 2.0, 0.03),  # 16 bits loses accuracy
         coreml("bad", "w4", 4.0, 0.2),  # not in proportion
@@ -171,6 +180,7 @@ def test_coreml_bits_sharing_qat_binarize(tmp_path: Path) -> None:
     assert _verdict(body, "Core ML weight quantization", "bad") == "differs"
     assert _verdict(body, "Core ML weight quantization", "rand") == "agrees"
     assert "weight file 7.90× (32/bits 8.00×)" in body
+    assert "8-bit weights (static): weight file 3.95× (32/bits 4.00×)" in body
     assert _verdict(body, "Weight sharing", "good") == "agrees"  # nni gzip 12× kept accuracy
     assert _verdict(body, "Weight sharing", "bad") == "differs"  # 4× < 10×
     assert _verdict(body, "QAT", "good") == "agrees"

@@ -109,7 +109,7 @@ def _acc(record: dict[str, Any]) -> str:
     acc, drop = record.get("accuracy"), record.get("accuracy_drop")
     if acc is None:
         return "acc –"
-    return f"acc {acc:.3f}" + (f" ({drop:+.3f})" if drop is not None else "")
+    return f"acc {acc:.3f}" + (f" (drop {drop:+.3f})" if drop is not None else "")
 
 
 def _inside(value: float | None, bounds: tuple[float, float]) -> bool:
@@ -155,6 +155,7 @@ class ModelRows:
     by_kind: dict[str, list[tuple[RecipeKind, dict[str, Any]]]]
     fp32_bytes: float | None
     reference_accuracy: float | None = None
+    unmeasured: list[tuple[RecipeKind, dict[str, Any]]] | None = None  # failed / timeout
 
     @property
     def arch(self) -> tuple[str, bool] | None:
@@ -202,9 +203,17 @@ def claim_weights_size(m: ModelRows) -> tuple[str, Verdict] | None:
 def claim_dynamic(m: ModelRows) -> tuple[str, Verdict] | None:
     rows = m.rows("dynamic")
     mine = [r for k, r in rows if r["backend"] == "pytorch"]
-    if not rows:
+    refused = [r for k, r in m.unmeasured or [] if k.kind == "dynamic"
+               and r["backend"] == "pytorch" and "Linear" in (r.get("reason") or "")]
+    if not rows and not refused:
         return None
     fmt = _size_speed
+    if not mine and refused and m.arch is not None and not m.arch[1]:
+        # the adapter refuses a model without nn.Linear: nothing to shrink, as the article says
+        why = (refused[0].get("reason") or "").split(" (log:")[0]
+        return ("pytorch: " + html.escape(f"{refused[0]['status']}: {why}")
+                + _others(rows, "pytorch", fmt),
+                (AGREES, f"{m.arch[0]} has no Linear layer: nothing to quantize"))
     if not mine:
         return "no PyTorch row" + _others(rows, "pytorch", fmt), (NA, "PyTorch not in run")
     rec = mine[0]
@@ -313,6 +322,10 @@ def claim_prune(m: ModelRows) -> tuple[str, Verdict] | None:
 def claim_coreml_bits(m: ModelRows) -> tuple[str, Verdict] | None:
     rows = [(k, r) for kind in ("weights", "cluster") for k, r in m.rows(kind, "coreml")
             if k.bits]
+    # Core ML on Linux quantizes only the weights of an int8 dynamic/static recipe: its
+    # 8-bit point of the series
+    rows += [(RecipeKind("weights", 8, f"8-bit weights ({r['recipe']})"), r)
+             for kind in ("dynamic", "static") for _, r in m.rows(kind, "coreml")]
     if not rows:
         return None
     rows.sort(key=lambda kr: -(kr[0].bits or 0))
@@ -363,8 +376,9 @@ def claim_sharing(m: ModelRows) -> tuple[str, Verdict] | None:
     acc_note = "" if m.trained else " (accuracy not judged: untrained model)"
     if winners:
         best, _, k, r, how = max(winners, key=lambda s: s[0])
+        kept = " with accuracy kept" if m.trained else ""
         return ours, (AGREES, f"{r['backend']} {k.label}: {how} {_x(best)} "
-                              f"≥ 10× with accuracy kept{acc_note}")
+                              f"≥ 10×{kept}{acc_note}")
     best, keeps, k, r, how = max(scored, key=lambda s: s[0])
     why = f"largest {_x(best)} ({r['backend']} {k.label}, {how}) is below 10×"
     if k.bits:
@@ -432,8 +446,12 @@ def model_rows(records: list[dict[str, Any]], scenario: Scenario) -> list[ModelR
                 or len(scenario.views()) == 1]
         by_kind: dict[str, list[tuple[RecipeKind, dict[str, Any]]]] = {}
         fp32 = ref_acc = None
+        unmeasured = []
         for r in mine:
             if r.get("status") not in MEASURED:
+                kind = kinds.get(r.get("recipe", ""))
+                if kind is not None and r.get("status") in ("failed", "timeout"):
+                    unmeasured.append((kind, r))
                 continue
             if fp32 is None and r.get("onnx_bytes") and r.get("size_ratio"):
                 fp32 = r["onnx_bytes"] * r["size_ratio"]
@@ -443,7 +461,7 @@ def model_rows(records: list[dict[str, Any]], scenario: Scenario) -> list[ModelR
             kind = kinds.get(r.get("recipe", ""))
             if kind is not None:
                 by_kind.setdefault(kind.kind, []).append((kind, r))
-        out.append(ModelRows(label, view.model, by_kind, fp32, ref_acc))
+        out.append(ModelRows(label, view.model, by_kind, fp32, ref_acc, unmeasured))
     return out
 
 

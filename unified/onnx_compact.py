@@ -6,8 +6,8 @@ with long names; on a small model that metadata outweighs the weights. Constants
 initializers, constant-only Identity / ConstantOfShape / Cast chains are folded, Casts to
 the type their input already has are dropped and exporter-generated tensor names get short
 ones. DequantizeLinear is never folded: weights keep their storage type,
-and identical constants are shared only where onnxruntime then fuses exactly what it fused
-before (checked, with the outputs, before the compacted file replaces the original).
+and constants are never shared between nodes; the compacted file replaces the original only
+if it computes the same outputs and onnxruntime runs the same kernels on it.
 """
 
 from __future__ import annotations
@@ -40,17 +40,15 @@ def compact_verified(path: Path, sample: np.ndarray) -> str | None:
     reason = None
     try:
         before, kernels = run(backup), optimized_op_counts(backup)
-        for share in (True, False):  # sharing constants can change what onnxruntime fuses
-            shutil.copy(backup, path)
-            compact_onnx(path, share=share)
-            onnx.checker.check_model(str(path))
-            if not np.array_equal(before, run(path)):
-                reason = "ONNX left as exported (compaction changed its outputs)"
-            elif optimized_op_counts(path) != kernels:
-                reason = "ONNX left as exported (compaction changed the fused kernels)"
-            else:
-                backup.unlink()
-                return None
+        compact_onnx(path)
+        onnx.checker.check_model(str(path))
+        if not np.array_equal(before, run(path)):
+            reason = "ONNX left as exported (compaction changed its outputs)"
+        elif optimized_op_counts(path) != kernels:
+            reason = "ONNX left as exported (compaction changed the fused kernels)"
+        else:
+            backup.unlink()
+            return None
     except Exception as exc:  # an exotic graph: measure it as the toolkit wrote it
         reason = f"ONNX left as exported (lossless compaction failed: {type(exc).__name__})"
     shutil.copy(backup, path)
@@ -58,9 +56,8 @@ def compact_verified(path: Path, sample: np.ndarray) -> str | None:
     return reason
 
 
-def compact_onnx(path: Path, share: bool = True) -> int:
-    """Compact ``path`` in place (see the module docstring); returns how many nodes went.
-    ``share``: one initializer per distinct constant value."""
+def compact_onnx(path: Path) -> int:
+    """Compact ``path`` in place (see the module docstring); returns how many nodes went."""
     model = onnx.load(str(path))
     graph = model.graph
     before = len(graph.node)
@@ -83,7 +80,7 @@ def compact_onnx(path: Path, share: bool = True) -> int:
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
     _drop_noop_casts(model)
     used = {name for node in graph.node for name in node.input} | outputs
-    _rename_generated(model, {k: v for k, v in consts.items() if k in used}, share)
+    _rename_generated(model, {k: v for k, v in consts.items() if k in used})
     onnx.save(model, str(path))
     return before - len(graph.node)
 
@@ -94,10 +91,10 @@ _FOLDABLE = {"Constant", "Identity", "ConstantOfShape", "Cast"}
 GENERATED = ("/", "onnx::")  # the TorchScript exporter's names for its own tensors
 
 
-def _rename_generated(model: onnx.ModelProto, consts: dict[str, np.ndarray],
-                      share: bool) -> None:
-    """Constants become initializers (with ``share``, one per distinct value);
-    exporter-generated tensor names get short ones; meaningful names are kept."""
+def _rename_generated(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> None:
+    """Constants become initializers; exporter-generated tensor names get short ones;
+    meaningful names are kept. Constants are never shared between nodes: onnxruntime's
+    fusion and its quantizer (which refuses a weight used by two nodes) look at that."""
     graph = model.graph
     keep = {v.name for v in (*graph.input, *graph.output)}
     rename: dict[str, str] = {}
@@ -107,15 +104,7 @@ def _rename_generated(model: onnx.ModelProto, consts: dict[str, np.ndarray],
             return name
         return rename.setdefault(name, f"t{len(rename)}")
 
-    initializers = []
-    by_value: dict[tuple[str, tuple[int, ...], bytes], str] = {}
-    for name, value in consts.items():
-        key = (value.dtype.str, value.shape, value.tobytes())
-        if share and key in by_value:
-            rename[name] = by_value[key]
-            continue
-        by_value[key] = short(name)
-        initializers.append(numpy_helper.from_array(value, by_value[key]))
+    initializers = [numpy_helper.from_array(value, short(name)) for name, value in consts.items()]
     for node in graph.node:
         node.input[:] = [short(n) if n else n for n in node.input]
         node.output[:] = [short(n) if n else n for n in node.output]

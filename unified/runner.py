@@ -111,7 +111,9 @@ class Runner:
         planned = [(view, job, self._plan(view, job))
                    for view in views for job in expand_jobs(view, self.options, multi)]
         self.out.mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "scenario.json", self.scenario.model_dump(mode="json"))
+        # with several models, `model` is only the first of them: leave it out
+        write_json(self.out / "scenario.json", self.scenario.model_dump(
+            mode="json", exclude={"model"} if self.scenario.models else None))
         done = {r.get("job_key"): r for r in read_records(self.results_path)
                 if r.get("status") not in PENDING_STATUSES}
 
