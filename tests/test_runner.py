@@ -57,10 +57,10 @@ def test_crash_hang_and_error_are_rows_and_other_jobs_finish(
 
 
 @pytest.mark.slow
-def test_second_run_comes_from_cache_and_resume_skips_done_jobs(tmp_path: Path,
-                                                                cache_dir: Path) -> None:
+def test_second_run_comes_from_cache_and_resume_skips_done_jobs(tmp_path: Path) -> None:
     scenario = tiny_scenario(
         {"fp32": [], "int8": [{"quantize": {"method": "static"}}]}, ["onnxruntime"])
+    cache_dir = tmp_path / "cache"  # its own cache: other tests may have run these jobs
     first = Runner(scenario, RunOptions(out=tmp_path / "a", cache_dir=cache_dir)).run()
     assert all(not r.get("cached") for r in first)
 

@@ -129,3 +129,31 @@ def test_compare_tolerances() -> None:
     broken = [{**now[0], "status": "failed", "reason": "boom"}]
     (finding,) = compare(broken, base, {})
     assert finding.regression and finding.metric == "status"
+
+
+def test_several_models_report_select_and_regress(tmp_path: Path, cache_dir: Path) -> None:
+    scenario = {
+        "name": "two", "seed": 0,
+        "models": {
+            "tiny": {"source": "builtin:convnet-tiny", "input_shape": [1, 8, 8]},
+            "thin": {"source": "builtin:convnet-thin", "input_shape": [1, 8, 8],
+                     "recipes": ["fp32"]},
+        },
+        "data": TINY_SCENARIO["data"], "budget": TINY_SCENARIO["budget"],
+        "evaluate": TINY_SCENARIO["evaluate"], "backends": ["onnxruntime"],
+        "recipes": {"fp32": [], "int8": [{"quantize": {"method": "static"}}]},
+    }
+    path = tmp_path / "two.yaml"
+    path.write_text(yaml.safe_dump(scenario, sort_keys=False))  # the order of models matters
+    out = tmp_path / "run"
+    run = squeezelab("run", str(path), "--out", str(out), "--cache-dir", str(cache_dir))
+    assert run.returncode == 0, run.stderr
+    records = RunFolder(out).records
+    assert [(r["model"], r["recipe"]) for r in records] == [
+        ("tiny", "fp32"), ("tiny", "int8"), ("thin", "fp32")]
+    assert squeezelab("report", str(out)).returncode == 0
+    assert "tiny: int8 @ onnxruntime" in squeezelab("select", str(out)).stdout
+    baseline = tmp_path / "b.json"
+    assert squeezelab("baseline", str(out), "-o", str(baseline)).returncode == 0
+    assert set(json.loads(baseline.read_text())["jobs"]) == {
+        "tiny/fp32@onnxruntime", "tiny/int8@onnxruntime", "thin/fp32@onnxruntime"}

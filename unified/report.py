@@ -33,8 +33,11 @@ class RunFolder:
         self.folder = folder
         if not (folder / "results.jsonl").is_file():
             raise SqueezelabError(f"{folder}: not a run folder (no results.jsonl)")
-        self.records = read_records(folder / "results.jsonl")
+        from unified.runner import scenario_order
+
         self.scenario = Scenario.model_validate_json((folder / "scenario.json").read_text())
+        self.records = sorted(read_records(folder / "results.jsonl"),
+                              key=scenario_order(self.scenario))
         ref = folder / "reference.json"
         self.reference: dict[str, Any] = json.loads(ref.read_text()) if ref.is_file() else {}
 

@@ -67,6 +67,15 @@ def expand_jobs(scenario: Scenario, options: RunOptions, multi_model: bool = Fal
     return [Job(recipe, backend, model) for recipe in recipes for backend in backends]
 
 
+def scenario_order(scenario: Scenario) -> Callable[[dict[str, Any]], int]:
+    """Sort key putting records in scenario order: model, recipe, backend."""
+    order = {(view.model.label, recipe, backend): i for i, (view, recipe, backend) in
+             enumerate((v, r, b) for v in scenario.views() for r in v.recipes
+                       for b in v.backends)}
+    return lambda record: order.get(
+        (record["model"], record["recipe"], record["backend"]), len(order))
+
+
 def count_jobs(scenario: Scenario, options: RunOptions) -> int:
     return sum(len(expand_jobs(view, options)) for view in scenario.views())
 
@@ -148,10 +157,7 @@ class Runner:
                 for future in [pool.submit(self._run_job, view, job, key, ref, threads)
                                for view, job, key, ref in runnable]:
                     future.result()
-        order = {(j.model or v.model.label, j.recipe, j.backend): i
-                 for i, (v, j, _) in enumerate(planned)}
-        self.records.sort(
-            key=lambda r: order.get((r["model"], r["recipe"], r["backend"]), 1 << 30))
+        self.records.sort(key=scenario_order(self.scenario))
         write_csv(self.out / "results.csv", self.records)
         return self.records
 
