@@ -21,6 +21,7 @@ th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}
 th{background:#f3f3f3} td.l{text-align:left} tr.pareto td:first-child{font-weight:bold}
 .ok{color:#176f2c}.approximated{color:#9a6700}.unsupported{color:#888}
 .failed,.timeout{color:#b42318} img{max-width:48%;margin-right:1%}
+td:last-child{min-width:480px;font-size:11px;text-align:left}
 """
 
 
