@@ -321,8 +321,11 @@ def _dynamic(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
 
     model = state.model
     names = _quantized_linears(model, step)
-    if not names:
-        raise SqueezelabError("dynamic quantization: no nn.Linear matches the targets")
+    if not names:  # what torch's quantize_dynamic does too: nothing to quantize
+        export_onnx(model, onnx_path, ctx.input_shape)
+        ctx.note("no targeted nn.Linear: torch dynamic quantization (Linear/LSTM/RNN only) "
+                 "leaves this model unchanged; the ONNX is the float model")
+        return
     qconfig = QConfig(activation=default_dynamic_quant_observer,
                       weight=_weight_observer(step, qat=False))
     fp32_path = ctx.workdir / "model.fp32.onnx"
