@@ -33,7 +33,11 @@ CONCURRENT_AGP = {
          "frequency": 1},
         {"pruner": {"instance_name": "agp_b"}, "starting_epoch": 1, "ending_epoch": 4,
          "frequency": 1},
+        {"lr_scheduler": {"instance_name": "decay"}, "starting_epoch": 1, "ending_epoch": 3,
+         "frequency": 1},
     ],
+    # stepped at the end of epochs 1 and 2: epochs 0-1 at lr, 2 at lr/2, 3 at lr/4
+    "lr_schedulers": {"decay": {"class": "ExponentialLR", "gamma": 0.5}},
 }
 
 
@@ -190,6 +194,11 @@ def test_pytorch_runs_concurrent_agp_policies_like_distiller(
         assert entry["target"] == pytest.approx(expected, abs=1e-6)
         assert abs(entry["sparsity"] - expected) < 0.01
     assert any("ran concurrently in one training loop" in n for n in record["notes"])
+    lr = tiny_distiller[0].budget.effective_finetune_lr
+    assert (f"Distiller LR scheduler decay: ExponentialLR(gamma=0.5) applied to the 4-epoch "
+            f"pruning loop: lr by epoch {lr:.4g} (0-1), {lr / 2:.4g} (2), {lr / 4:.4g} (3)"
+            ) in record["notes"]
+    assert record["status"] == "ok"
 
 
 @pytest.mark.slow

@@ -99,3 +99,58 @@ def test_schedule_problems() -> None:
     assert "at least two pruning epochs" in problem
     with pytest.raises(ValueError, match="at least two pruning epochs"):
         Schedule(start_epoch=0, end_epoch=1)
+
+
+# --- Distiller LR schedulers as torch schedulers --------------------------------------------
+
+STEP_LR = "torch.optim.lr_scheduler.StepLR"
+EXP_LR = "torch.optim.lr_scheduler.ExponentialLR"
+
+
+def test_lr_schedulers_step_only_in_their_policy_epochs() -> None:
+    from unified.torchkit.training import scheduled_learning_rates
+
+    # ExponentialLR stepped at the end of epochs 2..4 (Distiller: starting_epoch 2,
+    # ending_epoch 5): epoch 3 is the first at 0.1 * 0.9
+    rates = scheduled_learning_rates([(EXP_LR, {"gamma": 0.9}, [2, 3, 4])], 0.1, 7)
+    assert rates == pytest.approx([0.1, 0.1, 0.1, 0.09, 0.081, 0.0729, 0.0729])
+
+
+def test_two_lr_schedulers_share_one_optimizer_like_distiller() -> None:
+    from unified.torchkit.training import scheduled_learning_rates
+
+    rates = scheduled_learning_rates([
+        (STEP_LR, {"step_size": 2, "gamma": 0.5}, range(6)),
+        (EXP_LR, {"gamma": 0.1}, [4]),
+    ], 1.0, 6)
+    # StepLR halves after epochs 1 and 3; ExponentialLR divides by 10 after epoch 4
+    assert rates == pytest.approx([1.0, 1.0, 0.5, 0.5, 0.25, 0.025])
+
+
+@pytest.mark.parametrize(("scheduler", "message"), [
+    (("torch.optim.lr_scheduler.ReduceLROnPlateau", {}, [0]), "validation metric"),
+    (("torch.optim.lr_scheduler.OneCycleLR", {"max_lr": 0.1}, [0]), "OneCycleLR"),
+])
+def test_lr_schedulers_that_cannot_run_say_why(scheduler: tuple, message: str) -> None:
+    from unified.torchkit.training import scheduled_learning_rates
+
+    with pytest.raises(ValueError, match=message):
+        scheduled_learning_rates([scheduler], 0.1, 3)
+
+
+def test_training_loop_uses_the_rate_of_each_epoch() -> None:
+    import numpy as np
+    import torch
+
+    from unified.scenario import Budget
+    from unified.torchkit import training
+
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    seen: list[float] = []
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    y = np.arange(8) % 3
+    training.train(model, x, y, Budget(batch_size=4), epochs=3, lr=1.0, seed=0,
+                   optimizer=optimizer, learning_rates=[0.3, 0.2, 0.1],
+                   on_epoch_start=lambda _: seen.append(optimizer.param_groups[0]["lr"]))
+    assert seen == [0.3, 0.2, 0.1]

@@ -53,6 +53,8 @@ class JobContext:
     notes: list[str] = field(default_factory=list)
     # one dict per training epoch, e.g. {"epoch": 0, "sparsity": 0.31}; lands in the record
     epoch_log: list[dict[str, Any]] = field(default_factory=list)
+    # set once a training loop has followed the recipe's (Distiller) LR schedulers
+    lr_schedule_applied: bool = False
 
     @property
     def budget(self) -> Budget:
@@ -66,6 +68,27 @@ class JobContext:
         """Record what the toolkit actually did (shown in the report's notes)."""
         if message not in self.notes:
             self.notes.append(message)
+
+    def learning_rates(self, base_lr: float, epochs: int, what: str) -> list[float] | None:
+        """The lr of each epoch of ``what`` (a loop on the schedule's epoch timeline, epoch 0
+        first) under the recipe's Distiller LR schedulers; None when it has none, or when
+        they cannot run (noted)."""
+        imported = self.scenario.imported.get(self.recipe_name)
+        if imported is None or not imported.lr_schedulers:
+            return None
+        from unified.torchkit.training import scheduled_learning_rates
+
+        schedulers = [(lr.torch_class, lr.args, lr.epochs) for lr in imported.lr_schedulers]
+        labels = "; ".join(lr.label for lr in imported.lr_schedulers)
+        try:
+            rates = scheduled_learning_rates(schedulers, base_lr, epochs)
+        except ValueError as exc:
+            self.note(f"Distiller LR scheduler not applied ({labels}): {exc}")
+            return None
+        self.lr_schedule_applied = True
+        self.note(f"Distiller LR scheduler {labels} applied to {what}: "
+                  f"{describe_rates(rates)}")
+        return rates
 
     def build_model(self, source: str) -> torch.nn.Module:
         """A freshly initialised model of ``source`` (seeded), shaped like the scenario's."""
@@ -87,3 +110,18 @@ class JobContext:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return self.scenario.model.input_shape
+
+
+def describe_rates(rates: list[float]) -> str:
+    """'lr 0.01 (epochs 0-12), 0.009 (13), …' with runs of equal rates merged."""
+    runs: list[tuple[float, int, int]] = []
+    for epoch, rate in enumerate(rates):
+        if runs and runs[-1][0] == rate:
+            runs[-1] = (rate, runs[-1][1], epoch)
+        else:
+            runs.append((rate, epoch, epoch))
+    parts = [f"{rate:.4g} ({first}-{last})" if last > first else f"{rate:.4g} ({first})"
+             for rate, first, last in runs]
+    if len(parts) > 6:
+        parts = [*parts[:4], "…", parts[-1]]
+    return "lr by epoch " + ", ".join(parts)

@@ -75,10 +75,12 @@ def job_key(scenario: Scenario, job: Job, reference_key: str, versions: dict[str
     harness settings, toolkit versions and the code that runs the job."""
     import unified
 
+    imported = scenario.imported.get(job.recipe)  # e.g. its LR schedulers
     return stable_hash({
         "code": code_digest(job.backend),
         "reference": reference_key,
         "recipe": scenario.recipes[job.recipe].canonical(),
+        "imported": imported.model_dump(mode="json") if imported else None,
         "backend": job.backend,
         "budget": scenario.budget.model_dump(mode="json"),
         "evaluate": scenario.evaluate.latency.model_dump(mode="json"),
@@ -122,9 +124,12 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
     if imported is not None:
         notes += [f"Distiller schedule: {n}" for n in imported.notes]
         notes += [f"Distiller part not carried out: {u}" for u in imported.unsupported]
-        notes += [f"Distiller LR scheduler not applied (the shared budget keeps a constant "
-                  f"learning rate): {lr}" for lr in imported.lr_schedulers]
-        if imported.unsupported and status == "ok":
+        lr_missing = bool(imported.lr_schedulers) and not ctx.lr_schedule_applied
+        if lr_missing and not any(n.startswith("Distiller LR scheduler not") for n in notes):
+            labels = "; ".join(lr.label for lr in imported.lr_schedulers)
+            notes.append(f"Distiller LR scheduler not applied ({labels}): no training loop of "
+                         "this backend runs on the schedule's epochs; the budget's lr applies")
+        if (imported.unsupported or lr_missing) and status == "ok":
             status = "approximated"
     return new_record(
         scenario.name, scenario.model.label, job.recipe, job.backend, status,

@@ -165,6 +165,21 @@ class RegressSpec(_Strict):
     )
 
 
+class ImportedLRScheduler(_Strict):
+    """A Distiller LR scheduler mapped to torch: ``torch_class(optimizer, **args)``, stepped at
+    the end of each epoch in ``epochs`` (Distiller's LRPolicy)."""
+
+    name: str
+    torch_class: str
+    args: dict[str, Any] = {}
+    epochs: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.args.items())
+        return f"{self.name}: {self.torch_class.rpartition('.')[2]}({args})"
+
+
 class ImportedSchedule(_Strict):
     """What the loader took from a Distiller schedule (``distiller: FILE`` in a recipe)."""
 
@@ -172,7 +187,7 @@ class ImportedSchedule(_Strict):
     notes: tuple[str, ...] = ()  # approximated parts, and how
     unsupported: tuple[str, ...] = ()  # parts no backend carries out: "name (Class): reason"
     thinning: tuple[str, ...] = ()  # "filters" / "channels": real removal was requested
-    lr_schedulers: tuple[str, ...] = ()
+    lr_schedulers: tuple[ImportedLRScheduler, ...] = ()
 
 
 class Scenario(_Strict):
@@ -478,8 +493,8 @@ def _import_schedule(path: Path, ref: str, param_names: list[str],
         "notes": schedule.notes,
         "unsupported": schedule.unsupported,
         "thinning": schedule.thinning,
-        "lr_schedulers": [f"{lr.name}: {lr.torch_class or lr.class_name}" for lr in
-                          schedule.lr_schedulers],
+        "lr_schedulers": [{"name": lr.name, "torch_class": lr.torch_class, "args": lr.args,
+                           "epochs": lr.epochs} for lr in schedule.lr_schedulers],
     }
     return to_yaml_recipe(schedule), info
 

@@ -134,8 +134,10 @@ def prune(ctx: JobContext, model: nn.Module, step: PruneStep, extra_epochs: int)
     if epochs == 0:  # prune without training: apply the final sparsity once
         pruner.step()
     else:
+        lr = ctx.budget.effective_finetune_lr
+        rates = ctx.learning_rates(lr, epochs, f"the {epochs}-epoch pruning loop")
         train(model, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs,
-              lr=ctx.budget.effective_finetune_lr, seed=ctx.seed,
+              lr=lr, seed=ctx.seed, learning_rates=rates,
               on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end)
     pruner.finalize(inplace=True)
     ctx.note(f"optimize.torch MagnitudePruner ({how}), {epochs} training epochs; each layer "

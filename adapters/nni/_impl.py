@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,8 +115,10 @@ def make_evaluator(
     model: nn.Module,
     *,
     lr: float,
+    on_epoch_start: Callable[[int], None] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     on_step: Callable[[], None] | None = None,
+    learning_rates: Sequence[float] | None = None,
     evaluating_func: Callable[[nn.Module], float] | None = None,
 ) -> TorchEvaluator:
     """A TorchEvaluator whose training function is the shared loop: same batches (seeded by
@@ -140,6 +142,9 @@ def make_evaluator(
         done = 0
         training.set_seed(seed)
         for epoch in range(max_epochs):
+            training.set_learning_rate(optimizers, learning_rates, epoch)
+            if on_epoch_start is not None:
+                on_epoch_start(epoch)
             model.train()
             for xb, yb in training.batches(x, labels, budget.batch_size, seed, epoch):
                 optimizers.zero_grad()
@@ -280,9 +285,10 @@ def _scheduled_prune(ctx: JobContext, model: nn.Module, step: PruneStep,
     assert schedule is not None
     labels = _labels(ctx)
     start, end, freq = schedule.start_epoch, schedule.end_epoch, schedule.frequency
+    rates = ctx.learning_rates(lr, end, f"the {end}-epoch pruning loop")
     if start > 0:  # Distiller trains without a mask before start_epoch; NNI starts at once
         training.train(model, ctx.data.train_x, labels, ctx.budget, epochs=start, lr=lr,
-                       seed=ctx.seed)
+                       seed=ctx.seed, learning_rates=rates)
         for epoch in range(start):
             ctx.epoch_log.append({"epoch": epoch, "sparsity": 0.0, "target": 0.0})
     span = agp_span(start=start, end=end, frequency=freq)
@@ -290,17 +296,25 @@ def _scheduled_prune(ctx: JobContext, model: nn.Module, step: PruneStep,
     interval = steps_per_epoch(ctx) * freq
     holder: dict[str, Any] = {}
 
-    def log_epoch(epoch: int) -> None:
+    def epoch_start(epoch: int) -> None:
+        if epoch == 0 and holder["initial_mask"]:
+            # NNI's first mask comes at the end of the first interval; Distiller masks to
+            # initial_sparsity from the first epoch on. The goals already hold that ratio.
+            basic.update_masks(basic.generate_masks())
+        holder["during"] = _mask_sparsity(holder["pruner"].get_masks())
+
+    def epoch_end(epoch: int) -> None:
+        # the mask this epoch trained with (NNI's end-of-interval update is for the next one)
         absolute = start + epoch
-        masks = holder["pruner"].get_masks()
         ctx.epoch_log.append({
             "epoch": absolute,
-            "sparsity": round(_mask_sparsity(masks), 4),
-            # the mask after epoch e is the one epoch e + 1 trains with: Distiller's target there
-            "target": round(sparsity_at_epoch(schedule, step.sparsity, absolute + 1), 4),
+            "sparsity": round(holder["during"], 4),
+            "target": round(sparsity_at_epoch(schedule, step.sparsity, absolute), 4),
         })
 
-    evaluator = make_evaluator(ctx, model, lr=lr, on_epoch_end=log_epoch)
+    evaluator = make_evaluator(ctx, model, lr=lr, on_epoch_start=epoch_start,
+                               on_epoch_end=epoch_end,
+                               learning_rates=rates[start:] if rates else None)
     basic = _basic_pruner(ctx, model, step, config_list, evaluator)
     if schedule.curve is ScheduleCurve.agp:
         pruner: Any = AGPPruner(basic, interval, total_times, evaluator)
@@ -314,14 +328,19 @@ def _scheduled_prune(ctx: JobContext, model: nn.Module, step: PruneStep,
                      f"{schedule.initial_sparsity} (its formula with an initial ratio does not "
                      "reach the final sparsity)")
     holder["pruner"] = pruner
+    # Taylor needs gradients from training steps before it can rank anything
+    holder["initial_mask"] = pruner._initial_ratio > 0 and not isinstance(basic, TaylorPruner)
+    if pruner._initial_ratio > 0 and not holder["initial_mask"]:
+        ctx.note(f"NNI TaylorPruner cannot rank before training: epoch {start} trains unmasked "
+                 f"where Distiller masks {schedule.initial_sparsity:.0%}")
     epochs = end - start
     pruner.compress(max_steps=epochs * steps_per_epoch(ctx), max_epochs=epochs)
     masks = pruner.get_masks()
     pruner.unwrap_model()
-    ctx.note(f"NNI's {type(pruner).__name__} updates the masks at the end of each interval: "
-             "epoch e trains with the mask Distiller applies at epoch e - 1 (epoch "
-             f"{start} trains unmasked); epoch_log 'sparsity' is the mask after each epoch, "
-             "'target' Distiller's for the next")
+    if holder["initial_mask"]:
+        ctx.note(f"NNI's {type(pruner).__name__} updates the masks at the end of each interval; "
+                 f"the first mask ({schedule.initial_sparsity:.0%}) was generated by "
+                 f"{type(basic).__name__} before epoch {start}, as Distiller does")
     ctx.note(f"NNI {type(pruner).__name__}({type(basic).__name__}) pruned to {step.sparsity:.0%} "
              f"over epochs {start}..{end - 1}, mask update every {freq} epoch(s), "
              f"{total_times} updates; {epochs} training epochs at lr {lr}")
@@ -405,9 +424,10 @@ def prune_several(ctx: JobContext, state: State, steps: list[tuple[int, PruneSte
                                   "sparsity": round(_mask_sparsity(mine), 6)})
 
     if epochs:
+        rates = ctx.learning_rates(lr, epochs, f"the {epochs}-epoch pruning loop")
         training.train(model, ctx.data.train_x, _labels(ctx), ctx.budget, epochs=epochs,
                        lr=lr, seed=ctx.seed, on_epoch_start=on_epoch_start,
-                       on_epoch_end=log_epoch)
+                       on_epoch_end=log_epoch, learning_rates=rates)
         model.eval()
     masks = pruner.get_masks()
     pruner.unwrap_model()

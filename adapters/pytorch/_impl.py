@@ -236,8 +236,9 @@ def _prune_concurrently(ctx: JobContext, state: State, group: list[tuple[int, Pr
 
     epochs = max(run.step.schedule.end_epoch for _, run in runs)  # type: ignore[union-attr]
     lr = ctx.budget.effective_finetune_lr
+    rates = ctx.learning_rates(lr, epochs, f"the {epochs}-epoch pruning loop")
     training.train(state.model, ctx.data.train_x, _labels(ctx), ctx.budget,
-                   epochs=epochs, lr=lr, seed=ctx.seed,
+                   epochs=epochs, lr=lr, seed=ctx.seed, learning_rates=rates,
                    on_epoch_start=on_epoch_start, on_epoch_end=log_epoch)
     state.model.eval()
     for index, run in runs:

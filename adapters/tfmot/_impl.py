@@ -11,7 +11,7 @@ import fnmatch
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from adapters.tfmot._impl_tflite import (
     tflite_to_onnx,
     to_tflite,
 )
+from unified.schedules import sparsity_at_epoch
 from unified.spec import (
     ClusterInit,
     ClusterStep,
@@ -124,7 +125,8 @@ def _optimizer(ctx: JobContext, lr: float) -> Any:
 
 def train(model: keras.Model, ctx: JobContext, epochs: int, lr: float,
           callbacks: list[Any] | None = None,
-          on_epoch_end: Callable[[int], None] | None = None) -> None:
+          on_epoch_end: Callable[[int], None] | None = None,
+          learning_rates: Sequence[float] | None = None) -> None:
     """Fine-tune ``model`` in place with the shared budget: the same per-epoch sample order
     as torchkit.training (``default_rng([seed, epoch])``), batch size and lr."""
     if epochs <= 0:
@@ -136,6 +138,8 @@ def train(model: keras.Model, ctx: JobContext, epochs: int, lr: float,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y = nhwc(ctx.data.train_x), ctx.data.train_y.astype(np.int64)
     for epoch in range(epochs):
+        if learning_rates is not None and epoch < len(learning_rates):
+            model.optimizer.learning_rate.assign(learning_rates[epoch])
         order = np.random.default_rng([ctx.seed, epoch]).permutation(len(x))
         model.fit(x[order], y[order], batch_size=ctx.budget.batch_size, epochs=1,
                   shuffle=False, verbose=0, callbacks=list(callbacks or []))
@@ -295,12 +299,16 @@ def prune(state: State, step: PruneStep, ctx: JobContext, later_training: bool) 
     lr = ctx.budget.effective_finetune_lr
 
     def log(epoch: int) -> None:
-        ctx.epoch_log.append({"epoch": epoch, "step": "prune",
-                              "sparsity": round(kernel_sparsity(state.model, names), 6)})
+        entry = {"epoch": epoch, "step": "prune",
+                 "sparsity": round(kernel_sparsity(state.model, names), 6)}
+        if step.schedule is not None:
+            entry["target"] = round(sparsity_at_epoch(step.schedule, step.sparsity, epoch), 6)
+        ctx.epoch_log.append(entry)
 
     ctx.note(f"pruning schedule trains {epochs} epochs at lr {lr:g}")
+    rates = ctx.learning_rates(lr, epochs, f"the {epochs}-epoch pruning loop")
     train(state.model, ctx, epochs, lr, callbacks=[sparsity_api.UpdatePruningStep()],
-          on_epoch_end=log)
+          on_epoch_end=log, learning_rates=rates)
 
 
 # --- cluster -------------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import random
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,11 +67,14 @@ def train(
     on_epoch_start: Callable[[int], None] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
     on_step: Callable[[], None] | None = None,
+    learning_rates: Sequence[float] | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place for ``epochs`` epochs; returns it (in train mode)."""
+    """Train ``model`` in place for ``epochs`` epochs; returns it (in train mode).
+    ``learning_rates[e]``, when given, is the learning rate of epoch ``e``."""
     opt = optimizer if optimizer is not None else make_optimizer(model.parameters(), budget, lr)
     set_seed(seed)
     for epoch in range(epochs):
+        set_learning_rate(opt, learning_rates, epoch)
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         model.train()
@@ -82,6 +88,45 @@ def train(
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     return model
+
+
+def set_learning_rate(optimizer: Any, learning_rates: Sequence[float] | None,
+                      epoch: int) -> None:
+    """Set every param group's lr to ``learning_rates[epoch]`` (if there is one)."""
+    if learning_rates is not None and epoch < len(learning_rates):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rates[epoch]
+
+
+def scheduled_learning_rates(
+    schedulers: Sequence[tuple[str, dict[str, Any], Sequence[int]]], base_lr: float, epochs: int
+) -> list[float]:
+    """The learning rate of each of ``epochs`` epochs under torch LR schedulers stepped as
+    Distiller's LRPolicy does: all built on one optimizer (lr ``base_lr``), each stepped at
+    the end of the epochs its policy lists. ``schedulers``: (torch class path, constructor
+    arguments, policy epochs). Raises ValueError for a scheduler that cannot run this way."""
+    param = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=base_lr, momentum=0.9)  # CyclicLR cycles momentum
+    built = []
+    for class_path, args, policy_epochs in schedulers:
+        module_name, _, class_name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        if cls is torch.optim.lr_scheduler.ReduceLROnPlateau:
+            raise ValueError("ReduceLROnPlateau steps on a validation metric each epoch, which "
+                             "the shared training loop does not compute")
+        try:
+            built.append((cls(optimizer, **args), set(policy_epochs)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{class_name}({args}): {exc}") from None
+    rates = []
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": intended
+        warnings.simplefilter("ignore", UserWarning)
+        for epoch in range(epochs):
+            rates.append(float(optimizer.param_groups[0]["lr"]))
+            for scheduler, stepped in built:
+                if epoch in stepped:
+                    scheduler.step()
+    return rates
 
 
 def kd_loss(teacher: nn.Module, temperature: float, alpha: float) -> LossFn:
