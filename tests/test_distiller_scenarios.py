@@ -61,16 +61,26 @@ def model_parameter_names(source: str, input_shape: tuple[int, int, int]) -> lis
 # --- the shipped files --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["distiller.yaml", "distiller-convnet.yaml"])
-def test_shipped_scenarios_load_and_expand(name: str) -> None:
-    scenario = load_scenario(SCENARIOS / name)
-    assert scenario.imported, "a Distiller recipe was expanded"
-    for recipe, info in scenario.imported.items():
+def test_shipped_scenario_loads_and_expands() -> None:
+    scenario = load_scenario(SCENARIOS / "distiller.yaml")
+    assert set(scenario.imported) == {"simplenet-agp", "convnet-agp", "distill-then-agp",
+                                      "qat-linear", "post-train-6bit"}
+    for recipe in ("simplenet-agp", "convnet-agp", "distill-then-agp"):
         steps = scenario.recipes[recipe].steps
         assert any(s.kind == "prune" and s.schedule is not None for s in steps)  # type: ignore[union-attr]
+    for info in scenario.imported.values():
         assert Path(info.source).is_file()
         assert not info.unsupported
-    assert {"pytorch", "nni", "coreml", "tfmot"} <= set(scenario.backends)
+    (lr,) = scenario.imported["convnet-agp"].lr_schedulers
+    assert (lr.torch_class, lr.args, lr.epochs) == (
+        "torch.optim.lr_scheduler.StepLR", {"step_size": 2, "gamma": 0.5}, (0, 1, 2, 3, 4))
+    (qat,) = scenario.recipes["qat-linear"].steps
+    assert (qat.kind, qat.method, qat.symmetric) == ("quantize", "qat", False)  # type: ignore[union-attr]
+    assert {"pytorch", "nni", "coreml", "tfmot", "onnxruntime"} <= set(scenario.backends)
+    by_model = {view.model.name: set(view.recipes) for view in scenario.views()}
+    assert by_model == {"simplenet": {"fp32", "simplenet-agp"},
+                        "convnet": {"fp32", "convnet-agp", "distill-then-agp", "qat-linear",
+                                    "post-train-6bit"}}
 
 
 def test_simplenet_scenario_asks_for_thinning() -> None:
@@ -81,12 +91,14 @@ def test_simplenet_scenario_asks_for_thinning() -> None:
     assert [s.targets.include for s in steps] == [("conv1",), ("conv2",), ("fc2",)]  # type: ignore[union-attr]
 
 
-def test_copied_distiller_file_is_unchanged_with_source_and_license() -> None:
-    text = SIMPLENET_SCHEDULE.read_text()
+@pytest.mark.parametrize("name", [SIMPLENET_SCHEDULE.name, "quant_aware_train_linear_quant.yaml",
+                                  "resnet18_imagenet_post_train.yaml"])
+def test_copied_distiller_file_is_unchanged_with_source_and_license(name: str) -> None:
+    text = (SCHEDULES / name).read_text()
     header = text.splitlines()[:2]
     assert DISTILLER_COMMIT in header[0] and "Apache-2.0" in header[1]
     assert (SCHEDULES / "LICENSE.distiller.md").is_file()
-    shared = REPO.parent / "shared" / "distiller-schedules" / SIMPLENET_SCHEDULE.name
+    shared = REPO.parent / "shared" / "distiller-schedules" / name
     if shared.is_file():  # the sibling checkout CI has: the body must be Distiller's own
         assert "\n".join(text.splitlines()[2:]) == "\n".join(shared.read_text().splitlines())
 

@@ -26,6 +26,7 @@ from adapters.coreml._impl import (
     weight_file,
 )
 from unified.context import JobContext
+from unified.schedules import sparsity_at_epoch
 from unified.spec import ClusterStep, FinetuneStep, PruneStep, QuantizeStep, Schedule, Step
 from unified.torchkit.export import export_onnx
 from unified.torchkit.training import train
@@ -129,7 +130,10 @@ def prune(ctx: JobContext, model: nn.Module, step: PruneStep, extra_epochs: int)
         pruner.step()
 
     def on_epoch_end(epoch: int) -> None:
-        ctx.epoch_log.append({"epoch": epoch, "sparsity": round(_sparsity(layers), 4)})
+        entry = {"epoch": epoch, "sparsity": round(_sparsity(layers), 4)}
+        if schedule is not None and step.structure != "n:m":
+            entry["target"] = round(sparsity_at_epoch(schedule, step.sparsity, epoch), 4)
+        ctx.epoch_log.append(entry)
 
     if epochs == 0:  # prune without training: apply the final sparsity once
         pruner.step()
