@@ -214,6 +214,20 @@ def test_pytorch_runs_concurrent_agp_policies_like_distiller(
 
 
 @pytest.mark.slow
+def test_nni_runs_concurrent_agp_policies_like_distiller(
+        tiny_distiller: tuple[Scenario, ReferenceArtifacts], tmp_path: Path) -> None:
+    record = _run(tiny_distiller, "agp", "nni", tmp_path)
+    log = record["epoch_log"]
+    assert [(e["epoch"], e["step"]) for e in log] == [(e, s) for e in range(4) for s in (1, 2)]
+    policies = {1: (0.05, 0.8, 0, 4), 2: (0.1, 0.5, 1, 4)}
+    for entry in log:
+        assert abs(entry["sparsity"] - distiller_agp(entry["epoch"], *policies[entry["step"]])) \
+            < 0.01, entry
+    assert any(n.startswith("Distiller LR scheduler decay: ExponentialLR(gamma=0.5) applied to "
+                            "the 4-epoch pruning loop") for n in record["notes"])
+
+
+@pytest.mark.slow
 def test_pytorch_notes_that_it_cannot_thin(
         tiny_distiller: tuple[Scenario, ReferenceArtifacts], tmp_path: Path) -> None:
     record = _run(tiny_distiller, "simplenet-agp", "pytorch", tmp_path)
