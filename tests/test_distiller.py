@@ -522,3 +522,244 @@ def test_overrides_literal_name_beats_earlier_regex(tmp_path: Path) -> None:
         owner = _distiller_owner(name, keys)
         excluded = any(_matches(name, p) for p in step.targets.exclude)
         assert excluded == (owner == ".*conv.*"), name
+
+
+# --- more real Distiller files (tests/fixtures/distiller, IntelLabs/distiller @ d859fc8) -----
+
+FIXTURES = Path(__file__).parent / "fixtures" / "distiller"
+FIXTURE_SCHEDULES = [
+    "resnet20_filters.bn_fold.schedule_agp.yaml",
+    "resnet50.schedule_agp.1x1x8-blocks.yaml",
+    "alexnet.schedule_sensitivity_2D-reg.yaml",
+    "resnet18_imagenet_post_train_lapq.yaml",
+    "word_lang_model.schedule_agp.yaml",
+    "vgg19.schedule_filter_rank.yaml",
+]
+
+
+@pytest.mark.parametrize("name", FIXTURE_SCHEDULES)
+def test_fixture_file_round_trips(name: str) -> None:
+    recipe = load_distiller_schedule(FIXTURES / name)
+    assert recipe.steps and len(recipe.step_weights) == len(recipe.steps)
+    assert recipe.to_recipe().steps == recipe.steps
+    assert yaml.safe_load(render_import(recipe)) == to_yaml_recipe(recipe)
+
+
+def test_real_structured_agp_with_policy_args_rows_and_thinning() -> None:
+    recipe = load_distiller_schedule(FIXTURES / "resnet20_filters.bn_fold.schedule_agp.yaml")
+    filters, fine, fc = (_prune(s) for s in recipe.steps)  # in policy order
+    assert (filters.structure, filters.sparsity) == (PruneStructure.channel, 0.5)
+    assert filters.targets.include[:3] == ("layer2.0.conv1", "layer2.0.conv2",
+                                           "layer2.0.downsample.0")
+    assert filters.schedule is not None and filters.schedule.curve is ScheduleCurve.agp
+    assert (filters.schedule.initial_sparsity, filters.schedule.start_epoch,
+            filters.schedule.end_epoch, filters.schedule.frequency) == (0.1, 0, 30, 2)
+    assert fine.structure is PruneStructure.unstructured and fine.sparsity == 0.7
+    assert fine.schedule is not None and fine.schedule.start_epoch == 30
+    assert fc.structure is PruneStructure.channel and fc.targets.include == ("fc",)
+    # policy `args: {fold_batchnorm: True}` and group_type Rows are reported, by pruner
+    assert any(n.startswith("low_pruner (") and "fold_batchnorm" in n for n in recipe.notes)
+    assert any(n.startswith("fine_pruner (") and "fold_batchnorm" in n for n in recipe.notes)
+    assert any(n.startswith("fc_pruner (") and "group_type Rows" in n for n in recipe.notes)
+    assert recipe.thinning == ["filters"] and recipe.unsupported == []
+    (lr,) = recipe.lr_schedulers
+    assert (lr.class_name, lr.args, lr.epochs) == ("StepLR", {"step_size": 50, "gamma": 0.1},
+                                                   list(range(400)))
+
+
+def test_real_block_pruning_and_lone_string_weights() -> None:
+    recipe = load_distiller_schedule(FIXTURES / "resnet50.schedule_agp.1x1x8-blocks.yaml")
+    blocks, fc = (_prune(s) for s in recipe.steps)
+    assert (blocks.structure, blocks.block, blocks.sparsity) == (PruneStructure.block, (1, 8), 0.7)
+    assert len(blocks.targets.include) == 16 and blocks.targets.include[-1] == "layer4.2.conv2"
+    assert blocks.schedule is not None and blocks.schedule.frequency == 1
+    assert fc.targets.include == ("fc",)  # `weights: module.fc.weight`, a lone string
+    assert fc.schedule is not None and (fc.schedule.end_epoch, fc.schedule.frequency) == (30, 3)
+    assert "module.fc.weight" in recipe.weight_names
+    assert any("block_shape [1, 8, 1, 1]" in n for n in recipe.notes)
+
+
+def test_real_sensitivity_pruning_with_group_lasso_regularizer() -> None:
+    recipe = load_distiller_schedule(FIXTURES / "alexnet.schedule_sensitivity_2D-reg.yaml")
+    steps = [_prune(s) for s in recipe.steps]
+    levels = {s.targets.include: s.sparsity for s in steps}
+    assert levels[("features.0",)] == pytest.approx(math.erf(0.25 / math.sqrt(2)), abs=1e-4)
+    assert levels[("classifier.1", "classifier.4")] == pytest.approx(
+        math.erf(0.875 / math.sqrt(2)), abs=1e-4)  # one step per distinct sensitivity
+    assert len(steps) == 7
+    for step in steps:  # starting_epoch 0, ending_epoch 38, frequency 2: epochs 0, 2, .., 36
+        assert step.schedule is not None and step.schedule.curve is ScheduleCurve.constant
+        assert (step.schedule.start_epoch, step.schedule.end_epoch) == (0, 37)
+        assert step.schedule.frequency == 2
+    (entry,) = recipe.unsupported
+    assert entry.startswith("2d_groups_regularizer (GroupLassoRegularizer):")
+    assert recipe.weight_names[0] == "features.module.0.weight"
+
+
+def test_real_post_training_null_defaults_and_regex_overrides() -> None:
+    recipe = load_distiller_schedule(FIXTURES / "resnet18_imagenet_post_train_lapq.yaml")
+    (step,) = (_quant(s) for s in recipe.steps)
+    # bits_parameters / bits_activations null: only the overridden layers are quantized
+    assert (step.method, step.weights, step.activations) == (QuantMethod.static, 4, None)
+    assert step.symmetric is True  # mode: {activations: ASYMMETRIC_UNSIGNED, weights: SYMMETRIC}
+    assert step.granularity is Granularity.per_tensor and step.targets.exclude == ()
+    keys = ["layer.*conv.*", "layer.*relu.*", r".*downsample\.0.*", "layer4.1.conv2",
+            "layer4.1.relu2"]
+    quantized = {"layer.*conv.*", r".*downsample\.0.*"}
+    for name in ("conv1", "fc", "layer1.0.conv1", "layer3.1.conv2", "layer4.1.conv2",
+                 "layer4.1.conv1", "layer2.0.downsample.0", "layer2.0.relu1"):
+        owner = _distiller_owner(name, keys)
+        assert any(_matches(name, p) for p in step.targets.include) == (owner in quantized), name
+    assert any("mode: weights SYMMETRIC, activations ASYMMETRIC_UNSIGNED" in n
+               for n in recipe.notes)
+
+
+def test_real_rnn_weights_are_reported_not_read_as_layer_weights() -> None:
+    recipe = load_distiller_schedule(FIXTURES / "word_lang_model.schedule_agp.yaml")
+    (embedding,) = (_prune(s) for s in recipe.steps)
+    assert (embedding.sparsity, embedding.targets.include) == (0.9, ("encoder",))
+    assert recipe.weight_names == ["encoder.weight"]
+    assert [u.split(":")[0] for u in recipe.unsupported] == [
+        "l0_rnn_pruner (AutomatedGradualPruner)", "l1_rnn_pruner (AutomatedGradualPruner)"]
+    assert "rnn.weight_ih_l0, rnn.weight_hh_l0" in recipe.unsupported[0]
+
+
+def test_real_epochs_lists_repeated_pruners_and_unstepped_lr() -> None:
+    recipe = load_distiller_schedule(FIXTURES / "vgg19.schedule_filter_rank.yaml")
+    steps = [_prune(s) for s in recipe.steps]
+    assert [(s.schedule.start_epoch, s.schedule.end_epoch) for s in steps if s.schedule] == [
+        (0, 1), (1, 2), (4, 5), (5, 6)]
+    assert all(s.structure is PruneStructure.channel and s.sparsity == 0.1 for s in steps)
+    assert all(s.schedule and s.schedule.curve is ScheduleCurve.constant for s in steps)
+    assert steps[0].targets.include == steps[2].targets.include  # vgg_manual, twice
+    assert steps[0].targets.include[0] == "features.2"  # features.module.2.weight
+    assert recipe.thinning == ["filters"]
+    assert any("epochs [0, 1, 4, 5]" in n for n in recipe.notes)
+    (lr,) = recipe.lr_schedulers
+    assert lr.epochs == [] and any(n.startswith("pruning_lr (StepLR): defined but no policy")
+                                   for n in recipe.notes)
+
+
+def test_real_quantization_stats_file_is_not_a_schedule() -> None:
+    path = FIXTURES / "quantization_stats_no_split.yaml"
+    with pytest.raises(SpecError) as info:
+        load_distiller_schedule(path)
+    (problem,) = info.value.problems  # one line, naming the file and what it is
+    assert "\n" not in problem
+    assert problem.startswith(f"{path}:3: ")
+    assert "not a Distiller compression schedule" in problem
+    assert "mf_user_embed" in problem and "quantization statistics" in problem
+
+
+# --- the format: forms real files use beyond the fixtures ----------------------------------
+
+
+def test_not_a_schedule_amc_config_and_overrides_file(tmp_path: Path) -> None:
+    amc = _write(tmp_path, "network:\n  resnet20_cifar: [module.layer1.0.conv2]\n", "amc.yaml")
+    greedy = _write(tmp_path, "conv1: {bits_weights: 8, bits_activations: 8}\n"
+                    "fc: {bits_weights: 8, bits_activations: 8}\n", "greedy.yaml")
+    for path, what in ((amc, "AMC"), (greedy, "per-layer quantizer overrides")):
+        with pytest.raises(SpecError) as info:
+            load_distiller_schedule(path)
+        (problem,) = info.value.problems
+        assert problem.startswith(str(path)) and what in problem
+
+
+def test_overrides_supply_the_bits_when_the_defaults_are_null(tmp_path: Path) -> None:
+    # the form ptq_greedy_search writes: null defaults, every layer's bits in an override
+    path = _write(tmp_path, """
+        quantizers:
+          post_train_quantizer:
+            class: PostTrainLinearQuantizer
+            bits_activations: null
+            bits_parameters: null
+            mode: ASYMMETRIC_SIGNED
+            overrides:
+              conv1: {bits_weights: 8, bits_activations: 8, clip_acts: GAUSS}
+              layer1.0.relu1: {bits_weights: 8, bits_activations: 8, fpq_module: 32, fake: true}
+              fc: {bits_weights: 8, bits_activations: 8}
+    """)
+    recipe = load_distiller_schedule(path)
+    (step,) = (_quant(s) for s in recipe.steps)
+    assert (step.weights, step.activations) == (8, 8)  # not float activations
+    assert step.targets.include == ("conv1", "layer1.0.relu1", "fc")
+    assert not any("cannot be expressed" in n for n in recipe.notes)
+    assert any("'conv1': clip_acts='GAUSS' not expressible" in n for n in recipe.notes)
+
+
+def test_pruner_argument_forms_distiller_accepts(tmp_path: Path) -> None:
+    path = _write(tmp_path, """
+        pruners:
+          mapped:
+            class: AutomatedGradualPruner
+            initial_sparsity: 0.05
+            final_sparsity: 0.5
+            weights: {module.conv1.weight: 1, module.conv1.bias: 1}
+          apoz:
+            class: ActivationAPoZRankedFilterPruner
+            group_type: Channels
+            desired_sparsity: 0.3
+            weights: [module.conv2.weight]
+          levels:
+            class: SparsityLevelParameterPruner
+            levels: {module.conv1.bias: 0.5, module.fc.weight: 0.4, '*': 0.2, fc_weight: 0.3}
+        policies:
+          - pruner: {instance_name: mapped}
+            starting_epoch: 0
+            ending_epoch: 10
+            frequency: 2
+          - pruner: {instance_name: apoz}
+            epochs: [3]
+          - pruner: {instance_name: levels}
+            epochs: [0]
+    """)
+    recipe = load_distiller_schedule(path)
+    mapped, apoz, fc, rest = (_prune(s) for s in recipe.steps)
+    assert mapped.targets.include == ("conv1",)  # the mapping's keys; the bias is reported
+    # the one-shot activation pruners never read group_type: they rank filters
+    assert apoz.structure is PruneStructure.channel and apoz.targets.include == ("conv2",)
+    assert (fc.sparsity, fc.targets.include) == (0.4, ("fc",))
+    assert (rest.sparsity, rest.targets.exclude) == (0.2, ("fc",))  # conv1.weight keeps '*'
+    assert recipe.weight_names == ["module.conv1.weight", "module.conv2.weight",
+                                   "module.fc.weight"]
+    unsupported = "\n".join(recipe.unsupported)
+    assert "mapped (AutomatedGradualPruner): cannot prune module.conv1.bias" in unsupported
+    assert "levels (SparsityLevelParameterPruner): cannot prune module.conv1.bias, fc_weight" \
+        in unsupported
+    assert any("group_type 'Channels' is not read" in n for n in recipe.notes)
+
+
+def test_policy_timing_nested_under_the_instance(tmp_path: Path) -> None:
+    path = _write(tmp_path, """\
+        quantizers:
+          dorefa_quantizer: {class: DorefaQuantizer, bits_activations: 8, bits_weights: 4}
+        policies:
+          - quantizer:
+              instance_name: dorefa_quantizer
+              starting_epoch: 0
+              ending_epoch: 200
+              frequency: 1
+    """)
+    with pytest.raises(SpecError) as info:
+        load_distiller_schedule(path)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{path}:4: policies[0].quantizer: starting_epoch, ending_epoch, "
+                              "frequency must sit at the policy level")
+
+
+def test_legacy_arguments_name_today_s_form(tmp_path: Path) -> None:
+    path = _write(tmp_path, """\
+        quantizers:
+          dorefa_quantizer:
+            class: DorefaQuantizer
+            bits_activations: 8
+            bits_weights: 3
+            bits_overrides:
+              conv1: {acts: null, wts: null}
+    """)
+    with pytest.raises(SpecError) as info:
+        load_distiller_schedule(path)
+    (problem,) = info.value.problems
+    assert f"{path}:6: quantizers.dorefa_quantizer.bits_overrides: DorefaQuantizer does not " \
+        "accept" in problem
+    assert "today's is 'overrides'" in problem

@@ -30,6 +30,7 @@ from unified.distiller_parse import (
     StepWeights,
     check_args,
     is_pattern,
+    non_schedule_reason,
     normalize_name,
     parse_components,
     parse_policies,
@@ -117,6 +118,10 @@ def parse_distiller_schedule(
         got = "an empty file" if data is None else f"{type(data).__name__} {data!r:.60}"
         b.problem((), "a Distiller schedule is a mapping (pruners, quantizers, ..., policies). "
                   f"Got {got} instead")
+        raise SpecError(b.problems)
+    reason = non_schedule_reason(data)
+    if reason:
+        b.problem((), reason)
         raise SpecError(b.problems)
     for key in data:
         if key not in TOP_LEVEL:

@@ -31,6 +31,22 @@ WHEN_KEYS = ("epochs", "starting_epoch", "ending_epoch", "frequency")
 # Arguments build_component injects itself; a user may name them, they are overwritten.
 INJECTED = ("name", "model", "optimizer", "last_epoch")
 _REGEX_CHARS = re.compile(r"[\\^$*+?{}\[\]|()]")
+# Arguments of older Distiller releases that today's constructors reject (as Distiller does).
+LEGACY_ARGS = {
+    "bits_overrides": "the name used up to Distiller 0.3.1; today's is 'overrides' (keys "
+                      "bits_activations / bits_weights / bits_bias instead of acts / wts)",
+    "reg_regims": "the pre-2019 form of the ranked structure pruners ({param: [sparsity, "
+                  "group]}); today's Distiller takes group_type, desired_sparsity (or "
+                  "initial_sparsity / final_sparsity) and weights",
+    "no_clip_layers": "from Distiller 0.3.1; today's form is overrides: {<layer>: {clip_acts: "
+                      "NONE}}",
+    "act_sat_mode": "from Distiller 0.3.1 and older; today's is clip_acts",
+    "wts_sat_mode": "from Distiller 0.3.1 and older; weights are no longer clipped",
+    "quantize_bias": "from Distiller 0.3.1 and older; today's is bits_bias",
+}
+# Sections whose presence makes a mapping a compression schedule (dict_config reads them).
+SCHEDULE_KEYS = (*SECTIONS, "policies")
+_STATS_KEYS = ("inputs", "output", "min", "max", "avg_min", "avg_max", "mean", "std")
 
 
 # --- document model ------------------------------------------------------------------------
@@ -186,6 +202,11 @@ class Builder:
         value = comp.args.get(key)
         if isinstance(value, str) and value:
             value = [value]  # Distiller tests `name in weights`: a lone string works too
+        elif isinstance(value, dict) and value:
+            # `name in weights` tests a mapping's keys: Distiller accepts one, values unused
+            self.note(comp, f"'{key}' is a mapping: its keys are the parameter names (Distiller "
+                      "ignores the values)")
+            value = [str(k) for k in value]
         if (
             not isinstance(value, list)
             or not value
@@ -219,10 +240,11 @@ def check_args(b: Builder, comp: Component, spec: ClassSpec) -> bool:
     for key in comp.args:
         if key not in accepted:
             allowed = ", ".join((*spec.required, *spec.optional))
+            legacy = LEGACY_ARGS.get(key)
             b.problem(
                 comp.arg_path(key),
                 f"{comp.class_name} does not accept the argument '{key}' (it accepts: "
-                f"{allowed})",
+                f"{allowed})" + (f"; '{key}' is {legacy}" if legacy else ""),
             )
             ok = False
     for key in spec.required:
@@ -230,6 +252,30 @@ def check_args(b: Builder, comp: Component, spec: ClassSpec) -> bool:
             b.problem(comp.path, f"{comp.class_name} needs the argument '{key}'")
             ok = False
     return ok
+
+
+def non_schedule_reason(data: dict[str, Any]) -> str | None:
+    """Why a YAML mapping is not a compression schedule at all (None when it is one).
+
+    Distiller's scheduler reads only the sections and ``policies``: a file with none of them
+    (activation statistics, AMC / ptq_greedy_search configurations) is another kind of file.
+    """
+    if any(key in data for key in SCHEDULE_KEYS):
+        return None
+    keys = [str(k) for k in data]
+    shown = ", ".join(keys[:4]) + (f", ... ({len(keys)} keys)" if len(keys) > 4 else "")
+    bodies = [v for v in data.values() if isinstance(v, dict)]
+    guess = ""
+    if "network" in data:
+        guess = "; it looks like an AMC / auto-compression configuration"
+    elif bodies and any(k in body for body in bodies for k in _STATS_KEYS):
+        guess = ("; it looks like quantization statistics (activation ranges per layer), which "
+                 "a PostTrainLinearQuantizer reads through model_activation_stats")
+    elif bodies and all(any(str(k).startswith("bits_") for k in body) for body in bodies):
+        guess = ("; it looks like per-layer quantizer overrides (e.g. ptq_greedy_search output), "
+                 "which belong under quantizers.<name>.overrides")
+    return (f"not a Distiller compression schedule: it has none of {', '.join(SCHEDULE_KEYS)} "
+            f"(top-level keys: {shown or 'none'}){guess}")
 
 
 def parse_components(b: Builder, data: dict[str, Any], section: str) -> list[Component]:
@@ -352,6 +398,11 @@ def parse_policies(
             defined = ", ".join(instances[section]) or "none"
             b.problem((*ref_path, "instance_name"), f"{kind} '{instance}' is not defined under "
                       f"'{section}' (defined: {defined})")
+            continue
+        nested = [k for k in WHEN_KEYS if k in ref]
+        if nested and not any(k in item for k in WHEN_KEYS):
+            b.problem(ref_path, f"{', '.join(nested)} must sit at the policy level, beside "
+                      f"'{kind}:', not inside it (Distiller reads them from the policy)")
             continue
         when = parse_when(b, item, path)
         if when is None:

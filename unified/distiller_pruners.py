@@ -18,6 +18,7 @@ from unified.distiller_parse import (
     Policy,
     StepWeights,
     check_args,
+    is_pattern,
     module_pattern,
     param_suffix,
 )
@@ -106,11 +107,24 @@ def policy_schedule(
                     frequency=frequency, curve=ScheduleCurve.constant)
 
 
-def _weight_notes(b: Builder, comp: Component, names: list[str]) -> None:
-    odd = [n for n in names if param_suffix(n) != "weight" and n != "*"]
+def _is_layer_weight(name: str) -> bool:
+    """``<layer>.weight`` (or a pattern, which Distiller would read literally)."""
+    return is_pattern(name) or ("." in name and param_suffix(name) == "weight")
+
+
+def _prunable(b: Builder, comp: Component, names: list[str]) -> list[str]:
+    """The names a unified prune step can carry: the ``weight`` of a layer (or a pattern).
+
+    Biases, recurrent-layer tensors (``rnn.weight_ih_l0``) and parameters held by the model
+    itself (``fc_weight``) are not a conv/linear layer's weight: they are reported unsupported
+    instead of being read as the layer's weight.
+    """
+    odd = [n for n in names if n != "*" and not _is_layer_weight(n)]
     if odd:
-        b.note(comp, f"prunes {', '.join(odd)}: the unified step prunes the weight of the "
-               "module holding each (biases and other parameters are left dense)")
+        b.unsupport(comp, f"cannot prune {', '.join(odd)}: unified prune steps prune the "
+                    "'weight' of conv/linear layers only (not biases, recurrent-layer "
+                    "weight_ih / weight_hh tensors or other parameters)")
+    return [n for n in names if n not in odd]
 
 
 def _emit(
@@ -144,9 +158,14 @@ def _fraction(b: Builder, comp: Component, key: str, *, allow_zero: bool) -> flo
 
 
 def _structure(
-    b: Builder, comp: Component, groups: tuple[str, ...]
+    b: Builder, comp: Component, groups: tuple[str, ...], *, checked: bool = True
 ) -> tuple[PruneStructure, tuple[int, int] | None] | None:
     group = comp.args.get("group_type")
+    if not checked and group not in groups:
+        # the one-shot activation / gradient / random filter pruners never read group_type
+        b.note(comp, f"group_type {group!r} is not read by Distiller's {comp.class_name}, which "
+               "ranks filters whatever it says: filters are pruned")
+        return PruneStructure.channel, None
     if group not in groups:
         b.problem(comp.arg_path("group_type"), f"{comp.class_name} ranks {', '.join(groups)} "
                   f"structures. Got {group!r} instead")
@@ -187,13 +206,14 @@ def _structured_notes(b: Builder, comp: Component) -> None:
 
 
 def structured(
-    criterion: PruneCriterion, *, agp: bool, groups: tuple[str, ...], approx: str | None = None
+    criterion: PruneCriterion, *, agp: bool, groups: tuple[str, ...], approx: str | None = None,
+    checks_group: bool = True,
 ) -> Callable[[Builder, Component], None]:
     """Translator for the ranked structure pruners and their AGP variants."""
 
     def translate(b: Builder, comp: Component) -> None:
         names = b.names(comp)
-        shape = _structure(b, comp, groups)
+        shape = _structure(b, comp, groups, checked=checks_group)
         if agp:
             initial = _fraction(b, comp, "initial_sparsity", allow_zero=True)
             final = _fraction(b, comp, "final_sparsity", allow_zero=False)
@@ -209,10 +229,12 @@ def structured(
                 return
         if names is None or shape is None or initial is None or final is None:
             return
+        names = _prunable(b, comp, names)
+        if not names:
+            return
         if approx:
             b.note(comp, approx)
         _structured_notes(b, comp)
-        _weight_notes(b, comp, names)
         structure, block = shape
         for policy in comp.policies:
             if not policy_args_ok(b, comp, policy):
@@ -241,9 +263,11 @@ def agp_fine(b: Builder, comp: Component) -> None:
         b.problem(comp.arg_path("final_sparsity"), f"must exceed initial_sparsity ({initial}); "
                   f"Distiller asserts it. Got {final}")
         return
+    names = _prunable(b, comp, names)
+    if not names:
+        return
     if "rate_scheduler_factory" in comp.args:
         b.note(comp, "rate_scheduler_factory ignored: the AGP rate is used")
-    _weight_notes(b, comp, names)
     for policy in comp.policies:
         if not policy_args_ok(b, comp, policy):
             continue
@@ -260,16 +284,20 @@ def _per_name_levels(
     to_sparsity: Callable[[float], float],
 ) -> None:
     """One constant-curve step per distinct level; '*' is the default for unnamed tensors."""
-    levels: dict[float, list[str]] = {}
+    numbers: dict[str, float] = {}
     for name, raw in table.items():
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             b.problem(comp.arg_path(key), f"'{name}': must be a number. Got {raw!r} instead")
             return
-        if raw <= 0:
-            continue  # Distiller leaves these tensors alone
-        levels.setdefault(float(raw), []).append(name)
-    explicit = [n for n in table if n != "*"]
-    _weight_notes(b, comp, explicit)
+        numbers[name] = float(raw)
+    named = [n for n in numbers if n != "*"]
+    prunable = _prunable(b, comp, [n for n in named if numbers[n] > 0])
+    # named tensors keep their own level (<= 0: Distiller leaves them alone), not the default
+    explicit = [n for n in named if n in prunable or (numbers[n] <= 0 and _is_layer_weight(n))]
+    levels: dict[float, list[str]] = {}
+    for name, level in numbers.items():
+        if level > 0 and (name == "*" or name in prunable):
+            levels.setdefault(level, []).append(name)
     schedule = policy_schedule(b, comp, policy, agp=False)
     if schedule is None:
         return
@@ -375,16 +403,20 @@ PRUNERS: dict[str, ClassSpec] = {
         _ONE_SHOT, _LP_OPTIONAL, structured(PruneCriterion.l2, agp=False, groups=LP_GROUPS)),
     "ActivationAPoZRankedFilterPruner": ClassSpec(
         _ONE_SHOT, ("group_dependency",),
-        structured(PruneCriterion.l1, agp=False, groups=FILTER_GROUPS, approx=_APOZ)),
+        structured(PruneCriterion.l1, agp=False, groups=FILTER_GROUPS, approx=_APOZ,
+                   checks_group=False)),
     "ActivationMeanRankedFilterPruner": ClassSpec(
         _ONE_SHOT, ("group_dependency",),
-        structured(PruneCriterion.l1, agp=False, groups=FILTER_GROUPS, approx=_MEAN)),
+        structured(PruneCriterion.l1, agp=False, groups=FILTER_GROUPS, approx=_MEAN,
+                   checks_group=False)),
     "GradientRankedFilterPruner": ClassSpec(
         _ONE_SHOT, ("group_dependency",),
-        structured(PruneCriterion.taylor, agp=False, groups=FILTER_GROUPS, approx=_GRAD)),
+        structured(PruneCriterion.taylor, agp=False, groups=FILTER_GROUPS, approx=_GRAD,
+                   checks_group=False)),
     "RandomRankedFilterPruner": ClassSpec(
         _ONE_SHOT, ("group_dependency",),
-        structured(PruneCriterion.random, agp=False, groups=FILTER_GROUPS)),
+        structured(PruneCriterion.random, agp=False, groups=FILTER_GROUPS,
+                   checks_group=False)),
     "BernoulliFilterPruner": ClassSpec(_ONE_SHOT, ("group_dependency",), unsupported(_BERNOULLI)),
     "FMReconstructionChannelPruner": ClassSpec(
         _ONE_SHOT, ("group_dependency", "kwargs", "magnitude_fn", "group_size", "rounding_fn",

@@ -131,16 +131,17 @@ def _override_bits(b: Builder, path: tuple[Any, ...], body: dict[str, Any], key:
 
 def _overrides(
     b: Builder, comp: Component, default_w: int | None, default_a: int | None
-) -> tuple[list[str], list[str], int | None] | None:
-    """(include, exclude, bits of the first quantized override) from ``overrides``.
+) -> tuple[list[str], list[str], int | None, int | None] | None:
+    """(include, exclude, weight bits, activation bits of the step) from ``overrides``.
 
     Layers an override leaves with float weights are excluded; other per-layer settings
     cannot be expressed by one step and become notes. When the quantizer's own weights are
-    float, only the overridden layers are quantized: they become ``include``.
+    float, only the overridden layers are quantized: they become ``include``, and the step
+    takes the bit widths of the first of them.
     """
     raw = comp.args.get("overrides")
     if raw is None:
-        return [], [], None
+        return [], [], default_w, default_a
     if not isinstance(raw, dict):
         b.problem(comp.arg_path("overrides"), "must be an ordered mapping of module-name "
                   f"regexes to settings. Got {raw!r} instead")
@@ -165,16 +166,16 @@ def _overrides(
         if not (ok_w and ok_a):
             return None
         parsed.append((str(key), w, a, body))
-    first_bits = next((w for _, w, _, _ in parsed if w is not None), None)
-    step_w = default_w if default_w is not None else first_bits
+    first = next(((w, a) for _, w, a, _ in parsed if w is not None), (None, None))
+    step_w, step_a = (default_w, default_a) if default_w is not None else first
     for key, w, a, body in parsed:
         if w is None and a is not None:
             b.note(comp, f"override '{key}': float weights but {a}-bit activations in Distiller; "
                    "the step leaves these layers out")
-        elif w is not None and a is None and default_a is not None:
+        elif w is not None and a is None and step_a is not None:
             b.note(comp, f"override '{key}': float activations in Distiller; the step quantizes "
                    "their activations too")
-        if w is not None and (w != step_w or (a is not None and a != default_a)):
+        if w is not None and (w != step_w or (a is not None and a != step_a)):
             b.note(comp, f"override '{key}': bits_weights={w}, bits_activations={a} cannot be "
                    f"expressed (one quantize step has one bit width); the step's are used")
         for extra in body:
@@ -190,8 +191,8 @@ def _overrides(
         pattern = _override_pattern(key, blockers, literals)
         (exclude if floats else include).append(pattern)
     if default_w is not None:
-        return [], exclude, first_bits
-    return include, [], first_bits
+        return [], exclude, step_w, step_a
+    return include, [], step_w, step_a
 
 
 def quantizer(kind: _QuantKind) -> Any:
@@ -209,21 +210,22 @@ def quantizer(kind: _QuantKind) -> Any:
         targets = _overrides(b, comp, w_raw, a_raw)
         if targets is None or len(b.problems) > problems_before:
             return
-        include, exclude, override_bits = targets
+        include, exclude, step_w, step_a = targets
         if str(args.get("fpq_module")) in ("32", "64"):
             b.unsupport(comp, f"fpq_module={args['fpq_module']}: layers run in floating point "
                         "and only their outputs are fake-quantized; no unified equivalent")
             return
         if w_raw is None and not include:
-            if a_raw is None:
+            overrides = args.get("overrides") or {}
+            if a_raw is None and not any(isinstance(body, dict) and body.get("bits_activations")
+                                         for body in overrides.values()):
                 b.note(comp, "quantizes nothing (weights and activations stay in float): no step")
             else:
                 b.unsupport(comp, "quantizes activations only; a unified quantize step always "
                             "quantizes weights")
             return
-        weights, w_note = fit_bits(w_raw if w_raw is not None else override_bits,
-                                   _allowed_bits("weights"))
-        activations, a_note = fit_bits(a_raw, _allowed_bits("activations"))
+        weights, w_note = fit_bits(step_w, _allowed_bits("weights"))
+        activations, a_note = fit_bits(step_a, _allowed_bits("activations"))
         for what, note in (("weights", w_note), ("activations", a_note)):
             if note:
                 b.note(comp, f"approximated: {what}: {note}")
@@ -396,13 +398,19 @@ REGULARIZERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     "GroupVarianceRegularizer": (("reg_regims",), (),
                                  f"adds a group-variance penalty; {_REG_REASON}"),
     "DropFilterRegularizer": (("reg_regims",), ("threshold_criteria",),
-                              f"drops random filters during training; {_REG_REASON}"),
+                              "drops random filters during training (and distiller.regularization "
+                              "does not export it, so Distiller's config cannot build it); "
+                              + _REG_REASON),
 }
 
 
 def translate_regularizer(b: Builder, comp: Component) -> None:
     required, optional, reason = REGULARIZERS[comp.class_name]
     if check_args(b, comp, ClassSpec(required, optional, translate_regularizer)):
+        criteria = comp.args.get("threshold_criteria")
+        if criteria is not None:
+            reason += (f"; with threshold_criteria {criteria} it also zeroes the weights / groups "
+                       "below the threshold after every mini-batch (pruning by regularization)")
         b.unsupport(comp, reason)
 
 
