@@ -163,9 +163,28 @@ def test_dorefa(shared: Path) -> None:
         assert any("3 bits" in n and "rounded up to 4" in n for n in recipe.notes)
     # overrides with null bits keep those layers in float
     assert step.targets.exclude == ("conv1", "layer1.0.pre_relu", "final_relu", "fc")
-    assert recipe.lr_schedulers == []
-    (entry,) = recipe.unsupported
-    assert entry.startswith("training_lr (MultiStepMultiGammaLR):")
+    assert recipe.unsupported == []
+    # milestones [80, 120, 160], gammas [0.1, 0.1, 0.2]: one chained MultiStepLR each
+    assert [(lr.torch_class, lr.args) for lr in recipe.lr_schedulers] == [
+        ("torch.optim.lr_scheduler.MultiStepLR", {"milestones": [80], "gamma": 0.1}),
+        ("torch.optim.lr_scheduler.MultiStepLR", {"milestones": [120], "gamma": 0.1}),
+        ("torch.optim.lr_scheduler.MultiStepLR", {"milestones": [160], "gamma": 0.2}),
+    ]
+    assert all(lr.epochs == list(range(161)) for lr in recipe.lr_schedulers)
+    assert any("MultiStepMultiGammaLR written as one torch MultiStepLR" in n
+               for n in recipe.notes)
+
+
+def test_multi_gamma_lr_gives_distillers_rates() -> None:
+    from unified.torchkit.training import scheduled_learning_rates
+
+    # Distiller: lr = base * prod(gammas of the milestones <= epoch)
+    milestones, gammas = [2, 4], [0.1, 0.5]
+    chained = [("torch.optim.lr_scheduler.MultiStepLR", {"milestones": [m], "gamma": g},
+                range(6)) for m, g in zip(milestones, gammas, strict=True)]
+    expected = [math.prod(g for m, g in zip(milestones, gammas, strict=True) if m <= e)
+                for e in range(6)]
+    assert scheduled_learning_rates(chained, 1.0, 6) == pytest.approx(expected)
 
 
 def test_post_training_quantization(shared: Path) -> None:
@@ -503,6 +522,48 @@ def test_bind_to_model(shared: Path) -> None:
     for name in recipe.weight_names:
         assert name in problem
     assert problem.startswith(f"{recipe.source}: 3 Distiller weight name(s) match no parameter")
+
+
+def test_bind_reports_weights_of_layers_no_backend_compresses(tmp_path: Path) -> None:
+    import torch
+
+    from unified.distiller import module_kinds
+
+    class Tagger(torch.nn.Module):  # embedding -> depthwise conv -> norm -> linear
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = torch.nn.Embedding(50, 8)
+            self.dw = torch.nn.Conv1d(8, 8, 3, groups=8)
+            self.norm = torch.nn.BatchNorm1d(8)
+            self.fc = torch.nn.Linear(8, 4)
+
+    path = _write(tmp_path, """
+        pruners:
+          all:
+            class: AutomatedGradualPruner
+            initial_sparsity: 0.1
+            final_sparsity: 0.5
+            weights: [module.encoder.weight, module.fc.weight, module.norm.weight]
+          lookup:
+            class: SensitivityPruner
+            sensitivities: {module.encoder.weight: 0.5}
+        policies:
+          - {pruner: {instance_name: all}, starting_epoch: 0, ending_epoch: 3, frequency: 1}
+          - {pruner: {instance_name: lookup}, epochs: [0]}
+    """)
+    model = Tagger()
+    params = [name for name, _ in model.named_parameters()]
+    bound = bind_to_model(load_distiller_schedule(path), params, module_kinds(model))
+    (step,) = (_prune(s) for s in bound.steps)  # the embedding-only step is dropped
+    assert step.targets.include == ("fc",)
+    assert [t.value for t in step.targets.op_types] == ["linear"]
+    reported = [u for u in bound.unsupported if "no backend compresses" in u]
+    assert reported == [
+        "prune step 1 on encoder (Embedding), norm (BatchNorm1d): not a conv, depthwise conv "
+        "or linear layer; no backend compresses its weight",
+        "prune step 2 on encoder (Embedding): not a conv, depthwise conv or linear layer; "
+        "no backend compresses its weight",
+    ]
 
 
 def test_overrides_literal_name_beats_earlier_regex(tmp_path: Path) -> None:

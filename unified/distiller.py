@@ -15,7 +15,7 @@ a model with :func:`match_weight_names` / :func:`bind_to_model`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -224,9 +224,15 @@ def _regex_matches(name: str, normalized: dict[str, str]) -> list[str]:
     ]
 
 
-def bind_to_model(recipe: DistillerRecipe, model_param_names: list[str]) -> DistillerRecipe:
+def bind_to_model(recipe: DistillerRecipe, model_param_names: list[str],
+                  module_kinds: Mapping[str, tuple[str | None, str]] | None = None
+                  ) -> DistillerRecipe:
     """The recipe with every step's name targets rewritten to the model's module names.
 
+    ``module_kinds`` (module name -> (unified op type or None, torch class name)) lets the
+    binding narrow each step's ``op_types`` to the kinds it names and report, by name, the
+    weights of layers no backend compresses (embeddings, norms, grouped convs): Distiller
+    prunes any parameter, the unified steps only conv / depthwise / linear weights.
     Raises ONE SpecError naming every Distiller weight name that matches no parameter.
     """
     mapping, unmatched = match_weight_names(recipe.weight_names, model_param_names)
@@ -242,18 +248,49 @@ def bind_to_model(recipe: DistillerRecipe, model_param_names: list[str]) -> Dist
         return tuple(dict.fromkeys(out))
 
     steps: list[Step] = []
-    for step, weights in zip(recipe.steps, recipe.step_weights, strict=True):
+    unsupported = list(recipe.unsupported)
+    for number, (step, weights) in enumerate(zip(recipe.steps, recipe.step_weights,
+                                                 strict=True), start=1):
         if weights.include or weights.exclude:
             targets: Targets = step.targets  # type: ignore[union-attr]
             fields = step.model_dump()
+            include = modules(weights.include) if weights.include else targets.include
+            op_types = targets.op_types
+            if weights.include and module_kinds is not None and step.kind == "prune":
+                other = [m for m in include if module_kinds.get(m, (None, ""))[0] is None]
+                if other:
+                    layers = ", ".join(f"{m} ({module_kinds.get(m, (None, '?'))[1]})"
+                                       for m in other)
+                    unsupported.append(f"{step.kind} step {number} on {layers}: not a conv, "
+                                       "depthwise conv or linear layer; no backend compresses "
+                                       "its weight")
+                include = tuple(m for m in include if m not in other)
+                if not include:
+                    continue
+                kinds = {module_kinds[m][0] for m in include}
+                # the kinds it names (an empty overlap is left for the backends to report)
+                op_types = tuple(t for t in op_types if t.value in kinds) or op_types
             fields["targets"] = {
                 **targets.model_dump(),
-                "include": modules(weights.include) if weights.include else targets.include,
+                "op_types": op_types,
+                "include": include,
                 "exclude": modules(weights.exclude) if weights.exclude else targets.exclude,
             }
             step = type(step).model_validate(fields)
         steps.append(step)
-    return replace(recipe, steps=steps)
+    return replace(recipe, steps=steps, unsupported=unsupported)
+
+
+def module_kinds(model: Any) -> dict[str, tuple[str | None, str]]:
+    """Module name -> (unified op type or None, class name) of a torch model, for
+    :func:`bind_to_model`."""
+    from unified.torchkit.targets import op_type
+
+    out: dict[str, tuple[str | None, str]] = {}
+    for name, module in model.named_modules():
+        kind = op_type(module)
+        out[name] = (kind.value if kind is not None else None, type(module).__name__)
+    return out
 
 
 # --- output --------------------------------------------------------------------------------

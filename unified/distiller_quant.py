@@ -368,8 +368,19 @@ def translate_lr(b: Builder, comp: Component) -> None:
         return
     args = {k: v for k, v in comp.args.items() if k not in ("name", "model", "optimizer")}
     if name == "MultiStepMultiGammaLR":
-        b.unsupport(comp, "Distiller-only LR scheduler (one gamma per milestone), not in "
-                    "torch.optim.lr_scheduler; the scenario budget's optimizer settings apply")
+        milestones, gammas = args["milestones"], args["gammas"]
+        if len(milestones) != len(gammas) or list(milestones) != sorted(milestones):
+            b.problem(comp.arg_path("gammas"), f"one gamma per milestone, milestones "
+                      f"increasing. Got milestones {milestones}, gammas {gammas}")
+            return
+        # lr = base * gamma_1 * ... * gamma_k after k milestones: one chainable torch
+        # MultiStepLR per milestone, all on the same optimizer, gives the same rates
+        b.note(comp, "Distiller's MultiStepMultiGammaLR written as one torch MultiStepLR per "
+               "milestone, chained on the same optimizer (same learning rate every epoch)")
+        for milestone, gamma in zip(milestones, gammas, strict=True):
+            b.lr_schedulers.append(LRSchedulerSpec(
+                comp.name, name, TORCH_LR + "MultiStepLR",
+                {"milestones": [milestone], "gamma": gamma}, epochs))
         return
     if name == "PolynomialLR":
         b.note(comp, "Distiller's PolynomialLR(T_max, power) mapped to torch PolynomialLR"

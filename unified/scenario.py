@@ -468,8 +468,8 @@ def _expand_distiller_recipes(data: dict[str, Any], path: Path,
             if ref is None:
                 steps.append(entry)
                 continue
-            param_names = _model_parameter_names(data, path, lines, name)
-            schedule, info = _import_schedule(path, ref, param_names,
+            model = _model_for_recipe(data, path, lines, name)
+            schedule, info = _import_schedule(path, ref, model,
                                               lines.get(("recipes", name, index))
                                               or lines.get(("recipes", name)))
             steps.extend(schedule)
@@ -480,14 +480,20 @@ def _expand_distiller_recipes(data: dict[str, Any], path: Path,
     return {**data, "recipes": expanded, "imported": imported}
 
 
-def _import_schedule(path: Path, ref: str, param_names: list[str],
+def _import_schedule(path: Path, ref: str, model: Any,
                      line: int | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from unified.distiller import bind_to_model, load_distiller_schedule, to_yaml_recipe
+    from unified.distiller import (
+        bind_to_model,
+        load_distiller_schedule,
+        module_kinds,
+        to_yaml_recipe,
+    )
 
     file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
     if not file.is_file():
         raise SpecError([f"{path}:{line}: distiller: schedule file not found: {file}"])
-    schedule = bind_to_model(load_distiller_schedule(file), param_names)
+    param_names = [name for name, _ in model.named_parameters()]
+    schedule = bind_to_model(load_distiller_schedule(file), param_names, module_kinds(model))
     info = {
         "source": str(file),
         "notes": schedule.notes,
@@ -499,10 +505,10 @@ def _import_schedule(path: Path, ref: str, param_names: list[str],
     return to_yaml_recipe(schedule), info
 
 
-def _model_parameter_names(data: dict[str, Any], path: Path,
-                           lines: dict[tuple[Any, ...], int], recipe: str) -> list[str]:
-    """Parameter names of the model that runs ``recipe`` (the first model that lists it,
-    else the first model), to match Distiller weight names against."""
+def _model_for_recipe(data: dict[str, Any], path: Path,
+                      lines: dict[tuple[Any, ...], int], recipe: str) -> Any:
+    """The (untrained) torch model that runs ``recipe`` (the first model that lists it, else
+    the first model), to bind Distiller weight names to."""
     spec = data.get("model")
     models = data.get("models")
     if spec is None and isinstance(models, dict) and models:
@@ -515,5 +521,4 @@ def _model_parameter_names(data: dict[str, Any], path: Path,
         raise SpecError(format_validation_error(exc, str(path), lines)) from None
     from unified.torchkit.models import build_model
 
-    net = build_model(model.source, model.num_classes, model.input_shape)
-    return [name for name, _ in net.named_parameters()]
+    return build_model(model.source, model.num_classes, model.input_shape)
