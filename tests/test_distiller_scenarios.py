@@ -40,6 +40,20 @@ CONCURRENT_AGP = {
     "lr_schedulers": {"decay": {"class": "ExponentialLR", "gamma": 0.5}},
 }
 
+# QAT with a warm-up LR: LinearLR starts at half the lr (torch's start_factor), so even the
+# first epoch shows whether the scheduler reached the QAT loop.
+QAT_WARMUP = {
+    "quantizers": {"qat": {"class": "QuantAwareTrainRangeLinearQuantizer",
+                           "bits_activations": 8, "bits_weights": 8}},
+    "lr_schedulers": {"warmup": {"class": "LinearLR", "start_factor": 0.5, "total_iters": 2}},
+    "policies": [
+        {"quantizer": {"instance_name": "qat"}, "starting_epoch": 0, "ending_epoch": 10,
+         "frequency": 1},
+        {"lr_scheduler": {"instance_name": "warmup"}, "starting_epoch": 0, "ending_epoch": 10,
+         "frequency": 1},
+    ],
+}
+
 
 def distiller_agp(epoch: int, initial: float, final: float, start: int, end: int,
                   freq: int = 1) -> float:
@@ -177,9 +191,11 @@ def tiny_distiller(tmp_path_factory: pytest.TempPathFactory,
 
     folder = tmp_path_factory.mktemp("distiller-scenario")
     (folder / "concurrent_agp.yaml").write_text(yaml.safe_dump(CONCURRENT_AGP))
+    (folder / "qat_warmup.yaml").write_text(yaml.safe_dump(QAT_WARMUP))
     path = _write_scenario(folder, {
         "agp": {"distiller": "concurrent_agp.yaml"},
         "simplenet-agp": {"distiller": str(SIMPLENET_SCHEDULE)},
+        "qat-warmup": {"distiller": "qat_warmup.yaml"},
     }, ["pytorch", "nni"])
     scenario = load_scenario(path)
     return scenario, prepare_reference(scenario, cache_dir)
@@ -225,6 +241,18 @@ def test_nni_runs_concurrent_agp_policies_like_distiller(
             < 0.01, entry
     assert any(n.startswith("Distiller LR scheduler decay: ExponentialLR(gamma=0.5) applied to "
                             "the 4-epoch pruning loop") for n in record["notes"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["pytorch", "nni"])
+def test_qat_trains_with_the_distiller_lr_schedule(
+        tiny_distiller: tuple[Scenario, ReferenceArtifacts], tmp_path: Path,
+        backend: str) -> None:
+    record = _run(tiny_distiller, "qat-warmup", backend, tmp_path)
+    lr = tiny_distiller[0].budget.effective_finetune_lr
+    applied = [n for n in record["notes"] if n.startswith("Distiller LR scheduler warmup")]
+    assert len(applied) == 1 and applied[0].endswith(f"lr by epoch {lr / 2:.4g} (0)"), applied
+    assert record["quantized_compute_ops"] > 0
 
 
 @pytest.mark.slow

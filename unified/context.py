@@ -70,11 +70,11 @@ class JobContext:
             self.notes.append(message)
 
     def learning_rates(self, base_lr: float, epochs: int, what: str) -> list[float] | None:
-        """The lr of each epoch of ``what`` (a loop on the schedule's epoch timeline, epoch 0
-        first) under the recipe's Distiller LR schedulers; None when it has none, or when
-        they cannot run (noted)."""
+        """The lr of each epoch of ``what`` (a training loop of the Distiller schedule: its
+        pruning loop, or its QAT epochs, both from the schedule's epoch 0) under the recipe's
+        Distiller LR schedulers; None when it has none, or when they cannot run (noted)."""
         imported = self.scenario.imported.get(self.recipe_name)
-        if imported is None or not imported.lr_schedulers:
+        if imported is None or not imported.lr_schedulers or epochs <= 0:
             return None
         from unified.torchkit.training import scheduled_learning_rates
 

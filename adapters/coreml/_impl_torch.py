@@ -199,8 +199,10 @@ def quantize_qat(ctx: JobContext, model: nn.Module, step: QuantizeStep,
     quantizer = LinearQuantizer(model, config)
     example = (torch.zeros(1, *ctx.input_shape),)
     prepared = quantizer.prepare(example_inputs=example, inplace=False)
+    lr = ctx.budget.effective_finetune_lr
+    rates = ctx.learning_rates(lr, epochs, f"the {epochs} QAT epoch(s)")
     train(prepared, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs,
-          lr=ctx.budget.effective_finetune_lr, seed=ctx.seed, on_step=quantizer.step)
+          lr=lr, seed=ctx.seed, on_step=quantizer.step, learning_rates=rates)
     prepared.eval()
     # frozen ranges: an enabled observer would update its min/max (aten::copy) while tracing
     prepared.apply(torch.ao.quantization.disable_observer)

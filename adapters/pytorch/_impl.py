@@ -133,7 +133,8 @@ def _labels(ctx: JobContext) -> np.ndarray:
 
 def _train(ctx: JobContext, state: State, index: int, kind: str, epochs: int, lr: float,
            loss_fn: training.LossFn = training.cross_entropy,
-           masks: dict[str, torch.Tensor] | None = None) -> None:
+           masks: dict[str, torch.Tensor] | None = None,
+           learning_rates: list[float] | None = None) -> None:
     """torchkit training; pruning hooks stay attached, so pruned weights stay zero."""
     if epochs == 0:
         ctx.note(f"step {index + 1} ({kind}): 0 epochs in the budget, no training")
@@ -159,7 +160,8 @@ def _train(ctx: JobContext, state: State, index: int, kind: str, epochs: int, lr
         on_step = reapply
         reapply()
     training.train(model, ctx.data.train_x, _labels(ctx), ctx.budget, epochs=epochs, lr=lr,
-                   seed=ctx.seed, loss_fn=loss_fn, on_epoch_end=log_epoch, on_step=on_step)
+                   seed=ctx.seed, loss_fn=loss_fn, on_epoch_end=log_epoch, on_step=on_step,
+                   learning_rates=learning_rates)
     model.eval()
     ctx.note(f"step {index + 1} ({kind}): {epochs} epoch(s) at lr {lr:g} "
              f"({ctx.budget.optimizer}, batch {ctx.budget.batch_size})")
@@ -441,7 +443,9 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
         epochs = step.epochs if step.epochs is not None else ctx.budget.finetune_epochs
         state.model = prepared
         kept = _masks_for(prepared, masks)
-        _train(ctx, state, index, "qat", epochs, ctx.budget.effective_finetune_lr, masks=kept)
+        lr = ctx.budget.effective_finetune_lr
+        rates = ctx.learning_rates(lr, epochs, f"the {epochs} QAT epoch(s) of step {index + 1}")
+        _train(ctx, state, index, "qat", epochs, lr, masks=kept, learning_rates=rates)
         if masks:
             ctx.note(f"pruning masks re-applied after every QAT optimizer step on "
                      f"{len(kept)} layer(s)")

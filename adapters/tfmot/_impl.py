@@ -394,7 +394,8 @@ def qat(state: State, step: QuantizeStep, ctx: JobContext) -> None:
     epochs = step.epochs if step.epochs is not None else ctx.budget.finetune_epochs
     lr = ctx.budget.effective_finetune_lr
     ctx.note(f"QAT trained {epochs} epoch(s) at lr {lr:g}")
-    train(state.model, ctx, epochs, lr)
+    rates = ctx.learning_rates(lr, epochs, f"the {epochs} QAT epoch(s)")
+    train(state.model, ctx, epochs, lr, learning_rates=rates)
 
 
 # --- the job -------------------------------------------------------------------------------
