@@ -73,6 +73,17 @@ def agp_update_steps(schedule: Schedule) -> list[int]:
     return [e + 1 for e in epochs]
 
 
+def _no_mask_before_start(pruner: Any) -> None:
+    """MagnitudePruner.prepare() masks every layer to initial_sparsity at once; Distiller
+    trains unmasked until start_epoch. Reset the masks to dense (sparsity level 0); the
+    scheduler's first update step then prunes to initial_sparsity, as its spline starts
+    there (it reads initial_sparsity from the config, not from the current level)."""
+    with torch.no_grad():
+        for info in pruner._pruner_info.values():  # coremltools keeps no public handle
+            info.module.pruning_method.update_mask(info.module, 0.0)
+            info.sparsity_level = 0.0
+
+
 def _sparsity(layers: list[tuple[str, nn.Module]]) -> float:
     zeros = total = 0
     with torch.no_grad():
@@ -123,6 +134,11 @@ def prune(ctx: JobContext, model: nn.Module, step: PruneStep, extra_epochs: int)
     )
     pruner = MagnitudePruner(model, config)
     model = pruner.prepare(inplace=True)
+    if initial > 0 and schedule is not None and schedule.start_epoch > 0:
+        _no_mask_before_start(pruner)
+        ctx.note(f"MagnitudePruner.prepare() masks to initial_sparsity at once; the masks were "
+                 f"reset to dense so that epochs before {schedule.start_epoch} train unmasked, "
+                 "as in Distiller")
     layers = [(n, m) for n, m in layers_in_order(model, ctx.input_shape)
               if targeted(n, m, step.targets)]
 

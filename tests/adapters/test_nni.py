@@ -91,6 +91,19 @@ def test_agp_schedule_logs_each_epoch(run_recipe) -> None:
 
 
 @pytest.mark.slow
+def test_agp_with_late_start_and_frequency_follows_distiller(run_recipe) -> None:
+    record = run_recipe("nni", [{"prune": {"sparsity": 0.6, "schedule": {
+        "initial_sparsity": 0.1, "start_epoch": 1, "end_epoch": 6, "frequency": 2}}}])
+    # Distiller: pruning at the start of epochs 1, 3, 5; span 4;
+    # target(3) = 0.6 + (0.1 - 0.6) * (1 - 2/4)^3 = 0.5375; no mask before epoch 1
+    expected = [0.0, 0.1, 0.1, 0.5375, 0.5375, 0.6]
+    log = record["epoch_log"]
+    assert [e["epoch"] for e in log] == list(range(6))
+    for entry, target in zip(log, expected, strict=True):
+        assert abs(entry["sparsity"] - target) < 0.01, entry
+
+
+@pytest.mark.slow
 def test_qat_gives_int8_kernels(run_recipe) -> None:
     record = run_recipe("nni", [{"quantize": {"method": "qat", "granularity": "per_channel"}}])
     assert record["quantized_compute_ops"] > 0

@@ -182,13 +182,16 @@ def test_prune_one_shot_and_agp(run_recipe) -> None:
 
     record = run_recipe("tfmot", [
         {"prune": {"sparsity": 0.8, "targets": {"op_types": ["conv", "linear"]},
-                   "schedule": {"initial_sparsity": 0.1, "start_epoch": 0, "end_epoch": 3}}},
+                   "schedule": {"initial_sparsity": 0.1, "start_epoch": 1, "end_epoch": 6,
+                                "frequency": 2}}},
     ])
-    log = [e["sparsity"] for e in record["epoch_log"]]
-    assert len(log) == 3
-    assert log[0] == pytest.approx(0.1, abs=0.01)  # pruned at the start of epoch 0
-    assert log[0] < log[1] < log[2]
-    assert log[2] == pytest.approx(0.8, abs=0.01)  # AGP reaches the target at start + span
+    # Distiller: pruning at the start of epochs 1, 3, 5 (span 4), no mask before epoch 1;
+    # target(3) = 0.8 + (0.1 - 0.8) * (1 - 2/4)^3 = 0.7125
+    expected = [0.0, 0.1, 0.1, 0.7125, 0.7125, 0.8]
+    log = record["epoch_log"]
+    assert [e["epoch"] for e in log] == list(range(6))
+    for entry, target in zip(log, expected, strict=True):
+        assert abs(entry["sparsity"] - target) < 0.01, entry
 
 
 @pytest.mark.slow
