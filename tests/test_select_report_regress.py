@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -157,3 +158,27 @@ def test_several_models_report_select_and_regress(tmp_path: Path, cache_dir: Pat
     assert squeezelab("baseline", str(out), "-o", str(baseline)).returncode == 0
     assert set(json.loads(baseline.read_text())["jobs"]) == {
         "tiny/fp32@onnxruntime", "tiny/int8@onnxruntime", "thin/fp32@onnxruntime"}
+
+
+def test_epoch_tables_put_each_backend_beside_the_schedule() -> None:
+    from unified.epoch_table import epoch_tables, markdown
+
+    def record(backend: str, log: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"model": "m", "recipe": "agp", "backend": backend, "epoch_log": log}
+
+    records = [
+        # pytorch logs step numbers; one prune step, so one table
+        record("pytorch", [{"step": 1, "kind": "prune", "epoch": e, "target": t, "sparsity": s}
+                           for e, t, s in [(0, 0.05, 0.05), (1, 0.48, 0.479)]]),
+        record("nni", [{"epoch": 0, "target": 0.05, "sparsity": 0.0},
+                       {"epoch": 1, "target": 0.48, "sparsity": 0.48},
+                       {"epoch": 2, "sparsity": 0.48, "phase": "finetune"}]),  # no target
+        record("onnxruntime", []),
+    ]
+    (table,) = epoch_tables(records)
+    assert table.epochs == [0, 1] and table.step is None
+    assert table.deviation("pytorch") == pytest.approx(0.001)
+    assert table.deviation("nni") == pytest.approx(0.05)
+    assert [row[0] for row in table.rows()] == ["Distiller target", "pytorch", "nni"]
+    text = "\n".join(markdown([table]))
+    assert "| nni | 0.0000 | 0.4800 | 0.0500 |" in text

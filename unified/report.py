@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unified.epoch_table import epoch_tables
+from unified.epoch_table import markdown as epoch_markdown
 from unified.results import read_records
 from unified.scenario import Scenario
 from unified.select import Recommendation, recommend
@@ -148,6 +150,9 @@ def html_report(run: RunFolder, extra_sections: list[tuple[str, str]] | None = N
         f'<img alt="accuracy vs latency" src="data:image/png;base64,'
         f'{_plot(run.records, rec.pareto, "latency_ms_p50", "p50 ms (log)", run.reference)}">',
     ]
+    for table in epoch_tables(run.records):
+        parts += [f"<h2>Sparsity per epoch: {html.escape(table.title)}</h2>",
+                  _table(table.headers(), table.rows(), left=1)]
     for title, body in extra_sections or []:
         parts.append(f"<h2>{html.escape(title)}</h2>{body}")
     parts += [
@@ -176,6 +181,7 @@ def markdown_summary(run: RunFolder, rec: Recommendation | None = None) -> str:
             _cell(r.get("latency_ms_p50"), "{:.3f}"), _cell(r.get("speedup"), "{:.2f}"),
         ]) + " |")
     lines += ["", *[f"- {line}" for line in rec.lines()]]
+    lines += epoch_markdown(epoch_tables(run.records))
     return "\n".join(lines) + "\n"
 
 
