@@ -23,3 +23,21 @@ def tiny_scenario(recipes: dict[str, list[Any]], backends: list[str],
                   **overrides: Any) -> Scenario:
     data = {**TINY_SCENARIO, "recipes": recipes, "backends": backends, **overrides}
     return Scenario.model_validate(data)
+
+
+def late_agp(final: float) -> tuple[dict[str, Any], list[float]]:
+    """A prune step whose AGP starts late and prunes every other epoch (Distiller: starting
+    epoch 1, ending epoch 6, frequency 2), and the sparsity Distiller gives each of epochs
+    0..5, written out: pruning at the start of epochs 1, 3, 5 over a span of 4; no mask
+    before epoch 1; target(3) = final + (0.1 - final) * (1 - 2/4)^3."""
+    middle = final + (0.1 - final) * 0.125
+    step = {"prune": {"sparsity": final, "schedule": {
+        "initial_sparsity": 0.1, "start_epoch": 1, "end_epoch": 6, "frequency": 2}}}
+    return step, [0.0, 0.1, 0.1, middle, middle, final]
+
+
+def assert_follows_schedule(log: list[dict[str, Any]], expected: list[float]) -> None:
+    """One epoch_log entry per epoch, each within 0.01 of the expected sparsity."""
+    assert [e["epoch"] for e in log] == list(range(len(expected)))
+    for entry, target in zip(log, expected, strict=True):
+        assert abs(entry["sparsity"] - target) < 0.01, entry

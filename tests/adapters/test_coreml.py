@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tiny import assert_follows_schedule, late_agp
 
 from adapters.base import Support
 from adapters.coreml import ADAPTER, CAPABILITIES, routes
@@ -143,15 +144,9 @@ def test_joint_prune_palettize_and_activation_note(run_recipe) -> None:
 
 @pytest.mark.slow
 def test_scheduled_prune_logs_sparsity(run_recipe) -> None:
-    rec = run_recipe("coreml", [{"prune": {"sparsity": 0.6, "schedule": {
-        "initial_sparsity": 0.1, "start_epoch": 1, "end_epoch": 6, "frequency": 2}}}])
-    # Distiller: pruning at the start of epochs 1, 3, 5 (span 4), no mask before epoch 1;
-    # target(3) = 0.6 + (0.1 - 0.6) * (1 - 2/4)^3 = 0.5375
-    expected = [0.0, 0.1, 0.1, 0.5375, 0.5375, 0.6]
-    log = rec["epoch_log"]
-    assert [e["epoch"] for e in log] == list(range(6))
-    for entry, target in zip(log, expected, strict=True):
-        assert abs(entry["sparsity"] - target) < 0.01, entry
+    step, expected = late_agp(0.6)
+    rec = run_recipe("coreml", [step])
+    assert_follows_schedule(rec["epoch_log"], expected)
     assert rec["details"]["readback_exact"] is True
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from tiny import assert_follows_schedule, late_agp
 
 from unified.spec import Recipe
 
@@ -92,15 +93,8 @@ def test_agp_schedule_logs_each_epoch(run_recipe) -> None:
 
 @pytest.mark.slow
 def test_agp_with_late_start_and_frequency_follows_distiller(run_recipe) -> None:
-    record = run_recipe("nni", [{"prune": {"sparsity": 0.6, "schedule": {
-        "initial_sparsity": 0.1, "start_epoch": 1, "end_epoch": 6, "frequency": 2}}}])
-    # Distiller: pruning at the start of epochs 1, 3, 5; span 4;
-    # target(3) = 0.6 + (0.1 - 0.6) * (1 - 2/4)^3 = 0.5375; no mask before epoch 1
-    expected = [0.0, 0.1, 0.1, 0.5375, 0.5375, 0.6]
-    log = record["epoch_log"]
-    assert [e["epoch"] for e in log] == list(range(6))
-    for entry, target in zip(log, expected, strict=True):
-        assert abs(entry["sparsity"] - target) < 0.01, entry
+    step, expected = late_agp(0.6)
+    assert_follows_schedule(run_recipe("nni", [step])["epoch_log"], expected)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import assert_follows_schedule, late_agp
 
 from adapters.tfmot import ADAPTER
 from unified.spec import Recipe
@@ -180,18 +181,10 @@ def test_prune_one_shot_and_agp(run_recipe) -> None:
     assert record["sparsity"] > 0.4  # harness: over every conv/linear weight incl. depthwise
     assert [e["step"] for e in record["epoch_log"]] == ["prune", "finetune"]
 
-    record = run_recipe("tfmot", [
-        {"prune": {"sparsity": 0.8, "targets": {"op_types": ["conv", "linear"]},
-                   "schedule": {"initial_sparsity": 0.1, "start_epoch": 1, "end_epoch": 6,
-                                "frequency": 2}}},
-    ])
-    # Distiller: pruning at the start of epochs 1, 3, 5 (span 4), no mask before epoch 1;
-    # target(3) = 0.8 + (0.1 - 0.8) * (1 - 2/4)^3 = 0.7125
-    expected = [0.0, 0.1, 0.1, 0.7125, 0.7125, 0.8]
-    log = record["epoch_log"]
-    assert [e["epoch"] for e in log] == list(range(6))
-    for entry, target in zip(log, expected, strict=True):
-        assert abs(entry["sparsity"] - target) < 0.01, entry
+    step, expected = late_agp(0.8)
+    step["prune"]["targets"] = {"op_types": ["conv", "linear"]}
+    record = run_recipe("tfmot", [step])
+    assert_follows_schedule(record["epoch_log"], expected)
 
 
 @pytest.mark.slow
