@@ -351,12 +351,12 @@ def test_one_shot_epochs_lists(tmp_path: Path) -> None:
     """)
     recipe = load_distiller_schedule(path)
     regular, irregular = (_prune(s) for s in recipe.steps)
-    assert regular.criterion is PruneCriterion.l2 and regular.structure is PruneStructure.channel
+    assert regular.criterion is PruneCriterion.l2
+    assert regular.structure is PruneStructure.input_channel  # Distiller's Channels: weight[:, c]
     assert regular.schedule is not None and irregular.schedule is not None
     assert (regular.schedule.start_epoch, regular.schedule.end_epoch) == (3, 10)
     assert regular.schedule.frequency == 3
     assert (irregular.schedule.start_epoch, irregular.schedule.end_epoch) == (0, 6)
-    assert any("INPUT channels" in n for n in recipe.notes)  # group_type Channels
     assert any("irregular epochs [0, 1, 5]" in n for n in recipe.notes)
     assert regular.targets.include == ("conv2",)  # a lone string is a one-name list
 
@@ -617,11 +617,11 @@ def test_real_structured_agp_with_policy_args_rows_and_thinning() -> None:
             filters.schedule.end_epoch, filters.schedule.frequency) == (0.1, 0, 30, 2)
     assert fine.structure is PruneStructure.unstructured and fine.sparsity == 0.7
     assert fine.schedule is not None and fine.schedule.start_epoch == 30
-    assert fc.structure is PruneStructure.channel and fc.targets.include == ("fc",)
-    # policy `args: {fold_batchnorm: True}` and group_type Rows are reported, by pruner
+    # group_type Rows ranks the classifier's input features (weight[:, c]), as Distiller does
+    assert fc.structure is PruneStructure.input_channel and fc.targets.include == ("fc",)
+    # policy `args: {fold_batchnorm: True}` is reported, by pruner
     assert any(n.startswith("low_pruner (") and "fold_batchnorm" in n for n in recipe.notes)
     assert any(n.startswith("fine_pruner (") and "fold_batchnorm" in n for n in recipe.notes)
-    assert any(n.startswith("fc_pruner (") and "group_type Rows" in n for n in recipe.notes)
     assert recipe.thinning == ["filters"] and recipe.unsupported == []
     (lr,) = recipe.lr_schedulers
     assert (lr.class_name, lr.args, lr.epochs) == ("StepLR", {"step_size": 50, "gamma": 0.1},

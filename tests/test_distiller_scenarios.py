@@ -77,9 +77,9 @@ def model_parameter_names(source: str, input_shape: tuple[int, int, int]) -> lis
 
 def test_shipped_scenario_loads_and_expands() -> None:
     scenario = load_scenario(SCENARIOS / "distiller.yaml")
-    assert set(scenario.imported) == {"simplenet-agp", "convnet-agp", "distill-then-agp",
-                                      "qat-linear", "post-train-6bit"}
-    for recipe in ("simplenet-agp", "convnet-agp", "distill-then-agp"):
+    assert set(scenario.imported) == {"simplenet-agp", "simplenet-channels", "convnet-agp",
+                                      "distill-then-agp", "qat-linear", "post-train-6bit"}
+    for recipe in ("simplenet-agp", "simplenet-channels", "convnet-agp", "distill-then-agp"):
         steps = scenario.recipes[recipe].steps
         assert any(s.kind == "prune" and s.schedule is not None for s in steps)  # type: ignore[union-attr]
     for info in scenario.imported.values():
@@ -92,7 +92,7 @@ def test_shipped_scenario_loads_and_expands() -> None:
     assert (qat.kind, qat.method, qat.symmetric) == ("quantize", "qat", False)  # type: ignore[union-attr]
     assert {"pytorch", "nni", "coreml", "tfmot", "onnxruntime"} <= set(scenario.backends)
     by_model = {view.model.name: set(view.recipes) for view in scenario.views()}
-    assert by_model == {"simplenet": {"fp32", "simplenet-agp"},
+    assert by_model == {"simplenet": {"fp32", "simplenet-agp", "simplenet-channels"},
                         "convnet": {"fp32", "convnet-agp", "distill-then-agp", "qat-linear",
                                     "post-train-6bit"}}
 
@@ -196,6 +196,7 @@ def tiny_distiller(tmp_path_factory: pytest.TempPathFactory,
         "agp": {"distiller": "concurrent_agp.yaml"},
         "simplenet-agp": {"distiller": str(SIMPLENET_SCHEDULE)},
         "qat-warmup": {"distiller": "qat_warmup.yaml"},
+        "simplenet-channels": {"distiller": str(SCHEDULES / "simplenet_channels.yaml")},
     }, ["pytorch", "nni"])
     scenario = load_scenario(path)
     return scenario, prepare_reference(scenario, cache_dir)
@@ -253,6 +254,20 @@ def test_qat_trains_with_the_distiller_lr_schedule(
     applied = [n for n in record["notes"] if n.startswith("Distiller LR scheduler warmup")]
     assert len(applied) == 1 and applied[0].endswith(f"lr by epoch {lr / 2:.4g} (0)"), applied
     assert record["quantized_compute_ops"] > 0
+
+
+@pytest.mark.slow
+def test_nni_thins_input_channels_and_their_producers(
+        tiny_distiller: tuple[Scenario, ReferenceArtifacts], tmp_path: Path) -> None:
+    record = _run(tiny_distiller, "simplenet-channels", "nni", tmp_path)
+    for entry in (e for e in record["epoch_log"] if e.get("kind") == "prune"):
+        assert abs(entry["sparsity"] - distiller_agp(entry["epoch"], 0.1, 0.5, 0, 3)) < 0.01
+    details = record["details"]
+    # conv2 keeps 10 of 20 input channels, so conv1 keeps 10 filters; fc2 keeps 250 of 500
+    # input features, so fc1 keeps 250 neurons: half of 431,080 parameters, within rounding
+    assert details["parameters_before"] == 431080
+    assert details["parameters_after"] == pytest.approx(215570, rel=0.01)
+    assert record["size_ratio"] > 1.9
 
 
 @pytest.mark.slow

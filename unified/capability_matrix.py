@@ -16,6 +16,7 @@ PROBES: dict[str, list[dict[str, Any]]] = {
     "prune unstructured local": [{"prune": {"sparsity": 0.5}}],
     "prune unstructured global": [{"prune": {"sparsity": 0.5, "scope": "global"}}],
     "prune channel (filters)": [{"prune": {"sparsity": 0.3, "structure": "channel"}}],
+    "prune input channels": [{"prune": {"sparsity": 0.3, "structure": "input_channel"}}],
     "prune fpgm channel": [{"prune": {"sparsity": 0.3, "structure": "channel",
                                       "criterion": "fpgm"}}],
     "prune taylor channel": [{"prune": {"sparsity": 0.3, "structure": "channel",

@@ -173,9 +173,9 @@ def _structure(
     if group in FILTER_GROUPS:
         return PruneStructure.channel, None
     if group in ("Channels", "Rows"):
-        b.note(comp, f"group_type {group}: Distiller prunes INPUT channels; the unified 'channel' "
-               "structure removes output channels (filters), which is what most backends do")
-        return PruneStructure.channel, None
+        # Distiller ranks weight[:, c] for both (rank_and_prune_channels): conv input channels,
+        # linear input features
+        return PruneStructure.input_channel, None
     kwargs = comp.args.get("kwargs")
     shape = kwargs.get("block_shape") if isinstance(kwargs, dict) else None
     if (

@@ -40,6 +40,9 @@ class OpType(StrEnum):
 class PruneStructure(StrEnum):
     unstructured = "unstructured"
     channel = "channel"  # whole output channels / filters
+    # whole input channels (weight dim 1): conv input channels, linear input features;
+    # Distiller's group_type Channels / Rows, which ChannelRemover thins
+    input_channel = "input_channel"
     n_m = "n:m"
     block = "block"
 

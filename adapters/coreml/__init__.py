@@ -95,6 +95,11 @@ CAPABILITIES = Capabilities(
                         "coremltools prunes weights in place (sparse storage); it has no "
                         "channel removal in optimize.coreml"
                     ),
+                    "input_channel": unsupported(
+                        "not mapped in this adapter: coremltools has no input-channel option "
+                        "(its block pruning along one dim with a block as tall as the layer "
+                        "could express it; not wired)"
+                    ),
                     "block": unsupported(
                         "coremltools block pruning works along one axis (block_size, dim); "
                         "not mapped from a 2-D block in this adapter"

@@ -27,6 +27,7 @@ from adapters.base import (
     Capabilities,
     Plan,
     StepCapability,
+    Support,
     Verdict,
     approximated,
     unsupported,
@@ -43,6 +44,7 @@ from unified.spec import (
 if TYPE_CHECKING:
     from unified.context import JobContext
 
+STRUCTURED = (PruneStructure.channel, PruneStructure.input_channel)
 _CHANNEL_NOTE = (
     "NNI ModelSpeedup removes the pruned channels (the model really shrinks); layers tied by a "
     "depthwise conv or a residual add keep the union of their masks, so fewer channels than "
@@ -64,6 +66,9 @@ CAPABILITIES = Capabilities(
                 "structure": {
                     "unstructured": NATIVE,
                     "channel": NATIVE,
+                    "input_channel": Verdict(
+                        Support.native, "L1/L2NormPruner granularity 'in_channel'; "
+                        "ModelSpeedup removes the channels and the producer's filters"),
                     "n:m": unsupported("NNI 3.0 pruners have no n:m sparsity pattern"),
                     "block": unsupported(
                         "NNI 3.0 block granularity is not wired in this adapter; "
@@ -170,7 +175,8 @@ CAPABILITIES = Capabilities(
 
 _SEVERAL_NOTE = (
     "several prune steps run as ONE NNI norm pruner over a combined config_list (one entry "
-    "per step: its op_names, sparse_ratio and granularity, out_channel or element-wise); "
+    "per step: its op_names, sparse_ratio and granularity: out_channel, in_channel or "
+    "element-wise); "
     "NNI's AGPPruner/LinearPruner carry one schedule for all targets, so squeezelab's "
     "training loop sets each step's sparse_ratio to its Distiller target and has NNI "
     "regenerate that step's masks at the start of each of its pruning epochs"
@@ -189,13 +195,13 @@ def _several_prune_rules(steps: list[Step]) -> list[tuple[int, Verdict]]:
         out += [(i, unsupported(
             "several prune steps must be consecutive with NNI: they run together as one "
             "NNI pruner")) for i, _ in prunes]
-    channel = {s.criterion.value for _, s in prunes if s.structure is PruneStructure.channel}
+    channel = {s.criterion.value for _, s in prunes if s.structure in STRUCTURED}
     for i, step in prunes:
         if step.criterion.value in ("fpgm", "taylor"):
             out.append((i, unsupported(
                 f"criterion {step.criterion.value} in a recipe with several prune steps: they "
                 "share one NNI L1/L2 norm pruner (use a single prune step for FPGM/Taylor)")))
-        elif step.structure is PruneStructure.channel and len(channel) > 1:
+        elif step.structure in STRUCTURED and len(channel) > 1:
             out.append((i, unsupported(
                 f"channel steps with different criteria ({', '.join(sorted(channel))}) "
                 "cannot share one NNI norm pruner")))
@@ -224,7 +230,7 @@ def _check_steps(steps: list[Step]) -> list[tuple[int, Verdict]]:
             if step.structure is PruneStructure.unstructured and step.criterion.value == "taylor":
                 out.append((i, unsupported(
                     "NNI's TaylorPruner ranks output channels: use structure channel")))
-            if step.structure is PruneStructure.channel and step.criterion.value == "level":
+            if step.structure in STRUCTURED and step.criterion.value == "level":
                 out.append((i, unsupported(
                     "LevelPruner is element-wise: use structure unstructured or another "
                     "criterion")))
@@ -244,7 +250,12 @@ def _check_steps(steps: list[Step]) -> list[tuple[int, Verdict]]:
                     out.append((i, unsupported(
                         "NNI 3.0 scheduled pruners are AGP and linear; a constant curve is "
                         "a one-shot prune (drop the schedule)")))
-            if step.structure is PruneStructure.channel:
+            if step.structure is PruneStructure.input_channel and \
+                    step.criterion.value in ("fpgm", "taylor"):
+                out.append((i, unsupported(
+                    f"NNI's {step.criterion.value} pruner ranks output channels: input channels "
+                    "take criterion l1 or l2")))
+            if step.structure in STRUCTURED:
                 out.append((i, Verdict(NATIVE.support, _CHANNEL_NOTE)))
         unstructured_before = any(isinstance(s, PruneStep) and
                                   s.structure is PruneStructure.unstructured for s in steps[:i])

@@ -201,14 +201,36 @@ def _prune_config(ctx: JobContext, model: nn.Module, step: PruneStep) -> list[di
             del selected[head]
             ctx.note(f"NNI channel pruning skips the output layer {head!r} "
                      "(its output channels are the classes)")
+    if step.structure is PruneStructure.input_channel:
+        _input_channel_targets(ctx, model, selected)
     if not selected:
         raise ValueError("the prune step's targets select no conv/linear module")
     config: dict[str, Any] = {"op_names": list(selected), "sparse_ratio": step.sparsity}
+    if step.structure is PruneStructure.input_channel:
+        config["granularity"] = "in_channel"  # one L1/L2 norm per weight[:, c]
     if step.structure is PruneStructure.unstructured:
         config["target_names"] = ["weight"]
     if step.scope is PruneScope.global_:
         config["global_group_id"] = "all"  # one ranking over every target layer
     return [config]
+
+
+def _input_channel_targets(ctx: JobContext, model: nn.Module,
+                           selected: dict[str, nn.Module]) -> None:
+    """Input-channel pruning leaves out the input layer (its channels are the image's: speedup
+    would change the model's input) and depthwise convs (one input channel per filter)."""
+    first = next(iter(target_modules(model, Targets())), None)
+    if first in selected:
+        del selected[first]
+        ctx.note(f"NNI input-channel pruning skips the input layer {first!r} (its input "
+                 "channels are the image's)")
+    depthwise = [n for n, m in selected.items()
+                 if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
+    for name in depthwise:
+        del selected[name]
+    if depthwise:
+        ctx.note(f"NNI input-channel pruning skips depthwise convs {', '.join(depthwise)} (one "
+                 "input channel per filter)")
 
 
 def _basic_pruner(ctx: JobContext, model: nn.Module, step: PruneStep,
@@ -357,6 +379,7 @@ def _several_config(ctx: JobContext, model: nn.Module,
         if step.structure is PruneStructure.unstructured:
             # kernel [1] (padded with 1s in front): one weight per block, metric |w|
             entry["granularity"] = [1]
+        # input_channel: _prune_config set granularity in_channel
         if step.schedule is not None:  # nothing is masked before the step's first epoch
             entry["sparse_ratio"] = _schedule_target(step, step.schedule.start_epoch)
         if step.scope is PruneScope.global_:
@@ -369,7 +392,8 @@ def _schedule_target(step: PruneStep, epoch: int) -> float:
     from unified.schedules import target_sparsity
 
     assert step.schedule is not None
-    return target_sparsity(step.schedule, step.sparsity, epoch)
+    # NNI floors ratio * count: 0.09999999999999998 * 20 channels would prune 1, not 2
+    return round(target_sparsity(step.schedule, step.sparsity, epoch), 9)
 
 
 def prune_several(ctx: JobContext, state: State, steps: list[tuple[int, PruneStep]],
@@ -382,7 +406,7 @@ def prune_several(ctx: JobContext, state: State, steps: list[tuple[int, PruneSte
 
     model = state.model
     config_list = _several_config(ctx, model, steps)
-    channel = [s for _, s in steps if s.structure is PruneStructure.channel]
+    channel = [s for _, s in steps if s.structure is not PruneStructure.unstructured]
     cls = L2NormPruner if any(s.criterion is PruneCriterion.l2 for s in channel) \
         else L1NormPruner
     pruner = cls(model, config_list)  # wraps the model: masks apply in every forward
@@ -438,7 +462,8 @@ def prune_several(ctx: JobContext, state: State, steps: list[tuple[int, PruneSte
                f"{step.sparsity:g} at the start of epochs {step.schedule.start_epoch}.."
                f"{step.schedule.end_epoch - 1} every {step.schedule.frequency}"
                if step.schedule is not None else f"one-shot {step.sparsity:g}")
-        grain = "output channels" if step.structure is PruneStructure.channel else "weights"
+        grain = {PruneStructure.channel: "output channels",
+                 PruneStructure.input_channel: "input channels"}.get(step.structure, "weights")
         ctx.note(f"step {index + 1} (prune): NNI {cls.__name__} on {grain} of "
                  f"{', '.join(ops[index])}, {how}")
     if epochs:

@@ -52,6 +52,11 @@ CHANNEL_NOTE = (
     "architecture keeps its size (torch pruning only zeroes, no channel removal)"
 )
 
+INPUT_CHANNEL_NOTE = (
+    "input_channel: torch.nn.utils.prune.ln_structured (dim=1) zeroes whole input channels; "
+    "the architecture keeps its size (torch pruning only zeroes, no channel removal)"
+)
+
 CAPABILITIES = Capabilities(
     backend="pytorch",
     toolkit="PyTorch (torch.ao.quantization, torch.nn.utils.prune)",
@@ -109,6 +114,7 @@ CAPABILITIES = Capabilities(
                 "structure": {
                     PruneStructure.unstructured: NATIVE,
                     PruneStructure.channel: approximated(CHANNEL_NOTE),
+                    PruneStructure.input_channel: approximated(INPUT_CHANNEL_NOTE),
                     PruneStructure.n_m: unsupported(
                         "torch.nn.utils.prune has no n:m method; coremltools "
                         "OpMagnitudePrunerConfig(n_m_ratio) does it (coreml backend)"
@@ -199,10 +205,10 @@ def _quantize_rules(step: QuantizeStep) -> list[Verdict]:
 
 def _prune_rules(step: PruneStep) -> list[Verdict]:
     out: list[Verdict] = []
-    if step.structure is PruneStructure.channel:
+    if step.structure in (PruneStructure.channel, PruneStructure.input_channel):
         if step.scope is PruneScope.global_:
             out.append(unsupported(
-                "global channel pruning: torch.nn.utils.prune.global_unstructured is "
+                f"global {step.structure} pruning: torch.nn.utils.prune.global_unstructured is "
                 "unstructured only (use scope local)"
             ))
         if step.criterion is PruneCriterion.level:

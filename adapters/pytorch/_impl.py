@@ -27,6 +27,7 @@ from unified.spec import (
     DistillStep,
     FinetuneStep,
     Granularity,
+    OpType,
     PruneStep,
     PruneStructure,
     QuantDType,
@@ -215,6 +216,16 @@ def _prune_targets(ctx: JobContext, state: State, index: int, step: PruneStep) -
     if step.structure is PruneStructure.channel and layers and layers[-1] in dict(modules):
         ctx.note(f"channel pruning targets the output layer {layers[-1]}: zeroing its rows "
                  "silences whole classes (exclude it in targets to keep them)")
+    if step.structure is PruneStructure.input_channel:
+        # a depthwise kernel has one input channel: pruning it would drop the whole filter
+        depthwise = [n for n, m in modules if op_type(m) is OpType.depthwise]
+        if depthwise:
+            ctx.note(f"input-channel pruning skips depthwise convs {', '.join(depthwise)} "
+                     "(one input channel per filter)")
+            modules = [(n, m) for n, m in modules if n not in depthwise]
+        if layers and layers[0] in dict(modules):
+            ctx.note(f"input-channel pruning targets the input layer {layers[0]}: its input "
+                     "channels are the image's (exclude it in targets to keep them)")
     return modules
 
 

@@ -58,11 +58,15 @@ def _masked(module: nn.Module) -> int:
     return 0 if mask is None else int((mask == 0).sum())
 
 
-def _masked_channels(module: nn.Module) -> int:
+# the weight dimension a structured prune removes: output channels (filters) or input channels
+CHANNEL_DIM = {PruneStructure.channel: 0, PruneStructure.input_channel: 1}
+
+
+def _masked_channels(module: nn.Module, dim: int) -> int:
     mask = getattr(module, "weight_mask", None)
     if mask is None:
         return 0
-    return int((mask.flatten(1).sum(1) == 0).sum())
+    return int((mask.transpose(0, dim).flatten(1).sum(1) == 0).sum())
 
 
 def apply_sparsity(modules: Named, step: PruneStep, target: float) -> None:
@@ -71,15 +75,16 @@ def apply_sparsity(modules: Named, step: PruneStep, target: float) -> None:
     torch's PruningContainer applies an integer amount to the still-unpruned entries, so
     the amount passed is (wanted zeros - zeros already masked): the result is exact.
     """
-    if step.structure is PruneStructure.channel:
+    if step.structure in CHANNEL_DIM:
+        dim = CHANNEL_DIM[step.structure]
         n = 2 if step.criterion is PruneCriterion.l2 else 1
         for _, module in modules:
-            channels = tensor(module).shape[0]
-            amount = max(round(target * channels) - _masked_channels(module), 0)
+            channels = tensor(module).shape[dim]
+            amount = max(round(target * channels) - _masked_channels(module, dim), 0)
             if step.criterion is PruneCriterion.random:
-                prune.random_structured(module, "weight", amount=amount, dim=0)
+                prune.random_structured(module, "weight", amount=amount, dim=dim)
             else:
-                prune.ln_structured(module, "weight", amount=amount, n=n, dim=0)
+                prune.ln_structured(module, "weight", amount=amount, n=n, dim=dim)
         return
     method: type[prune.BasePruningMethod] = (
         prune.RandomUnstructured if step.criterion is PruneCriterion.random
@@ -98,10 +103,10 @@ def apply_sparsity(modules: Named, step: PruneStep, target: float) -> None:
 
 
 def describe(step: PruneStep) -> str:
-    if step.structure is PruneStructure.channel:
+    if step.structure in CHANNEL_DIM:
         fn = ("random_structured" if step.criterion is PruneCriterion.random
               else f"ln_structured(n={2 if step.criterion is PruneCriterion.l2 else 1})")
-        return f"{fn}(dim=0) per layer"
+        return f"{fn}(dim={CHANNEL_DIM[step.structure]}) per layer"
     method = "RandomUnstructured" if step.criterion is PruneCriterion.random else "L1Unstructured"
     if step.scope is PruneScope.global_:
         return f"global_unstructured({method})"

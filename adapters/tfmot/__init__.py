@@ -65,6 +65,9 @@ CAPABILITIES = Capabilities(
                     "channel": unsupported(
                         "TF-MOT has no filter/channel pruning (only unstructured, block and "
                         "m-by-n sparsity)"),
+                    "input_channel": unsupported(
+                        "TF-MOT has no input-channel pruning (only unstructured, block and "
+                        "m-by-n sparsity)"),
                 },
                 "scope": {
                     "local": NATIVE,

@@ -69,6 +69,18 @@ def test_channel_pruning_runs_speedup_and_shrinks(run_recipe) -> None:
 
 
 @pytest.mark.slow
+def test_input_channel_pruning_removes_channels_and_their_producers(run_recipe) -> None:
+    record = run_recipe("nni", [{"prune": {"sparsity": 0.5, "structure": "input_channel",
+                                           "targets": {"op_types": ["conv", "linear"]}}}])
+    details = record["details"]
+    # the consumers lose input channels and ModelSpeedup thins the producers' filters too
+    assert details["parameters_after"] < 0.7 * details["parameters_before"]
+    assert record["size_ratio"] > 1.4
+    assert record["accuracy"] is not None
+    assert any("skips the input layer 'features.0.0'" in n for n in record["notes"])
+
+
+@pytest.mark.slow
 def test_unstructured_global_l1_hits_sparsity_and_keeps_it(run_recipe) -> None:
     record = run_recipe("nni", [
         {"prune": {"sparsity": 0.5, "scope": "global", "criterion": "l1"}},

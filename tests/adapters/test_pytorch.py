@@ -252,6 +252,24 @@ def test_prune_channel_zeroes_whole_filters(run_recipe: Any, tmp_path: Path) -> 
     assert record["size_ratio"] == pytest.approx(1.0, abs=0.02)  # torch only zeroes
 
 
+def test_prune_input_channels_zeroes_whole_input_slices(run_recipe: Any, tmp_path: Path) -> None:
+    record = run_recipe("pytorch", [{"prune": {
+        "sparsity": 0.5, "structure": "input_channel",
+        "targets": {"op_types": ["conv", "depthwise", "linear"]}}}])
+    assert record["status"] == "approximated"
+    notes = " ".join(record["notes"])
+    assert "skips depthwise convs features.1.0" in notes and "input layer features.0.0" in notes
+    graph = onnx_graph(tmp_path)
+    pruned = [w for w in [*float_weights(graph, "Conv"), *float_weights(graph, "Gemm")]
+              if w.shape[1] > 1]
+    assert len(pruned) >= 4
+    for w in pruned:
+        columns = np.moveaxis(w, 1, 0).reshape(w.shape[1], -1)
+        zero_columns = int((np.abs(columns).sum(1) == 0).sum())
+        assert zero_columns == round(0.5 * w.shape[1]), w.shape
+        assert int((w == 0).sum()) == zero_columns * columns.shape[1]  # only whole channels
+
+
 @pytest.mark.slow
 def test_prune_agp_follows_distiller_formula(run_recipe: Any) -> None:
     initial, final, start, end, freq = 0.05, 0.8, 0, 4, 1
