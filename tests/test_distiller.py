@@ -690,7 +690,12 @@ def test_real_epochs_lists_repeated_pruners_and_unstepped_lr() -> None:
     steps = [_prune(s) for s in recipe.steps]
     assert [(s.schedule.start_epoch, s.schedule.end_epoch) for s in steps if s.schedule] == [
         (0, 1), (1, 2), (4, 5), (5, 6)]
-    assert all(s.structure is PruneStructure.channel and s.sparsity == 0.1 for s in steps)
+    assert all(s.structure is PruneStructure.channel for s in steps)
+    # each pruner runs again after FilterRemover thinned its layers: Distiller ranks the
+    # remaining filters, 10% of 90% more, 19% of the original in all
+    assert [s.sparsity for s in steps] == [0.1, 0.1, 0.19, 0.19]
+    assert sum("runs again after thinning" in n and "0.19 of the original" in n
+               for n in recipe.notes) == 2
     assert all(s.schedule and s.schedule.curve is ScheduleCurve.constant for s in steps)
     assert steps[0].targets.include == steps[2].targets.include  # vgg_manual, twice
     assert steps[0].targets.include[0] == "features.2"  # features.module.2.weight
@@ -824,3 +829,31 @@ def test_legacy_arguments_name_today_s_form(tmp_path: Path) -> None:
     assert f"{path}:6: quantizers.dorefa_quantizer.bits_overrides: DorefaQuantizer does not " \
         "accept" in problem
     assert "today's is 'overrides'" in problem
+
+
+@pytest.mark.parametrize(("thinning", "second"), [(False, 0.3), (True, 0.51)])
+def test_repeated_filter_prune_compounds_only_after_thinning(
+        tmp_path: Path, thinning: bool, second: float) -> None:
+    text = """
+        pruners:
+          f:
+            class: L1RankedStructureParameterPruner
+            group_type: Filters
+            desired_sparsity: 0.3
+            weights: [module.conv1.weight]
+        extensions:
+          thinner: {class: FilterRemover, thinning_func_str: remove_filters, arch: x,
+                    dataset: y}
+        policies:
+          - pruner: {instance_name: f}
+            epochs: [0]
+          - pruner: {instance_name: f}
+            epochs: [3]
+    """
+    if thinning:
+        text = (text.rstrip() + "\n          - extension: {instance_name: thinner}"
+                "\n            epochs: [1]\n")
+    recipe = load_distiller_schedule(_write(tmp_path, textwrap.dedent(text)))
+    first, again = (_prune(s) for s in recipe.steps)
+    # 30% of the filters, then 30% of the remaining 70% after thinning: 51% in all
+    assert (first.sparsity, again.sparsity) == (0.3, second)

@@ -47,7 +47,7 @@ from unified.distiller_quant import (
     translate_regularizer,
 )
 from unified.errors import SpecError
-from unified.spec import Recipe, Step, Targets
+from unified.spec import PruneStep, PruneStructure, Recipe, Step, Targets
 from unified.yamlio import read_yaml
 
 __all__ = [
@@ -138,7 +138,7 @@ def parse_distiller_schedule(
             _translate(b, section, comp)
     if b.problems:
         raise SpecError(b.problems)
-    ordered = b.ordered_steps()
+    ordered = _compound_after_thinning(b, b.ordered_steps())
     if any(s.kind == "prune" for s, _ in ordered) and any(s.kind == "quantize" for s, _ in ordered):
         b.note(None, "Distiller runs pruning and quantization policies together; the unified "
                "recipe runs the prune steps, then the quantize step")
@@ -157,6 +157,36 @@ def parse_distiller_schedule(
         weight_names=weight_names,
         step_weights=[w for _, w in ordered],
     )
+
+
+def _compound_after_thinning(b: Builder, ordered: list[tuple[Step, StepWeights]]
+                             ) -> list[tuple[Step, StepWeights]]:
+    """A one-shot structured prune that runs again on the same weights after a thinning
+    epoch prunes its fraction of what thinning LEFT (Distiller ranks the smaller layer), so
+    ``k`` runs of ``s`` remove ``1 - (1 - s)^k`` of the original structures. Without thinning
+    the second run finds its fraction already zero and does nothing, as in Distiller."""
+    out: list[tuple[Step, StepWeights]] = []
+    removed: dict[tuple[Any, ...], tuple[float, int]] = {}  # key -> (fraction, last epoch)
+    for step, weights in ordered:
+        schedule = getattr(step, "schedule", None)
+        if (not isinstance(step, PruneStep) or schedule is None or schedule.curve != "constant"
+                or step.structure not in (PruneStructure.channel, PruneStructure.input_channel)):
+            out.append((step, weights))
+            continue
+        key = (weights, step.structure, step.criterion)
+        start = schedule.start_epoch
+        earlier = removed.get(key)
+        if earlier is not None and any(earlier[1] <= t < start for t in b.thinning_epochs):
+            total = 1 - (1 - earlier[0]) * (1 - step.sparsity)
+            names = ", ".join(weights.include[:2]) + (
+                f" … ({len(weights.include)} weights)" if len(weights.include) > 2 else "")
+            b.note(None, f"the {step.structure} prune of {names} at epoch "
+                   f"{start} runs again after thinning: {step.sparsity:g} of the remaining "
+                   f"structures, {total:.4g} of the original in all")
+            step = step.model_copy(update={"sparsity": round(total, 6)})
+        removed[key] = (step.sparsity, start)
+        out.append((step, weights))
+    return out
 
 
 def _translate(b: Builder, section: str, comp: Component) -> None:

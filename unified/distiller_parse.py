@@ -134,6 +134,7 @@ class Builder:
         self.notes: list[str] = []
         self.unsupported: list[str] = []
         self.thinning: list[str] = []
+        self.thinning_epochs: set[int] = set()  # when a thinning extension runs
         self.lr_schedulers: list[LRSchedulerSpec] = []
         self._steps: list[tuple[tuple[int, ...], Step, StepWeights]] = []
 

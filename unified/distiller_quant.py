@@ -447,6 +447,7 @@ def translate_extension(b: Builder, comp: Component) -> None:
         if kind not in b.thinning:
             b.thinning.append(kind)
     epochs = sorted({e for p in comp.policies for e in p.when.epochs})
+    b.thinning_epochs.update(epochs)
     b.note(comp, f"thinning requested: {func} physically removes all-zero "
            f"{' and '.join(kinds)} at epochs {epochs}; whether a backend removes them is up to "
            "the backend (reported per job)")
