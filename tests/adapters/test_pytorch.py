@@ -209,6 +209,35 @@ def test_dynamic_is_approximated_linear_only(run_recipe: Any, tmp_path: Path) ->
     assert (tmp_path / "pytorch" / "model.pt").stat().st_size == record["native_bytes"]
 
 
+def conv_only(num_classes: int, input_shape: tuple[int, int, int]) -> Any:
+    """No nn.Linear at all, like SqueezeNet: a 1x1 conv classifier and global pooling."""
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(input_shape[0], 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def test_dynamic_on_a_model_without_linear_leaves_it_float(cache_dir: Path,
+                                                           tmp_path: Path) -> None:
+    from tiny import tiny_scenario
+
+    from unified.job import Job, execute
+    from unified.reference import prepare_reference
+
+    model = {"source": "python:test_pytorch:conv_only", "weights": "train",
+             "input_shape": [1, 8, 8], "num_classes": 10}
+    scenario = tiny_scenario({"dyn": [{"quantize": {"method": "dynamic"}}]}, ["pytorch"],
+                             model=model)
+    record = execute(scenario, Job("dyn", "pytorch"), tmp_path / "pytorch",
+                     prepare_reference(scenario, cache_dir))
+    # what torch's quantize_dynamic does on SqueezeNet: nothing to quantize, said so
+    assert record["status"] == "approximated"
+    assert any("leaves this model unchanged" in n for n in record["notes"])
+    counts = ops(onnx_graph(tmp_path))
+    assert counts["MatMulInteger"] == 0 and counts["DynamicQuantizeLinear"] == 0
+    assert record["accuracy_drop"] == 0 and record["agreement"] == 1.0
+
+
 def test_float16(run_recipe: Any, tmp_path: Path) -> None:
     record = run_recipe("pytorch", [{"quantize": {"dtype": "float16", "weights": 16,
                                                   "activations": 16}}])
