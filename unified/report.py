@@ -171,11 +171,14 @@ def html_report(run: RunFolder, extra_sections: list[tuple[str, str]] | None = N
 
 def markdown_summary(run: RunFolder, rec: Recommendation | None = None) -> str:
     rec = rec or recommend(run.records, run.scenario.select)
-    headers = ["recipe", "backend", "status", "acc", "drop", "size×", "p50 ms", "speedup"]
+    several = len({str(r["model"]) for r in run.records}) > 1
+    headers = [*(["model"] if several else []), "recipe", "backend", "status", "acc", "drop",
+               "size×", "p50 ms", "speedup"]
     lines = [f"## squeezelab: {run.scenario.name}", "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in run.records:
         lines.append("| " + " | ".join([
+            *([str(r["model"])] if several else []),
             r["recipe"], r["backend"], r["status"], _cell(r.get("accuracy"), "{:.4f}"),
             _cell(r.get("accuracy_drop"), "{:+.4f}"), _cell(r.get("size_ratio"), "{:.2f}"),
             _cell(r.get("latency_ms_p50"), "{:.3f}"), _cell(r.get("speedup"), "{:.2f}"),
