@@ -73,8 +73,6 @@ class Capabilities:
     install_hint: str
     artifact: str  # native artifact kind, e.g. ".pt", ".onnx", ".tflite", ".mlpackage"
     steps: Mapping[str, StepCapability]
-    # how close (max abs diff of logits) the ONNX must be to the native artifact
-    parity_atol: float = 1e-3
 
     def available(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)

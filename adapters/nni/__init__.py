@@ -59,7 +59,6 @@ CAPABILITIES = Capabilities(
     modules=("nni", "torch"),
     install_hint="pip install 'squeezelab[nni]'",
     artifact=".pt",  # state_dict of the compressed model (of the shrunk model after speedup)
-    parity_atol=5e-2,  # QDQ rounding of activations vs NNI's fake-quant forward
     steps={
         "prune": StepCapability(
             options={

@@ -100,7 +100,6 @@ CAPABILITIES = Capabilities(
             unsupported(f"fine-tuning is training; {_POST_TRAINING_ONLY}")
         ),
     },
-    parity_atol=1e-3,
 )
 
 

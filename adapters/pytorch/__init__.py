@@ -163,7 +163,6 @@ CAPABILITIES = Capabilities(
         "finetune": StepCapability(),
     },
     # torch fbgemm int8 and onnxruntime int8 round differently by up to a few quanta
-    parity_atol=1e-3,
 )
 
 
