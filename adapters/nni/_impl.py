@@ -1,4 +1,7 @@
 """NNI 3.0 pipeline: runs a recipe's steps on the reference model with NNI's compressors.
+Shared here: the state, the evaluator around the shared training loop, masks, fine-tuning
+and distillation; pruning is in ``_impl_prune``, quantization and binarization in
+``_impl_quant``.
 
 Imported lazily by ``adapters.nni.NniAdapter._compress``; importing it applies the
 concrete-tracer patches ``ModelSpeedup`` needs on torch >= 2.2 (see ``_impl_patches``).
@@ -21,16 +24,6 @@ import nni
 import torch
 import torch.nn.functional as F
 from nni.compression.distillation import DynamicLayerwiseDistiller
-from nni.compression.pruning import (
-    AGPPruner,
-    FPGMPruner,
-    L1NormPruner,
-    L2NormPruner,
-    LevelPruner,
-    LinearPruner,
-    TaylorPruner,
-)
-from nni.compression.speedup import ModelSpeedup
 from nni.compression.utils import TorchEvaluator
 from torch import nn
 
@@ -41,11 +34,7 @@ from unified.scenario import Optimizer
 from unified.spec import (
     DistillStep,
     FinetuneStep,
-    PruneCriterion,
-    PruneScope,
     PruneStep,
-    PruneStructure,
-    ScheduleCurve,
     Step,
     Targets,
 )
@@ -98,7 +87,7 @@ def steps_per_epoch(ctx: JobContext) -> int:
     return math.ceil(len(ctx.data.train_x) / ctx.budget.batch_size)
 
 
-def _labels(ctx: JobContext) -> Any:
+def train_labels(ctx: JobContext) -> Any:
     if ctx.data.train_y is None:
         raise ValueError("this NNI step trains the model and needs labelled data "
                          f"(data source {ctx.scenario.data.source!r} has none)")
@@ -136,7 +125,7 @@ def make_evaluator(
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        labels = _labels(ctx)
+        labels = train_labels(ctx)
         if max_epochs is None:
             max_epochs = math.ceil((max_steps or 0) / steps_per_epoch(ctx)) or 1
         done = 0
@@ -172,7 +161,7 @@ def make_evaluator(
 # --- prune -----------------------------------------------------------------------------------
 
 
-def _mask_sparsity(masks: Masks) -> float:
+def mask_sparsity(masks: Masks) -> float:
     zeros = total = 0
     for targets in masks.values():
         mask = targets.get("weight")
@@ -191,319 +180,6 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
                 param = getattr(modules[name], target, None)
                 if isinstance(param, torch.Tensor):
                     param.mul_(mask.to(param.dtype))
-
-
-def _prune_config(ctx: JobContext, model: nn.Module, step: PruneStep) -> list[dict[str, Any]]:
-    selected = target_modules(model, step.targets)
-    if step.structure is PruneStructure.channel:
-        head = output_layer(model)
-        if head in selected:
-            del selected[head]
-            ctx.note(f"NNI channel pruning skips the output layer {head!r} "
-                     "(its output channels are the classes)")
-    if step.structure is PruneStructure.input_channel:
-        _input_channel_targets(ctx, model, selected)
-    if not selected:
-        raise ValueError("the prune step's targets select no conv/linear module")
-    config: dict[str, Any] = {"op_names": list(selected), "sparse_ratio": step.sparsity}
-    if step.structure is PruneStructure.input_channel:
-        config["granularity"] = "in_channel"  # one L1/L2 norm per weight[:, c]
-    if step.structure is PruneStructure.unstructured:
-        config["target_names"] = ["weight"]
-    if step.scope is PruneScope.global_:
-        config["global_group_id"] = "all"  # one ranking over every target layer
-    return [config]
-
-
-def _input_channel_targets(ctx: JobContext, model: nn.Module,
-                           selected: dict[str, nn.Module]) -> None:
-    """Input-channel pruning leaves out the input layer (its channels are the image's: speedup
-    would change the model's input) and depthwise convs (one input channel per filter)."""
-    first = next(iter(target_modules(model, Targets())), None)
-    if first in selected:
-        del selected[first]
-        ctx.note(f"NNI input-channel pruning skips the input layer {first!r} (its input "
-                 "channels are the image's)")
-    depthwise = [n for n, m in selected.items()
-                 if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
-    for name in depthwise:
-        del selected[name]
-    if depthwise:
-        ctx.note(f"NNI input-channel pruning skips depthwise convs {', '.join(depthwise)} (one "
-                 "input channel per filter)")
-
-
-def _basic_pruner(ctx: JobContext, model: nn.Module, step: PruneStep,
-                  config_list: list[dict[str, Any]], evaluator: TorchEvaluator | None) -> Any:
-    if step.structure is PruneStructure.unstructured:
-        return LevelPruner(model, config_list)
-    criterion = step.criterion
-    if criterion is PruneCriterion.l1:
-        return L1NormPruner(model, config_list)
-    if criterion is PruneCriterion.l2:
-        return L2NormPruner(model, config_list)
-    if criterion is PruneCriterion.fpgm:
-        return FPGMPruner(model, config_list)
-    if criterion is PruneCriterion.taylor:
-        assert evaluator is not None
-        taylor_steps = min(steps_per_epoch(ctx), 20)
-        ctx.note(f"NNI TaylorPruner collected first-order importance over {taylor_steps} training "
-                 "steps (the optimizer updates the weights during them)")
-        return TaylorPruner(model, config_list, evaluator, training_steps=taylor_steps)
-    raise ValueError(f"criterion {criterion.value} has no NNI pruner")
-
-
-def prune(ctx: JobContext, state: State, step: PruneStep, training_follows: bool) -> None:
-    """Prune with NNI; for channel structure run ModelSpeedup and fine-tune."""
-    model = state.model
-    config_list = _prune_config(ctx, model, step)
-    lr = ctx.budget.effective_finetune_lr
-    names = ", ".join(config_list[0]["op_names"])
-    scope = "global (one global_group_id)" if step.scope is PruneScope.global_ else "per layer"
-    if step.schedule is None:
-        evaluator = make_evaluator(ctx, model, lr=lr) \
-            if step.criterion is PruneCriterion.taylor else None
-        pruner = _basic_pruner(ctx, model, step, config_list, evaluator)
-        _, masks = pruner.compress()
-        pruner.unwrap_model()
-        ctx.note(f"NNI {type(pruner).__name__} pruned {step.sparsity:.0%} {scope} of {names}")
-    else:
-        masks = _scheduled_prune(ctx, model, step, config_list, lr)
-    apply_masks(model, masks)
-    state.details["mask_sparsity"] = round(_mask_sparsity(masks), 4)
-    if step.structure is PruneStructure.unstructured:
-        state.masks = masks
-        return
-    # channel: remove the pruned channels for real, then fine-tune the smaller model
-    _speedup(ctx, state, masks)
-    if not training_follows and ctx.budget.finetune_epochs > 0:
-        epochs = ctx.budget.finetune_epochs
-        training.train(model, ctx.data.train_x, _labels(ctx), ctx.budget, epochs=epochs, lr=lr,
-                       seed=ctx.seed)
-        ctx.note(f"fine-tuned the sped-up model for {epochs} epoch(s) (budget finetune_epochs)")
-
-
-def _speedup(ctx: JobContext, state: State, masks: Masks) -> None:
-    """NNI ModelSpeedup: physically remove the channels the masks zero."""
-    model = state.model
-    before = count_parameters(model)
-    model.eval()
-    quiet = logging.getLogger("squeezelab.nni.speedup")  # NNI logs every module at INFO
-    quiet.setLevel(logging.WARNING)
-    ModelSpeedup(model, torch.zeros(2, *ctx.input_shape), masks, logger=quiet).speedup_model()
-    after = count_parameters(model)
-    state.details.update(parameters_before=before, parameters_after=after,
-                         parameters_ratio=round(after / before, 4))
-    ctx.note(f"NNI ModelSpeedup shrank the model from {before} to {after} parameters "
-             f"({after / before:.0%}); layers tied by a depthwise conv or a residual add "
-             "keep the union of their masks")
-
-
-def _scheduled_prune(ctx: JobContext, model: nn.Module, step: PruneStep,
-                     config_list: list[dict[str, Any]], lr: float) -> Masks:
-    from unified.schedules import agp_span, sparsity_at_epoch
-
-    schedule = step.schedule
-    assert schedule is not None
-    labels = _labels(ctx)
-    start, end, freq = schedule.start_epoch, schedule.end_epoch, schedule.frequency
-    rates = ctx.learning_rates(lr, end, f"the {end}-epoch pruning loop")
-    if start > 0:  # Distiller trains without a mask before start_epoch; NNI starts at once
-        training.train(model, ctx.data.train_x, labels, ctx.budget, epochs=start, lr=lr,
-                       seed=ctx.seed, learning_rates=rates)
-        for epoch in range(start):
-            ctx.epoch_log.append({"epoch": epoch, "sparsity": 0.0, "target": 0.0})
-    span = agp_span(start=start, end=end, frequency=freq)
-    total_times = span // freq
-    interval = steps_per_epoch(ctx) * freq
-    holder: dict[str, Any] = {}
-
-    def epoch_start(epoch: int) -> None:
-        if epoch == 0 and holder["initial_mask"]:
-            # NNI's first mask comes at the end of the first interval; Distiller masks to
-            # initial_sparsity from the first epoch on. The goals already hold that ratio.
-            basic.update_masks(basic.generate_masks())
-        holder["during"] = _mask_sparsity(holder["pruner"].get_masks())
-
-    def epoch_end(epoch: int) -> None:
-        # the mask this epoch trained with (NNI's end-of-interval update is for the next one)
-        absolute = start + epoch
-        ctx.epoch_log.append({
-            "epoch": absolute,
-            "sparsity": round(holder["during"], 4),
-            "target": round(sparsity_at_epoch(schedule, step.sparsity, absolute), 4),
-        })
-
-    evaluator = make_evaluator(ctx, model, lr=lr, on_epoch_start=epoch_start,
-                               on_epoch_end=epoch_end,
-                               learning_rates=rates[start:] if rates else None)
-    basic = _basic_pruner(ctx, model, step, config_list, evaluator)
-    if schedule.curve is ScheduleCurve.agp:
-        pruner: Any = AGPPruner(basic, interval, total_times, evaluator)
-        # NNI's AGP: sparse = final * (1 - (1 - r0) * (1 - t/T)^3); r0 = initial / final gives
-        # Distiller's final + (initial - final) * (1 - t/T)^3
-        pruner._initial_ratio = schedule.initial_sparsity / step.sparsity
-    else:
-        pruner = LinearPruner(basic, interval, total_times, evaluator)
-        if schedule.initial_sparsity > 0:
-            ctx.note("NNI LinearPruner ramps from 0, not from initial_sparsity "
-                     f"{schedule.initial_sparsity} (its formula with an initial ratio does not "
-                     "reach the final sparsity)")
-    holder["pruner"] = pruner
-    # Taylor needs gradients from training steps before it can rank anything
-    holder["initial_mask"] = pruner._initial_ratio > 0 and not isinstance(basic, TaylorPruner)
-    if pruner._initial_ratio > 0 and not holder["initial_mask"]:
-        ctx.note(f"NNI TaylorPruner cannot rank before training: epoch {start} trains unmasked "
-                 f"where Distiller masks {schedule.initial_sparsity:.0%}")
-    epochs = end - start
-    pruner.compress(max_steps=epochs * steps_per_epoch(ctx), max_epochs=epochs)
-    masks = pruner.get_masks()
-    pruner.unwrap_model()
-    if holder["initial_mask"]:
-        ctx.note(f"NNI's {type(pruner).__name__} updates the masks at the end of each interval; "
-                 f"the first mask ({schedule.initial_sparsity:.0%}) was generated by "
-                 f"{type(basic).__name__} before epoch {start}, as Distiller does")
-    ctx.note(f"NNI {type(pruner).__name__}({type(basic).__name__}) pruned to {step.sparsity:.0%} "
-             f"over epochs {start}..{end - 1}, mask update every {freq} epoch(s), "
-             f"{total_times} updates; {epochs} training epochs at lr {lr}")
-    return masks
-
-
-def _several_config(ctx: JobContext, model: nn.Module,
-                    steps: list[tuple[int, PruneStep]]) -> list[dict[str, Any]]:
-    """One NNI config entry per step: its op_names and sparse_ratio; channel steps keep the
-    norm pruner's default granularity (out_channel), unstructured ones are element-wise."""
-    config_list: list[dict[str, Any]] = []
-    for index, step in steps:
-        (entry,) = _prune_config(ctx, model, step)
-        if step.structure is PruneStructure.unstructured:
-            # kernel [1] (padded with 1s in front): one weight per block, metric |w|
-            entry["granularity"] = [1]
-        # input_channel: _prune_config set granularity in_channel
-        if step.schedule is not None:  # nothing is masked before the step's first epoch
-            entry["sparse_ratio"] = _schedule_target(step, step.schedule.start_epoch)
-        if step.scope is PruneScope.global_:
-            entry["global_group_id"] = f"step{index + 1}"
-        config_list.append(entry)
-    return config_list
-
-
-def _schedule_target(step: PruneStep, epoch: int) -> float:
-    from unified.schedules import target_sparsity
-
-    assert step.schedule is not None
-    # NNI floors ratio * count: 0.09999999999999998 * 20 channels would prune 1, not 2
-    return round(target_sparsity(step.schedule, step.sparsity, epoch), 9)
-
-
-def prune_several(ctx: JobContext, state: State, steps: list[tuple[int, PruneStep]],
-                  training_follows: bool) -> None:
-    """Several prune steps together, with Distiller's semantics: one NNI norm pruner over a
-    combined config_list; one training loop of max(end_epoch) epochs in which each step's
-    masks are regenerated by NNI at the start of its own pruning epochs (one-shot steps are
-    pruned once before training); ModelSpeedup when a step prunes channels."""
-    from unified.schedules import pruning_epochs, sparsity_at_epoch
-
-    model = state.model
-    config_list = _several_config(ctx, model, steps)
-    channel = [s for _, s in steps if s.structure is not PruneStructure.unstructured]
-    cls = L2NormPruner if any(s.criterion is PruneCriterion.l2 for s in channel) \
-        else L1NormPruner
-    pruner = cls(model, config_list)  # wraps the model: masks apply in every forward
-    ops = {index: list(entry["op_names"]) for (index, _), entry in zip(steps, config_list,
-                                                                        strict=True)}
-    spaces = pruner._target_spaces  # NNI's per-module, per-target settings (sparse_ratio)
-
-    def regenerate(indices: list[int], epoch: int | None) -> None:
-        for index, step in steps:
-            if index in indices and epoch is not None and step.schedule is not None:
-                for name in ops[index]:
-                    for space in spaces[name].values():
-                        space.sparse_ratio = _schedule_target(step, epoch)
-        masks = pruner.generate_masks()
-        # only these steps' modules: the others keep their masks until their next epoch
-        wanted = {name for i in indices for name in ops[i]}
-        pruner.update_masks({k: v for k, v in masks.items() if k in wanted})
-
-    one_shot = [i for i, s in steps if s.schedule is None]
-    if one_shot:
-        regenerate(one_shot, None)
-    scheduled = [(i, s) for i, s in steps if s.schedule is not None]
-    lr = ctx.budget.effective_finetune_lr
-    epochs = max((s.schedule.end_epoch for _, s in scheduled), default=0)  # type: ignore[union-attr]
-
-    def on_epoch_start(epoch: int) -> None:
-        due = [i for i, s in scheduled if epoch in pruning_epochs(s.schedule)]  # type: ignore[arg-type]
-        if due:
-            regenerate(due, epoch)
-
-    def log_epoch(epoch: int) -> None:
-        masks = pruner.get_masks()
-        for index, step in steps:
-            mine = {k: v for k, v in masks.items() if k in ops[index]}
-            target = (sparsity_at_epoch(step.schedule, step.sparsity, epoch)
-                      if step.schedule is not None else step.sparsity)
-            ctx.epoch_log.append({"step": index + 1, "kind": "prune", "epoch": epoch,
-                                  "target": round(target, 6),
-                                  "sparsity": round(_mask_sparsity(mine), 6)})
-
-    if epochs:
-        rates = ctx.learning_rates(lr, epochs, f"the {epochs}-epoch pruning loop")
-        training.train(model, ctx.data.train_x, _labels(ctx), ctx.budget, epochs=epochs,
-                       lr=lr, seed=ctx.seed, on_epoch_start=on_epoch_start,
-                       on_epoch_end=log_epoch, learning_rates=rates)
-        model.eval()
-    masks = pruner.get_masks()
-    pruner.unwrap_model()
-    apply_masks(model, masks)
-    state.details["mask_sparsity"] = round(_mask_sparsity(masks), 4)
-    for index, step in steps:
-        how = (f"{step.schedule.curve.value} schedule {step.schedule.initial_sparsity:g} -> "
-               f"{step.sparsity:g} at the start of epochs {step.schedule.start_epoch}.."
-               f"{step.schedule.end_epoch - 1} every {step.schedule.frequency}"
-               if step.schedule is not None else f"one-shot {step.sparsity:g}")
-        grain = {PruneStructure.channel: "output channels",
-                 PruneStructure.input_channel: "input channels"}.get(step.structure, "weights")
-        ctx.note(f"step {index + 1} (prune): NNI {cls.__name__} on {grain} of "
-                 f"{', '.join(ops[index])}, {how}")
-    if epochs:
-        ctx.note(f"steps {', '.join(str(i + 1) for i, _ in steps)} ran concurrently in one "
-                 f"training loop of {epochs} epoch(s) at lr {lr:g} (Distiller semantics)")
-    imported = ctx.scenario.imported.get(ctx.recipe_name)
-    thinning = imported is not None and bool(imported.thinning)
-    if not channel:
-        state.masks = masks
-        if thinning:
-            ctx.note("Distiller thinning requested, but no step prunes channels: nothing to "
-                     "remove (unstructured zeros stay in place)")
-        return
-    unstructured = {name for i, s in steps if s.structure is PruneStructure.unstructured
-                    for name in ops[i]}
-    _speedup(ctx, state, masks)
-    if thinning:
-        ctx.note("Distiller thinning (FilterRemover/ChannelRemover) carried out by NNI "
-                 "ModelSpeedup: the all-zero filters are physically removed")
-    kept = _masks_still_fitting(model, {k: v for k, v in masks.items() if k in unstructured})
-    state.masks = kept or None
-    if not training_follows and ctx.budget.finetune_epochs > 0:
-        finetune(ctx, state, FinetuneStep(epochs=ctx.budget.finetune_epochs))
-        ctx.note(f"fine-tuned the sped-up model for {ctx.budget.finetune_epochs} epoch(s) "
-                 "(budget finetune_epochs)")
-
-
-def _masks_still_fitting(model: nn.Module, masks: Masks) -> Masks:
-    """The unstructured masks whose layer kept its weight shape through ModelSpeedup (a
-    layer fed by removed channels is narrower: its zeros were copied, its mask no longer
-    fits and following training may regrow them)."""
-    modules = dict(model.named_modules())
-    out: Masks = {}
-    for name, targets in masks.items():
-        weight = getattr(modules.get(name), "weight", None)
-        mask = targets.get("weight")
-        if isinstance(weight, torch.Tensor) and mask is not None and \
-                torch.broadcast_shapes(mask.shape, weight.shape) == weight.shape:
-            out[name] = {"weight": mask}
-    return out
 
 
 # --- training steps --------------------------------------------------------------------------
@@ -526,7 +202,7 @@ def finetune(ctx: JobContext, state: State, step: FinetuneStep) -> None:
             ctx.epoch_log.append({"epoch": previous + 1, "sparsity": round(
                 _weight_sparsity(model, masks), 4), "phase": "finetune"})
 
-    training.train(model, ctx.data.train_x, _labels(ctx), ctx.budget, epochs=epochs,
+    training.train(model, ctx.data.train_x, train_labels(ctx), ctx.budget, epochs=epochs,
                    lr=ctx.budget.effective_finetune_lr, seed=ctx.seed,
                    on_step=keep_masks if masks is not None else None, on_epoch_end=log_epoch)
     if masks is not None:
@@ -606,7 +282,7 @@ def _training_follows(steps: list[Step], index: int) -> bool:
 
 def run(ctx: JobContext) -> Artifacts:
     """Run every step; write model.onnx and the native .pt (state_dict) in ctx.workdir."""
-    from adapters.nni import _impl_quant
+    from adapters.nni import _impl_prune, _impl_quant
 
     steps = ctx.recipe.steps
     training.set_seed(ctx.seed)
@@ -621,9 +297,9 @@ def run(ctx: JobContext) -> Artifacts:
         if isinstance(step, PruneStep) and several:  # consecutive (check_recipe)
             group = [(i, s) for i, s in enumerate(steps) if isinstance(s, PruneStep)]
             done.update(i for i, _ in group)
-            prune_several(ctx, state, group, _training_follows(steps, group[-1][0]))  # type: ignore[arg-type]
+            _impl_prune.prune_several(ctx, state, group, _training_follows(steps, group[-1][0]))  # type: ignore[arg-type]
         elif isinstance(step, PruneStep):
-            prune(ctx, state, step, _training_follows(steps, index))
+            _impl_prune.prune(ctx, state, step, _training_follows(steps, index))
         elif isinstance(step, FinetuneStep):
             finetune(ctx, state, step)
         elif isinstance(step, DistillStep):
