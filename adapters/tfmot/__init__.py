@@ -174,6 +174,12 @@ def check_steps(steps: list[Step]) -> list[tuple[int, Verdict]]:
         if isinstance(step, ClusterStep) and not any(
                 isinstance(s, QuantizeStep) and s.method is QuantMethod.qat for s in steps):
             out.append((i, approximated(CLUSTER_LR)))
+        earlier = [j for j in range(i) if isinstance(steps[j], PruneStep)]
+        if isinstance(step, PruneStep) and earlier and not isinstance(steps[i - 1], PruneStep):
+            out.append((i, approximated(
+                f"TF-MOT strips step {earlier[-1] + 1}'s pruning wrappers before wrapping "
+                "again: its zeros are no longer enforced while this step trains (consecutive "
+                "prune steps run together instead)")))
         if isinstance(step, PruneStep) and step.schedule is not None:
             out.extend((i, unsupported(p)) for p in schedule_problems(step.schedule))
             if step.structure is PruneStructure.n_m:

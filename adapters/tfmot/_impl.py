@@ -248,8 +248,10 @@ def _schedule(step: PruneStep, ctx: JobContext) -> tuple[Any, int, str]:
     return schedule, sched.end_epoch, desc
 
 
-def prune(state: State, step: PruneStep, ctx: JobContext, later_training: bool) -> None:
-    state.strip()
+def _step_wrapping(state: State, step: PruneStep, ctx: JobContext
+                   ) -> tuple[list[str], dict[str, Any], dict[str, Any], str]:
+    """The layers a prune step wraps, prune_low_magnitude's arguments (and the Dense-only
+    block argument), and a description."""
     layers = select_layers(state.model, step.targets)
     depthwise = [ly.name for ly in layers if type(ly).__name__ == "DepthwiseConv2D"]
     if depthwise:
@@ -258,7 +260,7 @@ def prune(state: State, step: PruneStep, ctx: JobContext, later_training: bool) 
     names = [ly.name for ly in layers if ly.name not in depthwise]
     if not names:
         raise ValueError("the prune step's targets select no Conv2D / Dense layer")
-    schedule, epochs, desc = _schedule(step, ctx)
+    schedule, _, desc = _schedule(step, ctx)
     kwargs: dict[str, Any] = {"pruning_schedule": schedule}
     if step.structure is PruneStructure.n_m:
         assert step.n is not None and step.m is not None
@@ -274,38 +276,66 @@ def prune(state: State, step: PruneStep, ctx: JobContext, later_training: bool) 
         if conv:
             ctx.note(f"block sparsity on Dense layers only; {', '.join(conv)} pruned "
                      "unstructured (TF-MOT blocks need 2-D kernels)")
+    return names, kwargs, block, desc
+
+
+def prune(state: State, steps: list[tuple[int, PruneStep]], ctx: JobContext) -> None:
+    """Consecutive prune steps together, as Distiller runs its pruning policies: every layer
+    is wrapped once with its own step's schedule, and one training loop of max(end_epoch)
+    epochs updates each layer's mask at its own steps."""
+    state.strip()
+    wrapping: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    owner: dict[str, int] = {}
+    names_of: dict[int, list[str]] = {}
+    for index, step in steps:
+        names, kwargs, block, desc = _step_wrapping(state, step, ctx)
+        for name in names:
+            if name in owner:
+                ctx.note(f"layer {name} is targeted by steps {owner[name] + 1} and {index + 1}: "
+                         f"TF-MOT wraps a layer once, step {index + 1}'s schedule applies")
+                names_of[owner[name]].remove(name)
+            wrapping[name], owner[name] = (kwargs, block), index
+        names_of[index] = names
+        ctx.note(f"step {index + 1} (prune): TF-MOT prune_low_magnitude on {len(names)} layers "
+                 f"({desc}); each layer pruned to the target on its own (TF-MOT has no global "
+                 "ranking)")
 
     def wrap(layer: keras.layers.Layer) -> keras.layers.Layer:
+        kwargs, block = wrapping[layer.name]
         extra = block if type(layer).__name__ == "Dense" else {}
         return sparsity_api.prune_low_magnitude(layer, **kwargs, **extra)
 
-    state.model = _rewrap(state.model, wrap, set(names))
+    state.model = _rewrap(state.model, wrap, set(wrapping))
     state.prune_wrapped = True
-    state.pruned = names
-    ctx.note(f"TF-MOT prune_low_magnitude on {len(names)} layers ({desc}); "
-             "each layer pruned to the target on its own (TF-MOT has no global ranking)")
-    wrappers = [ly for ly in state.model.layers
-                if isinstance(ly, pruning_wrapper.PruneLowMagnitude)]
+    state.pruned = list(wrapping)
+    epochs = max(_schedule(step, ctx)[1] for _, step in steps)
     if epochs == 0:
         # One-shot: let TF-MOT compute the masks now (its own magnitude / m-by-n rules), at
         # step 1 where the schedule says "prune"; fine-tuning later keeps them fixed.
-        for layer in wrappers:
-            layer.pruning_step.assign(1)
-            layer.pruning_obj.conditional_mask_update()
-            layer.pruning_obj.weight_mask_op()
+        for layer in state.model.layers:
+            if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+                layer.pruning_step.assign(1)
+                layer.pruning_obj.conditional_mask_update()
+                layer.pruning_obj.weight_mask_op()
         ctx.epoch_log.append({"epoch": None, "step": "prune",
-                              "sparsity": round(kernel_sparsity(state.model, names), 6)})
+                              "sparsity": round(kernel_sparsity(state.model, state.pruned), 6)})
         return
     lr = ctx.budget.effective_finetune_lr
 
     def log(epoch: int) -> None:
-        entry = {"epoch": epoch, "step": "prune",
-                 "sparsity": round(kernel_sparsity(state.model, names), 6)}
-        if step.schedule is not None:
-            entry["target"] = round(sparsity_at_epoch(step.schedule, step.sparsity, epoch), 6)
-        ctx.epoch_log.append(entry)
+        for index, step in steps:
+            entry: dict[str, Any] = {"epoch": epoch, "step": "prune", "sparsity": round(
+                kernel_sparsity(state.model, names_of[index]), 6)}
+            if len(steps) > 1:  # numbered like the torch backends' concurrent steps
+                entry.update(step=index + 1, kind="prune")
+            if step.schedule is not None:
+                entry["target"] = round(sparsity_at_epoch(step.schedule, step.sparsity, epoch),
+                                        6)
+            ctx.epoch_log.append(entry)
 
-    ctx.note(f"pruning schedule trains {epochs} epochs at lr {lr:g}")
+    together = (f"steps {', '.join(str(i + 1) for i, _ in steps)} ran concurrently in one "
+                "training loop (Distiller semantics), " if len(steps) > 1 else "")
+    ctx.note(f"{together}pruning schedule trains {epochs} epochs at lr {lr:g}")
     rates = ctx.learning_rates(lr, epochs, f"the {epochs}-epoch pruning loop")
     train(state.model, ctx, epochs, lr, callbacks=[sparsity_api.UpdatePruningStep()],
           on_epoch_end=log, learning_rates=rates)
@@ -477,10 +507,20 @@ def compress(ctx: JobContext, plan: Plan) -> Artifacts:
             ctx.note("BatchNorm folded into the preceding conv/dense before clustering, so the "
                      "shared values survive TFLite's BN folding")
     state = State(model, bn_folded="bn_fold_max_abs_diff" in details)
+    done: set[int] = set()
     for i, step in enumerate(steps):
         later = steps[i + 1:]
+        if i in done:
+            continue
         if isinstance(step, PruneStep):
-            prune(state, step, ctx, any(isinstance(s, FinetuneStep) for s in later))
+            group = [(i, step)]
+            for j in range(i + 1, len(steps)):
+                following = steps[j]
+                if not isinstance(following, PruneStep):
+                    break
+                group.append((j, following))
+            done.update(j for j, _ in group)
+            prune(state, group, ctx)
         elif isinstance(step, ClusterStep):
             follows = bool(later) and isinstance(later[0], FinetuneStep)
             cluster(state, step, ctx, follows)
