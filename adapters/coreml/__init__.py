@@ -152,6 +152,17 @@ def _next_kind(steps: list[Step], index: int) -> str | None:
     return steps[index + 1].kind if index + 1 < len(steps) else None
 
 
+def _prune_group(steps: list[Step], index: int) -> list[int]:
+    """The run of consecutive prune steps around ``index``."""
+    first = index
+    while first > 0 and isinstance(steps[first - 1], PruneStep):
+        first -= 1
+    last = index
+    while last + 1 < len(steps) and isinstance(steps[last + 1], PruneStep):
+        last += 1
+    return list(range(first, last + 1))
+
+
 def routes(steps: list[Step]) -> list[str]:
     """Per step: COREML (post-training on the mlprogram), TORCH (optimize.torch) or TRAIN."""
     out: list[str] = []
@@ -164,7 +175,10 @@ def routes(steps: list[Step]) -> list[str]:
         elif isinstance(step, QuantizeStep):
             out.append(TORCH if step.method == "qat" else COREML)
         elif isinstance(step, PruneStep):
-            training = step.schedule is not None or _next_kind(steps, i) == "finetune"
+            # consecutive prune steps share one MagnitudePruner: one trains, all train
+            group = _prune_group(steps, i)
+            training = any(getattr(steps[j], "schedule", None) is not None for j in group) \
+                or _next_kind(steps, group[-1]) == "finetune"
             out.append(TORCH if training else COREML)
         elif isinstance(step, ClusterStep):
             out.append(TORCH if _next_kind(steps, i) == "finetune" else COREML)
@@ -201,9 +215,14 @@ def check_steps(steps: list[Step]) -> list[tuple[int, Verdict]]:
     seen_coreml: dict[str, int] = {}
     torch_steps = [i for i, r in enumerate(route) if r == TORCH]
     if len(torch_steps) > 1:
+        # one optimize.torch compression per recipe; consecutive prune steps are one
+        together = set(_prune_group(steps, torch_steps[0])) \
+            if isinstance(steps[torch_steps[0]], PruneStep) else {torch_steps[0]}
         for i in torch_steps[1:]:
-            out.append((i, unsupported(
-                "this adapter runs one training-time (optimize.torch) compression per recipe")))
+            if i not in together:
+                out.append((i, unsupported(
+                    "this adapter runs one training-time (optimize.torch) compression per "
+                    "recipe (consecutive prune steps count as one)")))
     for i, step in enumerate(steps):
         r = route[i]
         if r == TRAIN and step.kind == "finetune":

@@ -73,13 +73,15 @@ def agp_update_steps(schedule: Schedule) -> list[int]:
     return [e + 1 for e in epochs]
 
 
-def _no_mask_before_start(pruner: Any) -> None:
+def _no_mask_before_start(pruner: Any, names: set[str]) -> None:
     """MagnitudePruner.prepare() masks every layer to initial_sparsity at once; Distiller
     trains unmasked until start_epoch. Reset the masks to dense (sparsity level 0); the
     scheduler's first update step then prunes to initial_sparsity, as its spline starts
     there (it reads initial_sparsity from the config, not from the current level)."""
     with torch.no_grad():
-        for info in pruner._pruner_info.values():  # coremltools keeps no public handle
+        for name, info in pruner._pruner_info.items():  # coremltools keeps no public handle
+            if name not in names:
+                continue
             info.module.pruning_method.update_mask(info.module, 0.0)
             info.sparsity_level = 0.0
 
@@ -94,12 +96,9 @@ def _sparsity(layers: list[tuple[str, nn.Module]]) -> float:
     return zeros / total if total else 0.0
 
 
-def prune(ctx: JobContext, model: nn.Module, step: PruneStep, extra_epochs: int) -> TorchResult:
-    from coremltools.optimize.torch.pruning import (
-        MagnitudePruner,
-        MagnitudePrunerConfig,
-        ModuleMagnitudePrunerConfig,
-    )
+def _module_config(step: PruneStep) -> tuple[Any, int, str]:
+    """A step's ModuleMagnitudePrunerConfig, the epochs its schedule trains, a description."""
+    from coremltools.optimize.torch.pruning import ModuleMagnitudePrunerConfig
     from coremltools.optimize.torch.pruning.pruning_scheduler import (
         ConstantSparsityScheduler,
         PolynomialDecayScheduler,
@@ -111,14 +110,12 @@ def prune(ctx: JobContext, model: nn.Module, step: PruneStep, extra_epochs: int)
         scheduler: Any = PolynomialDecayScheduler(update_steps=agp_update_steps(schedule),
                                                   power=power)
         initial = float(schedule.initial_sparsity)
-        epochs = schedule.end_epoch + extra_epochs
         how = (f"PolynomialDecayScheduler(power={power}) at epochs "
                f"{[s - 1 for s in agp_update_steps(schedule)]}")
     else:
         begin = schedule.start_epoch if schedule is not None else 0
         scheduler = ConstantSparsityScheduler(begin_step=begin + 1)
         initial = 0.0
-        epochs = (schedule.end_epoch if schedule is not None else 0) + extra_epochs
         how = f"ConstantSparsityScheduler from epoch {begin}"
     kwargs: dict[str, Any] = {}
     if step.structure == "n:m":
@@ -126,30 +123,58 @@ def prune(ctx: JobContext, model: nn.Module, step: PruneStep, extra_epochs: int)
         kwargs = {"n_m_ratio": (step.m - step.n, step.m)}
     else:
         kwargs = {"target_sparsity": float(step.sparsity)}
-    module_config = ModuleMagnitudePrunerConfig(
-        scheduler=scheduler, initial_sparsity=initial, **kwargs)
-    config = MagnitudePrunerConfig(
-        global_config=module_config,
-        module_name_configs=_excluded(model, step, ctx.input_shape),  # type: ignore[arg-type]
-    )
-    pruner = MagnitudePruner(model, config)
+    config = ModuleMagnitudePrunerConfig(scheduler=scheduler, initial_sparsity=initial, **kwargs)
+    return config, schedule.end_epoch if schedule is not None else 0, how
+
+
+def prune(ctx: JobContext, model: nn.Module, steps: list[tuple[int, PruneStep]],
+          extra_epochs: int) -> TorchResult:
+    """Consecutive prune steps as ONE MagnitudePruner, as Distiller runs its pruning
+    policies: each step's layers get that step's module config (scheduler, sparsity), and one
+    training loop of max(end_epoch) (+ a following finetune's) epochs steps them all."""
+    from coremltools.optimize.torch.pruning import MagnitudePruner, MagnitudePrunerConfig
+
+    layer_names = dict(layers_in_order(model, ctx.input_shape))
+    configs: dict[str, Any] = {name: None for name in layer_names}  # None: leave alone
+    owner: dict[str, int] = {}
+    epochs = 0
+    for index, step in steps:
+        config, step_epochs, how = _module_config(step)
+        epochs = max(epochs, step_epochs)
+        for name, module in layer_names.items():
+            if targeted(name, module, step.targets):
+                if name in owner:
+                    ctx.note(f"layer {name} is targeted by steps {owner[name] + 1} and "
+                             f"{index + 1}: step {index + 1}'s config applies")
+                configs[name], owner[name] = config, index
+        ctx.note(f"step {index + 1} (prune): optimize.torch MagnitudePruner ({how}); each layer "
+                 "pruned to the target (local)")
+    epochs += extra_epochs
+    pruner = MagnitudePruner(model, MagnitudePrunerConfig(module_name_configs=configs))
     model = pruner.prepare(inplace=True)
-    if initial > 0 and schedule is not None and schedule.start_epoch > 0:
-        _no_mask_before_start(pruner)
-        ctx.note(f"MagnitudePruner.prepare() masks to initial_sparsity at once; the masks were "
-                 f"reset to dense so that epochs before {schedule.start_epoch} train unmasked, "
-                 "as in Distiller")
-    layers = [(n, m) for n, m in layers_in_order(model, ctx.input_shape)
-              if targeted(n, m, step.targets)]
+    late = {name for name, i in owner.items() if (sched := dict(steps)[i].schedule) is not None
+            and sched.start_epoch > 0 and sched.initial_sparsity > 0}
+    if late:
+        _no_mask_before_start(pruner, late)
+        ctx.note("MagnitudePruner.prepare() masks to initial_sparsity at once; the masks of "
+                 "steps starting later were reset to dense so that they train unmasked until "
+                 "their start_epoch, as in Distiller")
+    modules = dict(layers_in_order(model, ctx.input_shape))
+    layers = {i: [(n, modules[n]) for n, o in owner.items() if o == i] for i, _ in steps}
 
     def on_epoch_start(_epoch: int) -> None:
         pruner.step()
 
     def on_epoch_end(epoch: int) -> None:
-        entry = {"epoch": epoch, "sparsity": round(_sparsity(layers), 4)}
-        if schedule is not None and step.structure != "n:m":
-            entry["target"] = round(sparsity_at_epoch(schedule, step.sparsity, epoch), 4)
-        ctx.epoch_log.append(entry)
+        for index, step in steps:
+            entry: dict[str, Any] = {"epoch": epoch, "sparsity": round(_sparsity(layers[index]),
+                                                                        4)}
+            if len(steps) > 1:  # numbered like the other backends' concurrent steps
+                entry.update(step=index + 1, kind="prune")
+            if step.schedule is not None and step.structure != "n:m":
+                entry["target"] = round(sparsity_at_epoch(step.schedule, step.sparsity, epoch),
+                                        4)
+            ctx.epoch_log.append(entry)
 
     if epochs == 0:  # prune without training: apply the final sparsity once
         pruner.step()
@@ -160,8 +185,9 @@ def prune(ctx: JobContext, model: nn.Module, step: PruneStep, extra_epochs: int)
               lr=lr, seed=ctx.seed, learning_rates=rates,
               on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end)
     pruner.finalize(inplace=True)
-    ctx.note(f"optimize.torch MagnitudePruner ({how}), {epochs} training epochs; each layer "
-             "pruned to the target (local)")
+    together = (f"steps {', '.join(str(i + 1) for i, _ in steps)} ran concurrently in one "
+                "training loop (Distiller semantics), " if len(steps) > 1 else "")
+    ctx.note(f"{together}{epochs} training epochs")
     return TorchResult(model.eval())
 
 
@@ -247,11 +273,22 @@ def quantize_qat(ctx: JobContext, model: nn.Module, step: QuantizeStep,
 def run(ctx: JobContext, model: nn.Module, steps: list[Step], routes: list[str]) -> TorchResult:
     """Run the training-time step (and plain finetunes) of the recipe on ``model``."""
     result = TorchResult(model)
+    done: set[int] = set()
     for i, (step, route) in enumerate(zip(steps, routes, strict=True)):
+        if i in done:
+            continue
         if route == TORCH:
             extra = _finetune_epochs(ctx, steps, i)
             if isinstance(step, PruneStep):
-                result = prune(ctx, result.model, step, extra)
+                group = [(i, step)]
+                for j in range(i + 1, len(steps)):
+                    following = steps[j]
+                    if not isinstance(following, PruneStep) or routes[j] != TORCH:
+                        break
+                    group.append((j, following))
+                done.update(j for j, _ in group)
+                extra = _finetune_epochs(ctx, steps, group[-1][0])
+                result = prune(ctx, result.model, group, extra)
             elif isinstance(step, ClusterStep):
                 result = palettize(ctx, result.model, step, extra)
             elif isinstance(step, QuantizeStep):

@@ -73,6 +73,13 @@ def test_routes_follow_the_recipe() -> None:
     assert route([{"prune": {"sparsity": 0.5}}, {"finetune": {}}]) == ["torch", "train"]
     assert route([{"prune": {"sparsity": 0.8, "schedule": {"end_epoch": 2}}}]) == ["torch"]
     assert route([{"cluster": {"bits": 4}}, {"finetune": {}}]) == ["torch", "train"]
+    # consecutive prune steps share one MagnitudePruner: a scheduled one makes all train
+    together = [{"prune": {"sparsity": 0.5}},
+                {"prune": {"sparsity": 0.8, "schedule": {"end_epoch": 2}}}]
+    assert route(together) == ["torch", "torch"]
+    assert plan(together).status == "ok"
+    apart = [*together, {"cluster": {"bits": 4}}, {"finetune": {}}]
+    assert plan(apart).steps[2].verdict.support is Support.unsupported
 
 
 def test_agp_update_steps_match_distiller() -> None:
@@ -147,6 +154,26 @@ def test_scheduled_prune_logs_sparsity(run_recipe) -> None:
     step, expected = late_agp(0.6)
     rec = run_recipe("coreml", [step])
     assert_follows_schedule(rec["epoch_log"], expected)
+    assert rec["details"]["readback_exact"] is True
+
+
+@pytest.mark.slow
+def test_concurrent_agp_steps_follow_distiller(run_recipe) -> None:
+    rec = run_recipe("coreml", [
+        {"prune": {"sparsity": 0.8, "targets": {"op_types": ["conv"]},
+                   "schedule": {"initial_sparsity": 0.05, "end_epoch": 4}}},
+        {"prune": {"sparsity": 0.5, "targets": {"op_types": ["linear"]},
+                   "schedule": {"initial_sparsity": 0.1, "start_epoch": 1, "end_epoch": 4}}},
+    ])
+    # Distiller, written out: step 1 spans epochs 0..3 (span 3), step 2 epochs 1..3 (span 2,
+    # nothing masked in epoch 0); both run in ONE 4-epoch loop
+    expected = {1: [0.05, 0.8 - 0.75 * (2 / 3) ** 3, 0.8 - 0.75 * (1 / 3) ** 3, 0.8],
+                2: [0.0, 0.1, 0.5 - 0.4 * 0.5 ** 3, 0.5]}
+    log = rec["epoch_log"]
+    assert [(e["epoch"], e["step"]) for e in log] == [(e, s) for e in range(4) for s in (1, 2)]
+    for entry in log:
+        assert abs(entry["sparsity"] - expected[entry["step"]][entry["epoch"]]) < 0.01, entry
+    assert any("ran concurrently in one training loop" in n for n in rec["notes"])
     assert rec["details"]["readback_exact"] is True
 
 
