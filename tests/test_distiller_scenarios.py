@@ -78,8 +78,10 @@ def model_parameter_names(source: str, input_shape: tuple[int, int, int]) -> lis
 def test_shipped_scenario_loads_and_expands() -> None:
     scenario = load_scenario(SCENARIOS / "distiller.yaml")
     assert set(scenario.imported) == {"simplenet-agp", "simplenet-channels", "convnet-agp",
-                                      "distill-then-agp", "qat-linear", "post-train-6bit"}
-    for recipe in ("simplenet-agp", "simplenet-channels", "convnet-agp", "distill-then-agp"):
+                                      "distill-then-agp", "qat-linear", "post-train-6bit",
+                                      "resnet18-agp"}
+    for recipe in ("simplenet-agp", "simplenet-channels", "convnet-agp", "distill-then-agp",
+                   "resnet18-agp"):
         steps = scenario.recipes[recipe].steps
         assert any(s.kind == "prune" and s.schedule is not None for s in steps)  # type: ignore[union-attr]
     for info in scenario.imported.values():
@@ -94,7 +96,8 @@ def test_shipped_scenario_loads_and_expands() -> None:
     by_model = {view.model.name: set(view.recipes) for view in scenario.views()}
     assert by_model == {"simplenet": {"fp32", "simplenet-agp", "simplenet-channels"},
                         "convnet": {"fp32", "convnet-agp", "distill-then-agp", "qat-linear",
-                                    "post-train-6bit"}}
+                                    "post-train-6bit"},
+                        "resnet18": {"fp32", "resnet18-agp"}}
 
 
 def test_simplenet_scenario_asks_for_thinning() -> None:
@@ -106,7 +109,8 @@ def test_simplenet_scenario_asks_for_thinning() -> None:
 
 
 @pytest.mark.parametrize("name", [SIMPLENET_SCHEDULE.name, "quant_aware_train_linear_quant.yaml",
-                                  "resnet18_imagenet_post_train.yaml"])
+                                  "resnet18_imagenet_post_train.yaml",
+                                  "resnet18.schedule_agp.yaml"])
 def test_copied_distiller_file_is_unchanged_with_source_and_license(name: str) -> None:
     text = (SCHEDULES / name).read_text()
     header = text.splitlines()[:2]
