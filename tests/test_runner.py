@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tiny import tiny_scenario
@@ -87,3 +88,30 @@ def test_unavailable_or_unsupported_rows_need_no_worker(tmp_path: Path, cache_di
     assert record["status"] == "unsupported" and record["reason"]
     assert not list(tmp_path.glob("jobs/*"))
     assert json.loads((tmp_path / "results.jsonl").read_text())["status"] == "unsupported"
+
+
+def test_a_cache_that_cannot_be_written_costs_no_row(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+    import shutil
+
+    from unified import runner
+
+    real = shutil.copytree
+
+    def full_disk(src: Path, dst: Path, *args: Any, **kwargs: Any) -> Any:
+        if "jobs" in Path(dst).parts and Path(dst).parent.name.startswith("."):  # the cache
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(runner.shutil, "copytree", full_disk)
+    scenario = tiny_scenario({"fp32": []}, ["onnxruntime"])
+    (record,) = Runner(scenario, RunOptions(out=tmp_path / "run",
+                                            cache_dir=tmp_path / "cache")).run()
+    assert record["status"] == "ok"
+    assert len(read_records(tmp_path / "run" / "results.jsonl")) == 1
+    assert not list((tmp_path / "cache" / "jobs").iterdir())  # nothing half-written
+    err = capsys.readouterr().err
+    assert "fp32 @ onnxruntime not stored in the cache" in err
+    assert err.rstrip().endswith("No space left on device")

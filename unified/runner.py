@@ -59,6 +59,17 @@ class Progress:
     on_done: Callable[[Job, dict[str, Any]], None] = lambda _job, _rec: None
 
 
+def _warn(message: str) -> None:
+    print(f"squeezelab: warning: {message}", file=sys.stderr)
+
+
+def _os_reason(exc: OSError) -> str:
+    """'No space left on device', also from shutil.Error's list of (src, dst, why)."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+        return str(exc.args[0][0][-1]) if exc.args[0] else str(exc)
+    return exc.strerror or str(exc)
+
+
 def expand_jobs(scenario: Scenario, options: RunOptions, multi_model: bool = False) -> list[Job]:
     """recipes × backends of one (single-model) scenario, filtered by the options."""
     backends = [b for b in scenario.backends if not options.backends or b in options.backends]
@@ -204,22 +215,36 @@ class Runner:
         record: dict[str, Any] = json.loads(record_file.read_text())
         target = self._job_dir(job) / "artifacts"
         if (folder / "artifacts").is_dir() and not target.exists():
-            shutil.copytree(folder / "artifacts", target)
+            try:
+                shutil.copytree(folder / "artifacts", target)
+            except OSError as exc:  # e.g. a full disk: run the job instead
+                shutil.rmtree(target, ignore_errors=True)
+                _warn(f"cached {job.label} not reused: {_os_reason(exc)}")
+                return None
         record.update(scenario=view.name, model=view.model.label, recipe=job.recipe,
                       cached=True)
         return record
 
-    def _store_in_cache(self, key: str, job_dir: Path, record: dict[str, Any]) -> None:
+    def _store_in_cache(self, job: Job, key: str, job_dir: Path,
+                        record: dict[str, Any]) -> None:
+        """Best effort: the row is already in results.jsonl; a cache that cannot be written
+        (a full disk, a read-only folder) costs a rerun next time, never this run."""
         folder = self._cache_dir(key)
         if folder.exists():
             return
-        folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.parent / f".{key}.{os.getpid()}.{threading.get_ident()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (job_dir / "artifacts").is_dir():
-            shutil.copytree(job_dir / "artifacts", tmp / "artifacts")
-        tmp.mkdir(parents=True, exist_ok=True)
-        write_json(tmp / "record.json", record)
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if (job_dir / "artifacts").is_dir():
+                shutil.copytree(job_dir / "artifacts", tmp / "artifacts")
+            tmp.mkdir(parents=True, exist_ok=True)
+            write_json(tmp / "record.json", record)
+        except OSError as exc:  # shutil.Error too
+            shutil.rmtree(tmp, ignore_errors=True)
+            _warn(f"{job.label} not stored in the cache {self.options.cache_dir}: "
+                  f"{_os_reason(exc)}")
+            return
         try:
             tmp.rename(folder)
         except OSError:  # a concurrent run stored it first
@@ -242,9 +267,9 @@ class Runner:
         timeout = self.options.timeout or view.evaluate.timeout
         record = self._spawn(view, job, job_dir, timeout, torch_threads)
         record["job_key"] = key
+        self._finish(job, record)  # the row first: it must survive a failing cache write
         if record["status"] not in PENDING_STATUSES:
-            self._store_in_cache(key, job_dir, record)
-        self._finish(job, record)
+            self._store_in_cache(job, key, job_dir, record)
 
     def _spawn(self, view: Scenario, job: Job, job_dir: Path, timeout: float,
                torch_threads: int) -> dict[str, Any]:
