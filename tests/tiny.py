@@ -41,3 +41,30 @@ def assert_follows_schedule(log: list[dict[str, Any]], expected: list[float]) ->
     assert [e["epoch"] for e in log] == list(range(len(expected)))
     for entry, target in zip(log, expected, strict=True):
         assert abs(entry["sparsity"] - target) < 0.01, entry
+
+
+def concurrent_agp() -> tuple[list[dict[str, Any]], dict[int, list[float]]]:
+    """Two AGP prune steps with different spans that Distiller runs together, and the
+    sparsity it gives each step in epochs 0..3, written out: step 1 (convs, 5% -> 80%) spans
+    epochs 0..3 (span 3); step 2 (linears, 10% -> 50%) spans epochs 1..3 (span 2), nothing
+    masked in epoch 0."""
+    steps = [
+        {"prune": {"sparsity": 0.8, "targets": {"op_types": ["conv"]},
+                   "schedule": {"initial_sparsity": 0.05, "end_epoch": 4}}},
+        {"prune": {"sparsity": 0.5, "targets": {"op_types": ["linear"]},
+                   "schedule": {"initial_sparsity": 0.1, "start_epoch": 1, "end_epoch": 4}}},
+    ]
+    expected = {1: [0.05, 0.8 - 0.75 * (2 / 3) ** 3, 0.8 - 0.75 * (1 / 3) ** 3, 0.8],
+                2: [0.0, 0.1, 0.5 - 0.4 * 0.5 ** 3, 0.5]}
+    return steps, expected
+
+
+def assert_runs_concurrently(record: dict[str, Any], expected: dict[int, list[float]]) -> None:
+    """One training loop: every epoch logs every step, each within 0.01 of Distiller."""
+    epochs = len(next(iter(expected.values())))
+    log = [e for e in record["epoch_log"] if e.get("kind") == "prune"]
+    assert [(e["epoch"], e["step"]) for e in log] == \
+        [(e, s) for e in range(epochs) for s in sorted(expected)]
+    for entry in log:
+        assert abs(entry["sparsity"] - expected[entry["step"]][entry["epoch"]]) < 0.01, entry
+    assert any("ran concurrently in one training loop" in n for n in record["notes"])

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tiny import assert_follows_schedule, late_agp
+from tiny import assert_follows_schedule, assert_runs_concurrently, concurrent_agp, late_agp
 
 from adapters.base import Support
 from adapters.coreml import ADAPTER, CAPABILITIES, routes
@@ -159,21 +159,9 @@ def test_scheduled_prune_logs_sparsity(run_recipe) -> None:
 
 @pytest.mark.slow
 def test_concurrent_agp_steps_follow_distiller(run_recipe) -> None:
-    rec = run_recipe("coreml", [
-        {"prune": {"sparsity": 0.8, "targets": {"op_types": ["conv"]},
-                   "schedule": {"initial_sparsity": 0.05, "end_epoch": 4}}},
-        {"prune": {"sparsity": 0.5, "targets": {"op_types": ["linear"]},
-                   "schedule": {"initial_sparsity": 0.1, "start_epoch": 1, "end_epoch": 4}}},
-    ])
-    # Distiller, written out: step 1 spans epochs 0..3 (span 3), step 2 epochs 1..3 (span 2,
-    # nothing masked in epoch 0); both run in ONE 4-epoch loop
-    expected = {1: [0.05, 0.8 - 0.75 * (2 / 3) ** 3, 0.8 - 0.75 * (1 / 3) ** 3, 0.8],
-                2: [0.0, 0.1, 0.5 - 0.4 * 0.5 ** 3, 0.5]}
-    log = rec["epoch_log"]
-    assert [(e["epoch"], e["step"]) for e in log] == [(e, s) for e in range(4) for s in (1, 2)]
-    for entry in log:
-        assert abs(entry["sparsity"] - expected[entry["step"]][entry["epoch"]]) < 0.01, entry
-    assert any("ran concurrently in one training loop" in n for n in rec["notes"])
+    steps, expected = concurrent_agp()
+    rec = run_recipe("coreml", steps)
+    assert_runs_concurrently(rec, expected)
     assert rec["details"]["readback_exact"] is True
 
 

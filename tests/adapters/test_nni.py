@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from tiny import assert_follows_schedule, late_agp
+from tiny import assert_follows_schedule, assert_runs_concurrently, concurrent_agp, late_agp
 
 from unified.spec import Recipe
 
@@ -107,6 +107,12 @@ def test_agp_schedule_logs_each_epoch(run_recipe) -> None:
 def test_agp_with_late_start_and_frequency_follows_distiller(run_recipe) -> None:
     step, expected = late_agp(0.6)
     assert_follows_schedule(run_recipe("nni", [step])["epoch_log"], expected)
+
+
+@pytest.mark.slow
+def test_concurrent_agp_steps_follow_distiller(run_recipe) -> None:
+    steps, expected = concurrent_agp()
+    assert_runs_concurrently(run_recipe("nni", steps), expected)
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
+from tiny import assert_runs_concurrently, concurrent_agp
 
 from adapters.pytorch import ADAPTER
 from unified.spec import Recipe
@@ -314,6 +315,12 @@ def test_prune_agp_follows_distiller_formula(run_recipe: Any) -> None:
         assert entry["target"] == pytest.approx(expected, abs=1e-6)
         assert abs(entry["sparsity"] - expected) < 0.01
     assert abs(record["sparsity"] - final) < 0.01
+
+
+@pytest.mark.slow
+def test_concurrent_agp_steps_follow_distiller(run_recipe) -> None:
+    steps, expected = concurrent_agp()
+    assert_runs_concurrently(run_recipe("pytorch", steps), expected)
 
 
 @pytest.mark.slow
