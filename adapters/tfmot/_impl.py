@@ -1,8 +1,8 @@
 """TF-MOT on the torch reference: torch → tf_keras (nobuco) → TF-MOT → TFLite → ONNX (tf2onnx).
 
 Pruning (``_impl_prune``), clustering and QAT run on the Keras model; post-training
-quantization (static int8, dynamic range, float16) is the TFLite converter's. The ONNX is converted from the TFLite file
-so the harness measures what TFLite ships (int8 kept as QDQ).
+quantization (static int8, dynamic range, float16) is the TFLite converter's. The ONNX is
+converted from the TFLite file so the harness measures what TFLite ships (int8 kept as QDQ).
 """
 
 from __future__ import annotations
