@@ -53,8 +53,9 @@ class JobContext:
     notes: list[str] = field(default_factory=list)
     # one dict per training epoch, e.g. {"epoch": 0, "sparsity": 0.31}; lands in the record
     epoch_log: list[dict[str, Any]] = field(default_factory=list)
-    # set once a training loop has followed the recipe's (Distiller) LR schedulers
-    lr_schedule_applied: bool = False
+    # the recipe's (Distiller) LR schedulers: None while no training loop asked for them,
+    # True once one followed them, False when they could not run (noted)
+    lr_schedule_applied: bool | None = None
 
     @property
     def budget(self) -> Budget:
@@ -69,8 +70,9 @@ class JobContext:
         if message not in self.notes:
             self.notes.append(message)
 
-    def learning_rates(self, base_lr: float, epochs: int, what: str) -> list[float] | None:
-        """The lr of each epoch of ``what`` (a training loop of the Distiller schedule: its
+    def learning_rates(self, base_lr: float, epochs: int,
+                       loop: str = "pruning") -> list[float] | None:
+        """The lr of each epoch of a training loop on the Distiller schedule's timeline (its
         pruning loop, or its QAT epochs, both from the schedule's epoch 0) under the recipe's
         Distiller LR schedulers; None when it has none, or when they cannot run (noted)."""
         imported = self.scenario.imported.get(self.recipe_name)
@@ -84,9 +86,10 @@ class JobContext:
             rates = scheduled_learning_rates(schedulers, base_lr, epochs)
         except ValueError as exc:
             self.note(f"Distiller LR scheduler not applied ({labels}): {exc}")
+            self.lr_schedule_applied = False
             return None
         self.lr_schedule_applied = True
-        self.note(f"Distiller LR scheduler {labels} applied to {what}: "
+        self.note(f"Distiller LR scheduler {labels} applied to the {epochs}-epoch {loop} loop: "
                   f"{describe_rates(rates)}")
         return rates
 

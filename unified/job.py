@@ -125,7 +125,7 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
         notes += [f"Distiller schedule: {n}" for n in imported.notes]
         notes += [f"Distiller part not carried out: {u}" for u in imported.unsupported]
         lr_missing = bool(imported.lr_schedulers) and not ctx.lr_schedule_applied
-        if lr_missing and not any(n.startswith("Distiller LR scheduler not") for n in notes):
+        if lr_missing and ctx.lr_schedule_applied is None:  # False: already noted why
             labels = "; ".join(lr.label for lr in imported.lr_schedulers)
             notes.append(f"Distiller LR scheduler not applied ({labels}): no training loop of "
                          "this backend runs on the schedule's epochs; the budget's lr applies")

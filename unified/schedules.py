@@ -26,6 +26,17 @@ def agp_span(*, start: int, end: int, frequency: int) -> int:
     return ((end - start - 1) // frequency) * frequency
 
 
+def _progress(curve: str, epoch: int, start: int, end: int, frequency: int) -> float:
+    """How far ``epoch`` is through the ramp: 0 at ``start``, 1 at the last pruning epoch."""
+    span = agp_span(start=start, end=end, frequency=frequency)
+    if span <= 0:
+        raise ValueError(
+            f"{curve} schedule start {start}, end {end}, frequency {frequency} has span {span}: "
+            "it needs end - start - 1 >= frequency (at least two pruning epochs)"
+        )
+    return min(max(epoch - start, 0), span) / span
+
+
 def agp_sparsity(
     epoch: int, *, initial: float, final: float, start: int, end: int, frequency: int
 ) -> float:
@@ -35,28 +46,22 @@ def agp_sparsity(
     (``start + span``) give ``final``. Raises ValueError when the span is 0 (Distiller's
     ``assert span > 0``): the schedule has a single pruning epoch, nothing to ramp over.
     """
-    span = agp_span(start=start, end=end, frequency=frequency)
-    if span <= 0:
-        raise ValueError(
-            f"AGP schedule start {start}, end {end}, frequency {frequency} has span {span}: "
-            "it needs end - start - 1 >= frequency (at least two pruning epochs)"
-        )
-    progress = min(max(epoch - start, 0), span) / span
-    return final + (initial - final) * (1.0 - progress) ** 3
+    progress = _progress("AGP", epoch, start, end, frequency)
+    return _clean(final + (initial - final) * (1.0 - progress) ** 3)
 
 
 def linear_sparsity(
     epoch: int, *, initial: float, final: float, start: int, end: int, frequency: int
 ) -> float:
     """Linear ramp from ``initial`` (at ``start``) to ``final`` (at the last pruning epoch)."""
-    span = agp_span(start=start, end=end, frequency=frequency)
-    if span <= 0:
-        raise ValueError(
-            f"linear schedule start {start}, end {end}, frequency {frequency} has span {span}: "
-            "it needs end - start - 1 >= frequency (at least two pruning epochs)"
-        )
-    progress = min(max(epoch - start, 0), span) / span
-    return initial + (final - initial) * progress
+    progress = _progress("linear", epoch, start, end, frequency)
+    return _clean(initial + (final - initial) * progress)
+
+
+def _clean(sparsity: float) -> float:
+    """Drop float noise: 0.5 + (0.1 - 0.5) * 1.0 is 0.09999999999999998, and toolkits that
+    floor ratio × count (NNI, Distiller itself) would prune 1 of 20 channels instead of 2."""
+    return round(sparsity, 12)
 
 
 def pruning_epochs(schedule: Schedule) -> list[int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, ClassVar, Literal
 
@@ -253,6 +254,19 @@ class FinetuneStep(_Strict):
 
 Step = PruneStep | QuantizeStep | ClusterStep | BinarizeStep | DistillStep | FinetuneStep
 TargetedStep = PruneStep | QuantizeStep | ClusterStep | BinarizeStep
+
+
+def prune_run(steps: Sequence[Step], index: int) -> list[int]:
+    """Indices of the consecutive prune steps around ``index`` (empty if it is no prune):
+    the pruning policies Distiller runs together, in one training loop."""
+    if not isinstance(steps[index], PruneStep):
+        return []
+    first, last = index, index
+    while first > 0 and isinstance(steps[first - 1], PruneStep):
+        first -= 1
+    while last + 1 < len(steps) and isinstance(steps[last + 1], PruneStep):
+        last += 1
+    return list(range(first, last + 1))
 
 
 def targets_of(step: Step) -> Targets:

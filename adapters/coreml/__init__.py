@@ -27,7 +27,7 @@ from adapters.base import (
     approximated,
     unsupported,
 )
-from unified.spec import ClusterStep, PruneStep, QuantizeStep, Step
+from unified.spec import ClusterStep, PruneStep, QuantizeStep, Step, prune_run
 
 if TYPE_CHECKING:
     from unified.context import JobContext
@@ -152,17 +152,6 @@ def _next_kind(steps: list[Step], index: int) -> str | None:
     return steps[index + 1].kind if index + 1 < len(steps) else None
 
 
-def _prune_group(steps: list[Step], index: int) -> list[int]:
-    """The run of consecutive prune steps around ``index``."""
-    first = index
-    while first > 0 and isinstance(steps[first - 1], PruneStep):
-        first -= 1
-    last = index
-    while last + 1 < len(steps) and isinstance(steps[last + 1], PruneStep):
-        last += 1
-    return list(range(first, last + 1))
-
-
 def routes(steps: list[Step]) -> list[str]:
     """Per step: COREML (post-training on the mlprogram), TORCH (optimize.torch) or TRAIN."""
     out: list[str] = []
@@ -176,7 +165,7 @@ def routes(steps: list[Step]) -> list[str]:
             out.append(TORCH if step.method == "qat" else COREML)
         elif isinstance(step, PruneStep):
             # consecutive prune steps share one MagnitudePruner: one trains, all train
-            group = _prune_group(steps, i)
+            group = prune_run(steps, i)
             training = any(getattr(steps[j], "schedule", None) is not None for j in group) \
                 or _next_kind(steps, group[-1]) == "finetune"
             out.append(TORCH if training else COREML)
@@ -216,8 +205,7 @@ def check_steps(steps: list[Step]) -> list[tuple[int, Verdict]]:
     torch_steps = [i for i, r in enumerate(route) if r == TORCH]
     if len(torch_steps) > 1:
         # one optimize.torch compression per recipe; consecutive prune steps are one
-        together = set(_prune_group(steps, torch_steps[0])) \
-            if isinstance(steps[torch_steps[0]], PruneStep) else {torch_steps[0]}
+        together = set(prune_run(steps, torch_steps[0])) or {torch_steps[0]}
         for i in torch_steps[1:]:
             if i not in together:
                 out.append((i, unsupported(

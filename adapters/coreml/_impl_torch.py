@@ -27,7 +27,15 @@ from adapters.coreml._impl import (
 )
 from unified.context import JobContext
 from unified.schedules import sparsity_at_epoch
-from unified.spec import ClusterStep, FinetuneStep, PruneStep, QuantizeStep, Schedule, Step
+from unified.spec import (
+    ClusterStep,
+    FinetuneStep,
+    PruneStep,
+    QuantizeStep,
+    Schedule,
+    Step,
+    prune_run,
+)
 from unified.torchkit.export import export_onnx
 from unified.torchkit.training import train
 
@@ -180,7 +188,7 @@ def prune(ctx: JobContext, model: nn.Module, steps: list[tuple[int, PruneStep]],
         pruner.step()
     else:
         lr = ctx.budget.effective_finetune_lr
-        rates = ctx.learning_rates(lr, epochs, f"the {epochs}-epoch pruning loop")
+        rates = ctx.learning_rates(lr, epochs)
         train(model, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs,
               lr=lr, seed=ctx.seed, learning_rates=rates,
               on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end)
@@ -242,7 +250,7 @@ def quantize_qat(ctx: JobContext, model: nn.Module, step: QuantizeStep,
     example = (torch.zeros(1, *ctx.input_shape),)
     prepared = quantizer.prepare(example_inputs=example, inplace=False)
     lr = ctx.budget.effective_finetune_lr
-    rates = ctx.learning_rates(lr, epochs, f"the {epochs} QAT epoch(s)")
+    rates = ctx.learning_rates(lr, epochs, "QAT")
     train(prepared, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs,
           lr=lr, seed=ctx.seed, on_step=quantizer.step, learning_rates=rates)
     prepared.eval()
@@ -280,12 +288,9 @@ def run(ctx: JobContext, model: nn.Module, steps: list[Step], routes: list[str])
         if route == TORCH:
             extra = _finetune_epochs(ctx, steps, i)
             if isinstance(step, PruneStep):
-                group = [(i, step)]
-                for j in range(i + 1, len(steps)):
-                    following = steps[j]
-                    if not isinstance(following, PruneStep) or routes[j] != TORCH:
-                        break
-                    group.append((j, following))
+                # a run shares its route (coreml.routes): i is its first step
+                group = [(j, s) for j in prune_run(steps, i)
+                         if isinstance(s := steps[j], PruneStep)]
                 done.update(j for j, _ in group)
                 extra = _finetune_epochs(ctx, steps, group[-1][0])
                 result = prune(ctx, result.model, group, extra)

@@ -162,7 +162,7 @@ def _scheduled_prune(ctx: JobContext, model: nn.Module, step: PruneStep,
     assert schedule is not None
     labels = train_labels(ctx)
     start, end, freq = schedule.start_epoch, schedule.end_epoch, schedule.frequency
-    rates = ctx.learning_rates(lr, end, f"the {end}-epoch pruning loop")
+    rates = ctx.learning_rates(lr, end)
     if start > 0:  # Distiller trains without a mask before start_epoch; NNI starts at once
         training.train(model, ctx.data.train_x, labels, ctx.budget, epochs=start, lr=lr,
                        seed=ctx.seed, learning_rates=rates)
@@ -247,8 +247,7 @@ def _schedule_target(step: PruneStep, epoch: int) -> float:
     from unified.schedules import target_sparsity
 
     assert step.schedule is not None
-    # NNI floors ratio * count: 0.09999999999999998 * 20 channels would prune 1, not 2
-    return round(target_sparsity(step.schedule, step.sparsity, epoch), 9)
+    return target_sparsity(step.schedule, step.sparsity, epoch)
 
 
 def prune_several(ctx: JobContext, state: State, steps: list[tuple[int, PruneStep]],
@@ -303,7 +302,7 @@ def prune_several(ctx: JobContext, state: State, steps: list[tuple[int, PruneSte
                                   "sparsity": round(mask_sparsity(mine), 6)})
 
     if epochs:
-        rates = ctx.learning_rates(lr, epochs, f"the {epochs}-epoch pruning loop")
+        rates = ctx.learning_rates(lr, epochs)
         training.train(model, ctx.data.train_x, train_labels(ctx), ctx.budget, epochs=epochs,
                        lr=lr, seed=ctx.seed, on_epoch_start=on_epoch_start,
                        on_epoch_end=log_epoch, learning_rates=rates)

@@ -336,7 +336,7 @@ def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
                "(forward passes only, no weight update)"
     else:
         epochs = _training_epochs(ctx, step.epochs, "QAT")
-        rates = ctx.learning_rates(lr, epochs, f"the {epochs} QAT epoch(s)")
+        rates = ctx.learning_rates(lr, epochs, "QAT")
         evaluator = make_evaluator(ctx, model, lr=lr, learning_rates=rates)
         cls = {QuantAlgorithm.plain: QATQuantizer, QuantAlgorithm.lsq: LsqQuantizer,
                QuantAlgorithm.dorefa: DoReFaQuantizer}[step.algorithm]  # the plan rejects dorefa

@@ -10,6 +10,7 @@ import copy
 import logging
 import warnings
 from dataclasses import dataclass, field
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from unified.spec import (
     QuantMethod,
     Step,
     Targets,
+    prune_run,
 )
 from unified.torchkit import training
 from unified.torchkit.export import export_onnx
@@ -91,13 +93,8 @@ def compress(ctx: JobContext) -> Artifacts:
 
 def _scheduled_prune_run(steps: list[Step], start: int) -> list[int]:
     """Indices of the consecutive scheduled prune steps from ``start`` (empty if none)."""
-    out: list[int] = []
-    for index in range(start, len(steps)):
-        step = steps[index]
-        if not isinstance(step, PruneStep) or step.schedule is None:
-            break
-        out.append(index)
-    return out
+    run = [i for i in prune_run(steps, start) if i >= start]
+    return list(takewhile(lambda i: steps[i].schedule is not None, run))  # type: ignore[union-attr]
 
 
 def _thinning_note(ctx: JobContext) -> None:
@@ -249,7 +246,7 @@ def _prune_concurrently(ctx: JobContext, state: State, group: list[tuple[int, Pr
 
     epochs = max(run.step.schedule.end_epoch for _, run in runs)  # type: ignore[union-attr]
     lr = ctx.budget.effective_finetune_lr
-    rates = ctx.learning_rates(lr, epochs, f"the {epochs}-epoch pruning loop")
+    rates = ctx.learning_rates(lr, epochs)
     training.train(state.model, ctx.data.train_x, _labels(ctx), ctx.budget,
                    epochs=epochs, lr=lr, seed=ctx.seed, learning_rates=rates,
                    on_epoch_start=on_epoch_start, on_epoch_end=log_epoch)
@@ -455,7 +452,7 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
         state.model = prepared
         kept = _masks_for(prepared, masks)
         lr = ctx.budget.effective_finetune_lr
-        rates = ctx.learning_rates(lr, epochs, f"the {epochs} QAT epoch(s) of step {index + 1}")
+        rates = ctx.learning_rates(lr, epochs, "QAT")
         _train(ctx, state, index, "qat", epochs, lr, masks=kept, learning_rates=rates)
         if masks:
             ctx.note(f"pruning masks re-applied after every QAT optimizer step on "

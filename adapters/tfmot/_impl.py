@@ -41,6 +41,7 @@ from unified.spec import (
     QuantMethod,
     Step,
     Targets,
+    prune_run,
 )
 
 # isort: split
@@ -293,7 +294,7 @@ def qat(state: State, step: QuantizeStep, ctx: JobContext) -> None:
     epochs = step.epochs if step.epochs is not None else ctx.budget.finetune_epochs
     lr = ctx.budget.effective_finetune_lr
     ctx.note(f"QAT trained {epochs} epoch(s) at lr {lr:g}")
-    rates = ctx.learning_rates(lr, epochs, f"the {epochs} QAT epoch(s)")
+    rates = ctx.learning_rates(lr, epochs, "QAT")
     train(state.model, ctx, epochs, lr, learning_rates=rates)
 
 
@@ -384,12 +385,8 @@ def compress(ctx: JobContext, plan: Plan) -> Artifacts:
         if i in done:
             continue
         if isinstance(step, PruneStep):
-            group = [(i, step)]
-            for j in range(i + 1, len(steps)):
-                following = steps[j]
-                if not isinstance(following, PruneStep):
-                    break
-                group.append((j, following))
+            # i is the run's first step
+            group = [(j, s) for j in prune_run(steps, i) if isinstance(s := steps[j], PruneStep)]
             done.update(j for j, _ in group)
             prune(state, group, ctx)
         elif isinstance(step, ClusterStep):

@@ -60,9 +60,9 @@ def _schedule(step: PruneStep, ctx: JobContext) -> tuple[Any, int, str]:
 
 
 def _step_wrapping(state: State, step: PruneStep, ctx: JobContext
-                   ) -> tuple[list[str], dict[str, Any], dict[str, Any], str]:
+                   ) -> tuple[list[str], dict[str, Any], dict[str, Any], int, str]:
     """The layers a prune step wraps, prune_low_magnitude's arguments (and the Dense-only
-    block argument), and a description."""
+    block argument), the epochs its schedule trains, and a description."""
     layers = select_layers(state.model, step.targets)
     depthwise = [ly.name for ly in layers if type(ly).__name__ == "DepthwiseConv2D"]
     if depthwise:
@@ -71,7 +71,7 @@ def _step_wrapping(state: State, step: PruneStep, ctx: JobContext
     names = [ly.name for ly in layers if ly.name not in depthwise]
     if not names:
         raise ValueError("the prune step's targets select no Conv2D / Dense layer")
-    schedule, _, desc = _schedule(step, ctx)
+    schedule, epochs, desc = _schedule(step, ctx)
     kwargs: dict[str, Any] = {"pruning_schedule": schedule}
     if step.structure is PruneStructure.n_m:
         assert step.n is not None and step.m is not None
@@ -87,7 +87,7 @@ def _step_wrapping(state: State, step: PruneStep, ctx: JobContext
         if conv:
             ctx.note(f"block sparsity on Dense layers only; {', '.join(conv)} pruned "
                      "unstructured (TF-MOT blocks need 2-D kernels)")
-    return names, kwargs, block, desc
+    return names, kwargs, block, epochs, desc
 
 
 def prune(state: State, steps: list[tuple[int, PruneStep]], ctx: JobContext) -> None:
@@ -98,8 +98,10 @@ def prune(state: State, steps: list[tuple[int, PruneStep]], ctx: JobContext) -> 
     wrapping: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     owner: dict[str, int] = {}
     names_of: dict[int, list[str]] = {}
+    epochs = 0
     for index, step in steps:
-        names, kwargs, block, desc = _step_wrapping(state, step, ctx)
+        names, kwargs, block, step_epochs, desc = _step_wrapping(state, step, ctx)
+        epochs = max(epochs, step_epochs)
         for name in names:
             if name in owner:
                 ctx.note(f"layer {name} is targeted by steps {owner[name] + 1} and {index + 1}: "
@@ -119,7 +121,6 @@ def prune(state: State, steps: list[tuple[int, PruneStep]], ctx: JobContext) -> 
     state.model = rewrap(state.model, wrap, set(wrapping))
     state.prune_wrapped = True
     state.pruned = list(wrapping)
-    epochs = max(_schedule(step, ctx)[1] for _, step in steps)
     if epochs == 0:
         # One-shot: let TF-MOT compute the masks now (its own magnitude / m-by-n rules), at
         # step 1 where the schedule says "prune"; fine-tuning later keeps them fixed.
@@ -147,7 +148,7 @@ def prune(state: State, steps: list[tuple[int, PruneStep]], ctx: JobContext) -> 
     together = (f"steps {', '.join(str(i + 1) for i, _ in steps)} ran concurrently in one "
                 "training loop (Distiller semantics), " if len(steps) > 1 else "")
     ctx.note(f"{together}pruning schedule trains {epochs} epochs at lr {lr:g}")
-    rates = ctx.learning_rates(lr, epochs, f"the {epochs}-epoch pruning loop")
+    rates = ctx.learning_rates(lr, epochs)
     train(state.model, ctx, epochs, lr, callbacks=[sparsity_api.UpdatePruningStep()],
           on_epoch_end=log, learning_rates=rates)
 
