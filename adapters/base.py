@@ -7,8 +7,10 @@ the toolkit (usually from ``adapters/<backend>/_impl.py``) only when a job runs.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -17,8 +19,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from unified.errors import ExportMismatch, MissingToolkit
-from unified.spec import Recipe, Step
+from unified.spec.errors import ExportMismatch, MissingToolkit
+from unified.spec.steps import Recipe, Step
 
 if TYPE_CHECKING:
     from unified.context import JobContext
@@ -73,6 +75,12 @@ class Capabilities:
     install_hint: str
     artifact: str  # native artifact kind, e.g. ".pt", ".onnx", ".tflite", ".mlpackage"
     steps: Mapping[str, StepCapability]
+    # per-process set-up, applied by prepare_process before the toolkit is first imported:
+    # environment variables the toolkit reads at import (a user's explicit value wins) ...
+    environment: Mapping[str, str] = field(default_factory=dict)
+    # ... and modules to import first (e.g. torch._dynamo: triton segfaults when TF's
+    # libraries were loaded before it, and NNI and coremltools import TF)
+    preload: tuple[str, ...] = ()
 
     def available(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in self.modules)
@@ -222,6 +230,16 @@ class Adapter(ABC):
                 planned[index] = StepPlan(index, current.kind, Verdict(verdict.support, joined))
         return Plan(self.name, tuple(planned))
 
+    def prepare_process(self) -> None:
+        """Per-process set-up, run in every worker before its first job (and once by the test
+        session): the environment the toolkit reads at import, then the modules to preload.
+        A missing preload module is skipped (its toolkit is then unavailable anyway)."""
+        for key, value in self.capabilities.environment.items():
+            os.environ.setdefault(key, value)
+        for module in self.capabilities.preload:
+            if importlib.util.find_spec(module.split(".")[0]) is not None:
+                importlib.import_module(module)
+
     def require_toolkit(self) -> None:
         missing = self.capabilities.missing()
         if missing:
@@ -239,7 +257,7 @@ class Adapter(ABC):
         seconds = time.perf_counter() - start
         self._check_onnx(artifacts.onnx_path)
         # the same lossless clean-up as the fp32 reference got, so sizes compare fairly
-        from unified.onnx_compact import compact_verified
+        from unified.measure.onnx_compact import compact_verified
 
         kept = compact_verified(artifacts.onnx_path, ctx.data.test_x[:8])
         if kept:

@@ -20,11 +20,11 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 from rich.console import Console
 from rich.table import Table
 
-from unified.harness import make_session, measure_latency
-from unified.reference import prepare_reference
-from unified.runner import Runner, RunOptions, default_cache_dir
-from unified.scenario import load_scenario
-from unified.splits import DataSplits
+from unified.data.splits import DataSplits
+from unified.load.scenario_file import load_scenario
+from unified.measure.harness import make_session, measure_latency
+from unified.run.reference import prepare_reference
+from unified.run.runner import Runner, RunOptions, default_cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

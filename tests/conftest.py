@@ -10,11 +10,16 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from tiny import tiny_scenario
 
+from adapters.registry import backends, get_adapter
 from unified.context import ReferenceArtifacts
+
+# This session runs every backend in one process: set up the process as each backend's
+# worker would be (environment before any toolkit import, preloads).
+for _backend in backends():
+    get_adapter(_backend).prepare_process()
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +29,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_reference(cache_dir: Path) -> ReferenceArtifacts:
-    from unified.reference import prepare_reference
+    from unified.run.reference import prepare_reference
 
     return prepare_reference(tiny_scenario({"fp32": []}, ["pytorch"]), cache_dir)
 
@@ -33,7 +38,7 @@ def tiny_reference(cache_dir: Path) -> ReferenceArtifacts:
 def run_recipe(tiny_reference: ReferenceArtifacts,
                tmp_path: Path) -> Callable[[str, list[Any]], dict[str, Any]]:
     """Run one recipe on one backend in this process (real toolkit); return the record."""
-    from unified.job import Job, execute
+    from unified.run.job import Job, execute
 
     def run(backend: str, steps: list[Any], **overrides: Any) -> dict[str, Any]:
         scenario = tiny_scenario({"r": steps}, [backend], **overrides)

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from unified.article import article_sections, classify
-from unified.report import RunFolder, html_report
-from unified.results import append_record, new_record
-from unified.scenario import Scenario, load_scenario
+from unified.load.scenario_file import load_scenario
+from unified.report.article import article_sections, classify
+from unified.report.html import RunFolder, html_report
+from unified.run.results import append_record, new_record
+from unified.spec.scenario import Scenario
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 

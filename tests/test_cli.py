@@ -56,10 +56,10 @@ def test_list_shows_every_backend() -> None:
 
 def test_importing_the_core_imports_no_toolkit() -> None:
     code = (
-        "import sys, unified.cli, unified.scenario, unified.runner, adapters.registry\n"
-        "from adapters.registry import BACKENDS, get_adapter\n"
-        "from unified.spec import Recipe\n"
-        "[get_adapter(b).plan(Recipe.model_validate([{'quantize': {}}])) for b in BACKENDS]\n"
+        "import sys, unified.cli, unified.spec.scenario, unified.run.runner, adapters.registry\n"
+        "from adapters.registry import backends, get_adapter\n"
+        "from unified.spec.steps import Recipe\n"
+        "[get_adapter(b).plan(Recipe.model_validate([{'quantize': {}}])) for b in backends()]\n"
         "heavy = {'torch', 'tensorflow', 'nni', 'coremltools', 'onnxruntime', 'tf_keras'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unified.distiller import (
+from unified.distiller.quant import _allowed_bits
+from unified.distiller.schedule import (
     DistillerRecipe,
     bind_to_model,
     load_distiller_schedule,
@@ -19,9 +20,8 @@ from unified.distiller import (
     render_import,
     to_yaml_recipe,
 )
-from unified.distiller_quant import _allowed_bits
-from unified.errors import SpecError
-from unified.spec import (
+from unified.spec.errors import SpecError
+from unified.spec.steps import (
     Granularity,
     PruneCriterion,
     PruneStep,
@@ -527,7 +527,7 @@ def test_bind_to_model(shared: Path) -> None:
 def test_bind_reports_weights_of_layers_no_backend_compresses(tmp_path: Path) -> None:
     import torch
 
-    from unified.distiller import module_kinds
+    from unified.distiller.schedule import module_kinds
 
     class Tagger(torch.nn.Module):  # embedding -> depthwise conv -> norm -> linear
         def __init__(self) -> None:

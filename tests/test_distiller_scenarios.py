@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from unified.context import ReferenceArtifacts
-from unified.scenario import Scenario, load_scenario
+from unified.load.scenario_file import load_scenario
+from unified.spec.scenario import Scenario
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = REPO / "scenarios"
@@ -57,7 +58,7 @@ QAT_WARMUP = {
 
 def distiller_agp(epoch: int, initial: float, final: float, start: int, end: int,
                   freq: int = 1) -> float:
-    """Distiller's AgpPruningRate written out (not via unified.schedules): the mask's target
+    """Distiller's AgpPruningRate written out (not via unified.spec.schedules): the mask's target
     during ``epoch`` (the latest pruning epoch <= epoch), 0 before ``start``."""
     if epoch < start:
         return 0.0
@@ -122,7 +123,7 @@ def test_copied_distiller_file_is_unchanged_with_source_and_license(name: str) -
 
 
 def test_simplenet_schedule_binds_to_builtin_simplenet() -> None:
-    from unified.distiller import load_distiller_schedule, match_weight_names
+    from unified.distiller.schedule import load_distiller_schedule, match_weight_names
 
     schedule = load_distiller_schedule(SIMPLENET_SCHEDULE)
     names = model_parameter_names("builtin:simplenet-mnist", (1, 28, 28))
@@ -137,7 +138,7 @@ def test_simplenet_schedule_binds_to_builtin_simplenet() -> None:
 
 @pytest.mark.parametrize("source", ["builtin:convnet", "builtin:convnet-tiny"])
 def test_convnet_schedule_binds_to_convnet_and_its_tiny_student(source: str) -> None:
-    from unified.distiller import load_distiller_schedule, match_weight_names
+    from unified.distiller.schedule import load_distiller_schedule, match_weight_names
 
     schedule = load_distiller_schedule(SCHEDULES / "convnet_agp.yaml")
     _, unmatched = match_weight_names(schedule.weight_names,
@@ -163,7 +164,7 @@ def test_nni_rules_for_several_prune_steps() -> None:
     plan = ADAPTER.plan(scenario.recipes["simplenet-agp"])
     assert plan.status == "approximated"
     apart = [{"prune": {"sparsity": 0.5}}, {"finetune": {}}, {"prune": {"sparsity": 0.3}}]
-    from unified.spec import Recipe
+    from unified.spec.steps import Recipe
 
     assert ADAPTER.plan(Recipe.model_validate(apart)).status == "unsupported"
 
@@ -191,7 +192,7 @@ def _write_scenario(folder: Path, recipes: dict[str, Any], backends: list[str]) 
 @pytest.fixture(scope="module")
 def tiny_distiller(tmp_path_factory: pytest.TempPathFactory,
                    cache_dir: Path) -> tuple[Scenario, ReferenceArtifacts]:
-    from unified.reference import prepare_reference
+    from unified.run.reference import prepare_reference
 
     folder = tmp_path_factory.mktemp("distiller-scenario")
     (folder / "concurrent_agp.yaml").write_text(yaml.safe_dump(CONCURRENT_AGP))
@@ -208,7 +209,7 @@ def tiny_distiller(tmp_path_factory: pytest.TempPathFactory,
 
 def _run(tiny: tuple[Scenario, ReferenceArtifacts], recipe: str, backend: str,
          workdir: Path) -> dict[str, Any]:
-    from unified.job import Job, execute
+    from unified.run.job import Job, execute
 
     scenario, reference = tiny
     return execute(scenario, Job(recipe, backend), workdir, reference)

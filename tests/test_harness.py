@@ -1,4 +1,4 @@
-"""unified.harness on hand-built ONNX models with predictable outputs (real onnxruntime)."""
+"""unified.measure.harness on hand-built ONNX models with predictable outputs (real onnxruntime)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import onnx_builders as build
 import pytest
 
-from unified.harness import (
+from unified.measure.harness import (
     MEASURE_KEYS,
     HarnessSettings,
     ReferenceFigures,

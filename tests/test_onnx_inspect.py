@@ -1,4 +1,4 @@
-"""unified.onnx_inspect on hand-built ONNX models whose answers are known exactly."""
+"""unified.measure.onnx_inspect on hand-built ONNX models whose answers are known exactly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import onnx_builders as build
 import pytest
 
-from unified.onnx_inspect import (
+from unified.measure.onnx_inspect import (
     compute_op_summary,
     inspect_onnx,
     optimized_op_counts,

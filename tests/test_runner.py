@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from tiny import tiny_scenario
 
-from unified.results import RECORD_FIELDS, read_records
-from unified.runner import Runner, RunOptions
+from unified.run.results import RECORD_FIELDS, read_records
+from unified.run.runner import Runner, RunOptions
 
 MISBEHAVING = "python:misbehaving_models:"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -96,7 +96,7 @@ def test_a_cache_that_cannot_be_written_costs_no_row(
     import errno
     import shutil
 
-    from unified import runner
+    from unified.run import runner
 
     real = shutil.copytree
 

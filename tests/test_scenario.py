@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from unified.errors import SpecError
-from unified.scenario import load_scenario
-from unified.spec import PruneStep, QuantizeStep, Recipe
+from unified.load.scenario_file import load_scenario
+from unified.run.cache import reference_key
+from unified.spec.errors import SpecError
+from unified.spec.steps import PruneStep, QuantizeStep, Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,7 +140,7 @@ recipes:
     small, big = scenario.views()
     assert (small.model.label, small.data.source) == ("small", "digits")
     assert (big.model.label, big.data.source) == ("big", "synthetic")
-    assert small.reference_key(None) != big.reference_key(None)
+    assert reference_key(small) != reference_key(big)
     assert not small.models and scenario.model.source == "builtin:convnet-tiny"
 
 

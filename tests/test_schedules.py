@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from unified.schedules import (
+from unified.spec.schedules import (
     agp_span,
     agp_sparsity,
     linear_sparsity,
     pruning_epochs,
-    schedule_problems,
     sparsity_at_epoch,
     total_epochs,
 )
-from unified.spec import Schedule
+from unified.spec.steps import Schedule
 
 
 def test_agp_hand_computed_values() -> None:
@@ -91,14 +90,13 @@ def test_linear_and_constant_curves() -> None:
     assert [sparsity_at_epoch(constant, 0.3, e) for e in range(4)] == [0.0, 0.3, 0.3, 0.3]
 
 
-def test_schedule_problems() -> None:
-    assert schedule_problems(Schedule(start_epoch=0, end_epoch=4)) == []
-    assert schedule_problems(Schedule(start_epoch=0, end_epoch=1, curve="constant")) == []
-    # the Schedule validator runs the same check, so build one that skipped validation
-    (problem,) = schedule_problems(Schedule.model_construct(start_epoch=0, end_epoch=1))
-    assert "at least two pruning epochs" in problem
+def test_a_schedule_with_one_pruning_epoch_is_rejected_unless_constant() -> None:
+    Schedule(start_epoch=0, end_epoch=4)
+    Schedule(start_epoch=0, end_epoch=1, curve="constant")
     with pytest.raises(ValueError, match="at least two pruning epochs"):
         Schedule(start_epoch=0, end_epoch=1)
+    with pytest.raises(ValueError, match="at least two pruning epochs"):
+        Schedule(start_epoch=2, end_epoch=6, frequency=4, curve="linear")
 
 
 # --- Distiller LR schedulers as torch schedulers --------------------------------------------
@@ -142,7 +140,7 @@ def test_training_loop_uses_the_rate_of_each_epoch() -> None:
     import numpy as np
     import torch
 
-    from unified.scenario import Budget
+    from unified.spec.scenario import Budget
     from unified.torchkit import training
 
     model = torch.nn.Linear(4, 3)

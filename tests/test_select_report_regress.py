@@ -13,10 +13,10 @@ import pytest
 import yaml
 from tiny import TINY_SCENARIO
 
-from unified.regress import compare, make_baseline
-from unified.report import RunFolder, markdown_summary
-from unified.scenario import SelectSpec
-from unified.select import pareto_front, recommend
+from unified.report.html import RunFolder, markdown_summary
+from unified.report.regress import compare, make_baseline
+from unified.report.select import pareto_front, recommend
+from unified.spec.scenario import SelectSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,7 +161,7 @@ def test_several_models_report_select_and_regress(tmp_path: Path, cache_dir: Pat
 
 
 def test_epoch_tables_put_each_backend_beside_the_schedule() -> None:
-    from unified.epoch_table import epoch_tables, markdown
+    from unified.report.epoch_table import epoch_tables, markdown
 
     def record(backend: str, log: list[dict[str, Any]]) -> dict[str, Any]:
         return {"model": "m", "recipe": "agp", "backend": backend, "epoch_log": log}

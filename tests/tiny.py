@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from unified.scenario import Scenario
+from unified.spec.scenario import Scenario
 
 TINY_SCENARIO: dict[str, Any] = {
     "name": "tiny",

@@ -10,7 +10,5 @@ import os
 # onnxruntime (1.32) sends usage telemetry unless this is set before it is imported.
 # setdefault: a user's explicit choice wins. Worker processes inherit the environment.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-# TF-MOT needs Keras 2; it must be chosen before TensorFlow is first imported.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import click
 
 import unified
-from unified.errors import SqueezelabError
+from unified.spec.errors import SqueezelabError
 
 EXIT_USAGE = 2
 
@@ -42,7 +42,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def validate(scenario_file: Path) -> None:
     """Check a scenario file and every recipe's plan on every backend."""
     from adapters.registry import get_adapter
-    from unified.scenario import load_scenario
+    from unified.load.scenario_file import load_scenario
 
     scenario = load_scenario(scenario_file)
     click.echo(f"{scenario_file}: valid scenario '{scenario.name}' "
@@ -58,7 +58,7 @@ def validate(scenario_file: Path) -> None:
 @cli.command()
 def schema() -> None:
     """Print the JSON Schema of scenario files (for editors)."""
-    from unified.scenario import Scenario
+    from unified.spec.scenario import Scenario
 
     click.echo(json.dumps(Scenario.model_json_schema(), indent=2))
 
@@ -66,7 +66,7 @@ def schema() -> None:
 @cli.command(name="list")
 def list_backends() -> None:
     """Print the capability matrix and installed toolkit versions."""
-    from unified.capability_matrix import backend_table, matrix_table
+    from unified.report.capability_matrix import backend_table, matrix_table
 
     console = wide_console()
     console.print(backend_table())
@@ -90,8 +90,8 @@ def run(scenario_file: Path, out: Path | None, cache_dir: Path | None, jobs: int
         timeout: float | None, backends: tuple[str, ...], recipes: tuple[str, ...],
         no_cache: bool) -> None:
     """Run every recipe of SCENARIO_FILE on every backend and print the table."""
-    from unified.runner import RunOptions, default_cache_dir
-    from unified.scenario import load_scenario
+    from unified.load.scenario_file import load_scenario
+    from unified.run.runner import RunOptions, default_cache_dir
 
     scenario = load_scenario(scenario_file)
     _check_filter("--backend", backends, scenario.backends)
@@ -102,7 +102,7 @@ def run(scenario_file: Path, out: Path | None, cache_dir: Path | None, jobs: int
                          timeout=timeout, backends=backends, recipes=recipes,
                          use_cache=not no_cache)
     records = _run_with_progress(scenario, options)
-    from unified.table import results_table
+    from unified.report.table import results_table
 
     console = wide_console()
     console.print(results_table(records, title=f"{scenario.name}"))
@@ -118,8 +118,8 @@ def run(scenario_file: Path, out: Path | None, cache_dir: Path | None, jobs: int
 def select(run_dir: Path, max_accuracy_drop: float | None, min_agreement: float | None,
            minimize: tuple[str, ...]) -> None:
     """Recommend the best toolkit of a finished run (the scenario's select:, or flags)."""
-    from unified.report import RunFolder
-    from unified.select import recommend
+    from unified.report.html import RunFolder
+    from unified.report.select import recommend
 
     run = RunFolder(run_dir)
     updates: dict[str, Any] = {}
@@ -138,7 +138,7 @@ def select(run_dir: Path, max_accuracy_drop: float | None, min_agreement: float 
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def report(run_dir: Path) -> None:
     """Write RUN_DIR/report.html (self-contained) and RUN_DIR/summary.md."""
-    from unified.report import write_report
+    from unified.report.html import write_report
 
     html_path, md_path = write_report(run_dir)
     click.echo(f"wrote {html_path} and {md_path}")
@@ -149,8 +149,8 @@ def report(run_dir: Path) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 def baseline(run_dir: Path, output: Path) -> None:
     """Record a finished run as a regression baseline."""
-    from unified.regress import make_baseline
-    from unified.report import RunFolder
+    from unified.report.html import RunFolder
+    from unified.report.regress import make_baseline
 
     run = RunFolder(run_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -172,9 +172,9 @@ def baseline(run_dir: Path, output: Path) -> None:
 def regress(scenario_file: Path, baseline_file: Path | None, tolerances: tuple[str, ...],
             junit: Path | None, out: Path | None, cache_dir: Path | None, jobs: int) -> None:
     """Rerun SCENARIO_FILE and compare with a baseline; exit 1 on any regression."""
-    from unified.regress import compare, load_baseline, write_junit
-    from unified.runner import RunOptions, default_cache_dir
-    from unified.scenario import load_scenario
+    from unified.load.scenario_file import load_scenario
+    from unified.report.regress import compare, load_baseline, write_junit
+    from unified.run.runner import RunOptions, default_cache_dir
 
     scenario = load_scenario(scenario_file)
     if baseline_file is None:
@@ -212,7 +212,7 @@ def regress(scenario_file: Path, baseline_file: Path | None, tolerances: tuple[s
 @click.argument("schedule_file", type=click.Path(path_type=Path))
 def import_distiller(schedule_file: Path) -> None:
     """Print a Distiller schedule YAML as a unified recipe (and what cannot be carried out)."""
-    from unified.distiller import load_distiller_schedule, render_import
+    from unified.distiller.schedule import load_distiller_schedule, render_import
 
     click.echo(render_import(load_distiller_schedule(schedule_file)).rstrip())
 
@@ -235,8 +235,8 @@ def _check_filter(option: str, given: tuple[str, ...], allowed: tuple[str, ...])
 def _run_with_progress(scenario: Any, options: Any) -> list[dict[str, Any]]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from unified.runner import Progress as Callbacks
-    from unified.runner import Runner, count_jobs
+    from unified.run.runner import Progress as Callbacks
+    from unified.run.runner import Runner, count_jobs
 
     total = count_jobs(scenario, options)
     running: list[str] = []

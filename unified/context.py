@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unified.scenario import Budget, Scenario
-from unified.spec import Recipe
-from unified.splits import DataSplits
+from unified.data.splits import DataSplits
+from unified.spec.scenario import Budget, Scenario
+from unified.spec.steps import Recipe
 
 if TYPE_CHECKING:
     import torch

@@ -27,7 +27,7 @@ from adapters.base import (
     approximated,
     unsupported,
 )
-from unified.spec import ClusterStep, PruneStep, QuantizeStep, Step, prune_run
+from unified.spec.steps import ClusterStep, PruneStep, QuantizeStep, Step, prune_run
 
 if TYPE_CHECKING:
     from unified.context import JobContext
@@ -54,6 +54,7 @@ CAPABILITIES = Capabilities(
     input_framework="pytorch",  # torch.jit.trace → ct.convert(convert_to="mlprogram")
     packages=("coremltools", "torch"),
     modules=("coremltools", "torch"),
+    preload=("torch._dynamo",),
     install_hint="pip install 'squeezelab[coreml]'",
     artifact=".mlpackage",
     steps={

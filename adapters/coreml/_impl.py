@@ -24,8 +24,8 @@ from adapters.base import Artifacts
 from adapters.coreml import COREML, PALETTE_BITS, TORCH, TRAIN, storage_bits
 from adapters.coreml._impl_ct import ct, ct_model_utils, cto, milproto_load
 from unified.context import JobContext
-from unified.errors import ExportMismatch
-from unified.spec import ClusterStep, PruneStep, QuantizeStep, Step, targets_of
+from unified.spec.errors import ExportMismatch
+from unified.spec.steps import ClusterStep, PruneStep, QuantizeStep, Step, targets_of
 from unified.torchkit.export import export_onnx
 from unified.torchkit.targets import targeted
 

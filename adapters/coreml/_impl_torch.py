@@ -26,8 +26,8 @@ from adapters.coreml._impl import (
     weight_file,
 )
 from unified.context import JobContext
-from unified.schedules import sparsity_at_epoch
-from unified.spec import (
+from unified.spec.schedules import sparsity_at_epoch
+from unified.spec.steps import (
     ClusterStep,
     FinetuneStep,
     PruneStep,

@@ -32,7 +32,7 @@ from adapters.base import (
     approximated,
     unsupported,
 )
-from unified.spec import (
+from unified.spec.steps import (
     BinarizeStep,
     PruneStep,
     PruneStructure,
@@ -57,6 +57,7 @@ CAPABILITIES = Capabilities(
     input_framework="pytorch",
     packages=("nni", "torch"),
     modules=("nni", "torch"),
+    preload=("torch._dynamo",),
     install_hint="pip install 'squeezelab[nni]'",
     artifact=".pt",  # state_dict of the compressed model (of the shrunk model after speedup)
     steps={
@@ -239,16 +240,11 @@ def _check_steps(steps: list[Step]) -> list[tuple[int, Verdict]]:
                     "element-wise L1 and L2 rank weights the same way as magnitude: "
                     + ("element-wise granularity in the shared NNI norm pruner" if several
                        else "NNI LevelPruner"))))
-            if step.schedule is not None:
-                from unified.schedules import schedule_problems
-
-                problems = schedule_problems(step.schedule)
-                if problems:
-                    out.append((i, unsupported("; ".join(problems))))
-                elif step.schedule.curve.value == "constant" and not several:
-                    out.append((i, unsupported(
-                        "NNI 3.0 scheduled pruners are AGP and linear; a constant curve is "
-                        "a one-shot prune (drop the schedule)")))
+            constant = step.schedule is not None and step.schedule.curve.value == "constant"
+            if constant and not several:
+                out.append((i, unsupported(
+                    "NNI 3.0 scheduled pruners are AGP and linear; a constant curve is "
+                    "a one-shot prune (drop the schedule)")))
             if step.structure is PruneStructure.input_channel and \
                     step.criterion.value in ("fpgm", "taylor"):
                 out.append((i, unsupported(

@@ -30,8 +30,8 @@ from torch import nn
 from adapters.base import Artifacts
 from adapters.nni import _impl_patches
 from unified.context import JobContext
-from unified.scenario import Optimizer
-from unified.spec import (
+from unified.spec.scenario import Optimizer
+from unified.spec.steps import (
     DistillStep,
     FinetuneStep,
     PruneStep,

@@ -44,7 +44,7 @@ from adapters.nni._impl import (
     traced_optimizer_class,
 )
 from unified.context import JobContext
-from unified.spec import (
+from unified.spec.steps import (
     BinarizeStep,
     BinarizeStyle,
     Granularity,

@@ -19,7 +19,7 @@ from adapters.base import (
     Verdict,
     unsupported,
 )
-from unified.spec import QuantDType, QuantizeStep, QuantMethod, Step
+from unified.spec.steps import QuantDType, QuantizeStep, QuantMethod, Step
 
 if TYPE_CHECKING:
     from unified.context import JobContext

@@ -24,7 +24,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from adapters.base import Artifacts
-from unified.spec import OpType, QuantDType, QuantizeStep, QuantMethod, Targets
+from unified.spec.steps import OpType, QuantDType, QuantizeStep, QuantMethod, Targets
 
 if TYPE_CHECKING:
     from unified.context import JobContext
@@ -151,7 +151,7 @@ def nodes_to_exclude(model: onnx.ModelProto, targets: Targets) -> list[str]:
 
 def runtime_check(ctx: JobContext, path: Path, chosen: list[Layer]) -> dict[str, int]:
     """Compare the layers meant to be quantized with what ORT's session optimizer runs."""
-    from unified.onnx_inspect import compute_op_summary, optimized_op_counts
+    from unified.measure.onnx_inspect import compute_op_summary, optimized_op_counts
 
     counts = optimized_op_counts(path)
     quantized, floating = compute_op_summary(counts)

@@ -20,7 +20,7 @@ from adapters.base import (
     approximated,
     unsupported,
 )
-from unified.spec import (
+from unified.spec.steps import (
     DistillStep,
     Granularity,
     OpType,
@@ -63,6 +63,7 @@ CAPABILITIES = Capabilities(
     input_framework="pytorch",
     packages=("torch", "torchvision"),
     modules=("torch",),
+    preload=("torch._dynamo",),
     install_hint="pip install 'squeezelab[pytorch]'",
     artifact=".pt",
     steps={

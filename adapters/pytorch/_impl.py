@@ -23,8 +23,8 @@ from torch import nn
 from adapters.base import Artifacts
 from adapters.pytorch import _impl_prune as P
 from unified.context import JobContext
-from unified.errors import SqueezelabError
-from unified.spec import (
+from unified.spec.errors import SqueezelabError
+from unified.spec.steps import (
     DistillStep,
     FinetuneStep,
     Granularity,
@@ -229,7 +229,7 @@ def _prune_targets(ctx: JobContext, state: State, index: int, step: PruneStep) -
 def _prune_concurrently(ctx: JobContext, state: State, group: list[tuple[int, PruneStep]]) -> None:
     """Scheduled prune steps sharing ONE training loop of max(end_epoch) epochs, as
     Distiller runs its pruning policies: each step updates its own masks at the start of
-    its own pruning epochs (unified.schedules) and keeps them in between."""
+    its own pruning epochs (unified.spec.schedules) and keeps them in between."""
     runs = [(index, P.ScheduleRun(_prune_targets(ctx, state, index, step), step))
             for index, step in group]
     _note_shared_targets(ctx, runs)

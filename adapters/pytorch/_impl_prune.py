@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from unified.schedules import pruning_epochs, sparsity_at_epoch, target_sparsity
-from unified.spec import (
+from unified.spec.schedules import pruning_epochs, sparsity_at_epoch, target_sparsity
+from unified.spec.steps import (
     PruneCriterion,
     PruneScope,
     PruneStep,
@@ -134,7 +134,7 @@ def zero_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-# --- schedules (Distiller semantics, unified.schedules) ------------------------------------
+# --- schedules (Distiller semantics, unified.spec.schedules) ------------------------------------
 
 
 @dataclass

@@ -22,8 +22,7 @@ from adapters.base import (
     approximated,
     unsupported,
 )
-from unified.schedules import schedule_problems
-from unified.spec import (
+from unified.spec.steps import (
     ClusterStep,
     Granularity,
     OpType,
@@ -51,6 +50,8 @@ CAPABILITIES = Capabilities(
     input_framework="keras",  # converted from the pytorch reference with nobuco
     packages=("tensorflow", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "nobuco"),
     modules=("tensorflow", "tf_keras", "tensorflow_model_optimization", "tf2onnx", "nobuco"),
+    environment={"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    preload=("torch._dynamo",),
     install_hint="pip install 'squeezelab[tfmot]'",
     artifact=".tflite",
     steps={
@@ -180,11 +181,10 @@ def check_steps(steps: list[Step]) -> list[tuple[int, Verdict]]:
                 f"TF-MOT strips step {earlier[-1] + 1}'s pruning wrappers before wrapping "
                 "again: its zeros are no longer enforced while this step trains (consecutive "
                 "prune steps run together instead)")))
-        if isinstance(step, PruneStep) and step.schedule is not None:
-            out.extend((i, unsupported(p)) for p in schedule_problems(step.schedule))
-            if step.structure is PruneStructure.n_m:
-                out.append((i, approximated("TF-MOT sets m-by-n masks once, at the first "
-                                            "training step: the schedule's ramp is ignored")))
+        scheduled = isinstance(step, PruneStep) and step.schedule is not None
+        if scheduled and step.structure is PruneStructure.n_m:  # type: ignore[union-attr]
+            out.append((i, approximated("TF-MOT sets m-by-n masks once, at the first "
+                                        "training step: the schedule's ramp is ignored")))
         if not isinstance(step, QuantizeStep):
             continue
         if qat_done:

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import fnmatch
 import math
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2: before TF is imported
 
 import numpy as np
 import torch
@@ -30,7 +27,7 @@ from adapters.tfmot._impl_tflite import (
     tflite_to_onnx,
     to_tflite,
 )
-from unified.spec import (
+from unified.spec.steps import (
     ClusterInit,
     ClusterStep,
     FinetuneStep,

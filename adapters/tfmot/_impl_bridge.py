@@ -20,10 +20,6 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-# TF-MOT needs Keras 2: the choice must be made before TensorFlow is first imported.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import numpy as np
 import torch
 import torch._dynamo  # (loads triton: importing triton *after* TF segfaults)
@@ -38,7 +34,8 @@ import tf_keras.layers
 import tf_keras.src.engine.keras_tensor
 
 if os.environ.get("TF_USE_LEGACY_KERAS") != "1":  # pragma: no cover - user override
-    raise RuntimeError("the tfmot backend needs TF_USE_LEGACY_KERAS=1 (Keras 2) before TF import")
+    raise RuntimeError("the tfmot backend needs TF_USE_LEGACY_KERAS=1 (Keras 2) before TF import "
+                       "(its adapter's prepare_process sets it)")
 
 __all__ = ["BridgeError", "Bridged", "keras", "tf", "torch_to_keras"]
 

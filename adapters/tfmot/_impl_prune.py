@@ -17,8 +17,8 @@ from adapters.tfmot._impl import (
     steps_per_epoch,
     train,
 )
-from unified.schedules import sparsity_at_epoch
-from unified.spec import PruneStep, PruneStructure, ScheduleCurve
+from unified.spec.schedules import sparsity_at_epoch
+from unified.spec.steps import PruneStep, PruneStructure, ScheduleCurve
 
 # isort: split
 # after _impl, which imports torch (and triton) before TensorFlow

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from adapters.tfmot._impl_bridge import keras, tf
-from unified.spec import Granularity, QuantDType, QuantizeStep, QuantMethod
+from unified.spec.steps import Granularity, QuantDType, QuantizeStep, QuantMethod
 
 
 def nhwc(x: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from tiny import assert_follows_schedule, assert_runs_concurrently, concurrent_a
 
 from adapters.base import Support
 from adapters.coreml import ADAPTER, CAPABILITIES, routes
-from unified.spec import Recipe
+from unified.spec.steps import Recipe
 
 # Not importorskip: importing coremltools here, before the adapter hides tensorflow from it,
 # would load TF next to triton (see adapters/coreml/_impl_ct.py).
@@ -84,7 +84,7 @@ def test_routes_follow_the_recipe() -> None:
 
 def test_agp_update_steps_match_distiller() -> None:
     from adapters.coreml._impl_torch import agp_update_steps
-    from unified.spec import Schedule
+    from unified.spec.steps import Schedule
 
     # Distiller: span = ((4 - 0 - 1) // 1) * 1 = 3 → prune at epochs 0, 1, 2, 3
     assert agp_update_steps(Schedule(start_epoch=0, end_epoch=4)) == [1, 2, 3, 4]

@@ -8,7 +8,7 @@ import sys
 import pytest
 from tiny import assert_follows_schedule, assert_runs_concurrently, concurrent_agp, late_agp
 
-from unified.spec import Recipe
+from unified.spec.steps import Recipe
 
 pytest.importorskip("nni")
 

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from adapters.onnxruntime import ADAPTER
-from unified.spec import Recipe
+from unified.spec.steps import Recipe
 
 pytest.importorskip("onnxruntime")
 
@@ -54,7 +54,7 @@ def test_plan_imports_no_toolkit_and_rejects_what_onnxruntime_cannot_do() -> Non
     code = """
 import sys
 from adapters.onnxruntime import ADAPTER
-from unified.spec import Recipe
+from unified.spec.steps import Recipe
 plan = ADAPTER.plan(Recipe.model_validate([{"prune": {"sparsity": 0.5}}]))
 assert plan.status == "unsupported", plan
 assert "no pruning" in plan.reason, plan.reason
@@ -104,7 +104,7 @@ def test_supported_quantize_plans_are_native(step: dict[str, Any]) -> None:
 
 def test_node_names_map_to_torch_module_names(tmp_path: Path) -> None:
     from adapters.onnxruntime._impl import layers, module_name
-    from unified.spec import OpType
+    from unified.spec.steps import OpType
     from unified.torchkit.export import export_onnx
     from unified.torchkit.models import build_model
 
@@ -247,7 +247,7 @@ def test_static_int8_is_over_2_5x_smaller_on_convnet(tmp_path: Path) -> None:
     from tiny import tiny_scenario
 
     from unified.context import JobContext, ReferenceArtifacts
-    from unified.splits import DataSplits
+    from unified.data.splits import DataSplits
     from unified.torchkit.export import export_onnx
     from unified.torchkit.models import build_model
 

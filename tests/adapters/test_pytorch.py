@@ -16,7 +16,7 @@ from onnx import numpy_helper
 from tiny import assert_runs_concurrently, concurrent_agp
 
 from adapters.pytorch import ADAPTER
-from unified.spec import Recipe
+from unified.spec.steps import Recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def float_weights(graph: onnx.GraphProto, op_type: str) -> list[np.ndarray]:
 
 def test_plan_imports_no_toolkit() -> None:
     code = (
-        "import sys; from adapters.pytorch import ADAPTER; from unified.spec import Recipe\n"
+        "import sys; from adapters.pytorch import ADAPTER; from unified.spec.steps import Recipe\n"
         "p = ADAPTER.plan(Recipe.model_validate([{'quantize': {'method': 'static'}},]))\n"
         "assert p.status == 'ok', p\n"
         "heavy = [m for m in ('torch', 'onnxruntime', 'tensorflow') if m in sys.modules]\n"
@@ -139,7 +139,7 @@ def test_plan_reports_every_problem_at_once() -> None:
 
 
 def test_target_selection_by_op_type_and_name() -> None:
-    from unified.spec import Targets
+    from unified.spec.steps import Targets
     from unified.torchkit.nets import convnet_tiny
     from unified.torchkit.targets import select_modules
 
@@ -222,8 +222,8 @@ def test_dynamic_on_a_model_without_linear_leaves_it_float(cache_dir: Path,
                                                            tmp_path: Path) -> None:
     from tiny import tiny_scenario
 
-    from unified.job import Job, execute
-    from unified.reference import prepare_reference
+    from unified.run.job import Job, execute
+    from unified.run.reference import prepare_reference
 
     model = {"source": "python:test_pytorch:conv_only", "weights": "train",
              "input_shape": [1, 8, 8], "num_classes": 10}
@@ -325,7 +325,7 @@ def test_concurrent_agp_steps_follow_distiller(run_recipe) -> None:
 
 @pytest.mark.slow
 def test_distill_into_smaller_student(run_recipe: Any, tiny_reference: Any) -> None:
-    from unified.reference import load_summary
+    from unified.run.reference import load_summary
 
     record = run_recipe("pytorch", [{"distill": {"student": "python:test_pytorch:micro_student",
                                                  "epochs": 3}}])

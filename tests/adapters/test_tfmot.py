@@ -11,7 +11,7 @@ import pytest
 from tiny import assert_follows_schedule, assert_runs_concurrently, concurrent_agp, late_agp
 
 from adapters.tfmot import ADAPTER
-from unified.spec import Recipe
+from unified.spec.steps import Recipe
 
 # find_spec, not importorskip: importing TensorFlow before torch/triton would crash the bridge
 if not ADAPTER.capabilities.available():

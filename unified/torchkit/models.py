@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unified.errors import SqueezelabError
+from unified.spec.errors import SqueezelabError
 from unified.torchkit.nets import BUILTIN
 
 

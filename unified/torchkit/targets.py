@@ -7,7 +7,7 @@ import re
 
 from torch import nn
 
-from unified.spec import OpType, Targets
+from unified.spec.steps import OpType, Targets
 
 
 def op_type(module: nn.Module) -> OpType | None:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unified.scenario import Budget, Optimizer
+from unified.spec.scenario import Budget, Optimizer
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]

@@ -16,14 +16,7 @@ under a policy).
 
 from __future__ import annotations
 
-from unified.spec import Schedule, ScheduleCurve
-
-
-def agp_span(*, start: int, end: int, frequency: int) -> int:
-    """Distiller's AGP span: epochs from the first to the last pruning epoch."""
-    if frequency < 1:
-        raise ValueError(f"frequency must be at least 1. Got {frequency} instead")
-    return ((end - start - 1) // frequency) * frequency
+from unified.spec.steps import Schedule, ScheduleCurve, agp_span
 
 
 def _progress(curve: str, epoch: int, start: int, end: int, frequency: int) -> float:
@@ -101,17 +94,3 @@ def sparsity_at_epoch(schedule: Schedule, final_sparsity: float, epoch: int) -> 
     if not done:
         return 0.0
     return target_sparsity(schedule, final_sparsity, done[-1])
-
-
-def schedule_problems(schedule: Schedule) -> list[str]:
-    """Why a schedule cannot run (empty list when it can); for validators and adapters."""
-    span = agp_span(
-        start=schedule.start_epoch, end=schedule.end_epoch, frequency=schedule.frequency
-    )
-    if schedule.curve is not ScheduleCurve.constant and span <= 0:
-        return [
-            f"schedule: curve {schedule.curve.value} needs at least two pruning epochs "
-            f"(end_epoch - start_epoch - 1 >= frequency); start_epoch {schedule.start_epoch}, "
-            f"end_epoch {schedule.end_epoch}, frequency {schedule.frequency} give one"
-        ]
-    return []

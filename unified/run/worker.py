@@ -1,4 +1,4 @@
-"""Entry point of a job's worker process: ``python -m unified.worker JOB_FOLDER``.
+"""Entry point of a job's worker process: ``python -m unified.run.worker JOB_FOLDER``.
 
 Reads ``job.json``, runs the job, writes ``record.json`` (or ``error.json`` with the
 traceback). The parent turns a missing record, a signal or a timeout into a row.
@@ -6,28 +6,21 @@ traceback). The parent turns a missing record, a signal or a timeout into a row.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import unified  # noqa: F401  (environment defaults before any toolkit import)
+from adapters.registry import get_adapter
 from unified.context import ReferenceArtifacts
-from unified.job import Job, execute, failure_text, format_traceback, write_json
-from unified.scenario import Scenario
-
-
-def preload_triton() -> None:
-    """Load triton (via torch._dynamo) before any toolkit can load TensorFlow: TF's
-    libraries loaded first make triton segfault (NNI and coremltools import TF)."""
-    if importlib.util.find_spec("triton") is not None:
-        import torch._dynamo  # noqa: F401
+from unified.run.job import Job, execute, failure_text, format_traceback, write_json
+from unified.spec.scenario import Scenario
 
 
 def main(folder: Path) -> int:
     try:
-        preload_triton()
         spec = json.loads((folder / "job.json").read_text())
+        get_adapter(spec["backend"]).prepare_process()
         scenario = Scenario.model_validate(spec["scenario"])
         job = Job(spec["recipe"], spec["backend"])
         threads = spec.get("torch_threads")

@@ -2,7 +2,7 @@
 
 Everything here reads the file as stored (onnx + numpy only). `optimized_op_counts` is the one
 exception: it asks onnxruntime for the graph it actually executes, imported inside the function
-so that `import unified.onnx_inspect` stays cheap.
+so that `import unified.measure.onnx_inspect` stays cheap.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper
 
-from unified.onnx_weights import WeightInfo, collect_weights
+from unified.measure.onnx_weights import WeightInfo, collect_weights
 
 __all__ = [
     "FLOAT_COMPUTE_OPS",

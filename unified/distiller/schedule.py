@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from unified.distiller_parse import (
+from unified.distiller.parse import (
     SECTIONS,
     Builder,
     Component,
@@ -35,8 +35,8 @@ from unified.distiller_parse import (
     parse_components,
     parse_policies,
 )
-from unified.distiller_pruners import PRUNERS, translate_pruner
-from unified.distiller_quant import (
+from unified.distiller.pruners import PRUNERS, translate_pruner
+from unified.distiller.quant import (
     EXTENSIONS,
     QUANTIZERS,
     REGULARIZERS,
@@ -46,9 +46,9 @@ from unified.distiller_quant import (
     translate_quantizer,
     translate_regularizer,
 )
-from unified.errors import SpecError
-from unified.spec import PruneStep, PruneStructure, Recipe, Step, Targets
-from unified.yamlio import read_yaml
+from unified.spec.errors import SpecError
+from unified.spec.steps import PruneStep, PruneStructure, Recipe, Step, Targets
+from unified.spec.yamlio import read_yaml
 
 __all__ = [
     "DistillerRecipe",
@@ -94,7 +94,7 @@ class DistillerRecipe:
     step_weights: list[StepWeights] = field(default_factory=list)
 
     def to_recipe(self) -> Recipe:
-        """The steps as a validated unified :class:`~unified.spec.Recipe`."""
+        """The steps as a validated unified :class:`~unified.spec.steps.Recipe`."""
         return Recipe.model_validate(to_yaml_recipe(self))
 
 

@@ -2,7 +2,7 @@
 
 Weights reach their compute op through DequantizeLinear, Transpose, Reshape, Cast and the
 like; distinct values and zeros are counted on the STORED tensor (int8 values for quantized
-weights, against their zero point). Used by :mod:`unified.onnx_inspect`.
+weights, against their zero point). Used by :mod:`unified.measure.onnx_inspect`.
 """
 
 from __future__ import annotations

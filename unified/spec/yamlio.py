@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from unified.errors import SpecError
+from unified.spec.errors import SpecError
 
 YPath = tuple[str | int, ...]
 

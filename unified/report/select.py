@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from unified.scenario import SelectSpec
+from unified.spec.scenario import SelectSpec
 
 MEASURED = ("ok", "approximated")
 # objective name → (record field, human unit)

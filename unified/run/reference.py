@@ -3,7 +3,6 @@ content hash so a rerun never retrains."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -14,23 +13,10 @@ from typing import Any
 import numpy as np
 
 from unified.context import ReferenceArtifacts
-from unified.scenario import Scenario
+from unified.run.cache import reference_content_digest, reference_key
+from unified.spec.scenario import Scenario
 
 log = logging.getLogger(__name__)
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def reference_key(scenario: Scenario) -> str:
-    path = scenario.model.weights_path
-    digest = file_digest(path) if path is not None and path.is_file() else None
-    return scenario.reference_key(digest)
 
 
 def load_summary(ref: ReferenceArtifacts) -> dict[str, Any]:
@@ -47,6 +33,7 @@ def prepare_reference(scenario: Scenario, cache_dir: Path) -> ReferenceArtifacts
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
     try:
         _build(scenario, ReferenceArtifacts(tmp))
+        reference_content_digest(tmp)
         if folder.exists():  # another process won the race; theirs is as good
             shutil.rmtree(tmp)
         else:
@@ -60,9 +47,9 @@ def prepare_reference(scenario: Scenario, cache_dir: Path) -> ReferenceArtifacts
 def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
     import torch
 
-    from unified.data import load_splits
-    from unified.harness import HarnessSettings, make_session, measure, run_model
-    from unified.onnx_compact import compact_verified
+    from unified.data.sources import load_splits
+    from unified.measure.harness import HarnessSettings, make_session, measure, run_model
+    from unified.measure.onnx_compact import compact_verified
     from unified.torchkit.export import export_onnx
     from unified.torchkit.models import build_model, count_parameters, load_state_dict
     from unified.torchkit.training import predict, set_seed, train

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from unified.spec import (
+from unified.spec.steps import (
     BinarizeStep,
     ClusterStep,
     FinetuneStep,
@@ -26,8 +26,8 @@ from unified.spec import (
 )
 
 if TYPE_CHECKING:
-    from unified.report import RunFolder
-    from unified.scenario import ModelSpec, Scenario
+    from unified.report.html import RunFolder
+    from unified.spec.scenario import ModelSpec, Scenario
 
 MEASURED = ("ok", "approximated")
 AGREES, PARTLY, DIFFERS, NA = "agrees", "partly", "differs", "n/a"

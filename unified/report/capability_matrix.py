@@ -9,8 +9,8 @@ from typing import Any
 
 from rich.table import Table
 
-from adapters.registry import BACKENDS, get_adapter
-from unified.spec import Recipe
+from adapters.registry import backends, get_adapter
+from unified.spec.steps import Recipe
 
 PROBES: dict[str, list[dict[str, Any]]] = {
     "prune unstructured local": [{"prune": {"sparsity": 0.5}}],
@@ -50,7 +50,7 @@ def matrix() -> dict[str, dict[str, tuple[str, str]]]:
     for probe, steps in PROBES.items():
         recipe = Recipe.model_validate(steps)
         row = {}
-        for backend in BACKENDS:
+        for backend in backends():
             plan = get_adapter(backend).plan(recipe)
             row[backend] = (plan.status, plan.reason or "; ".join(plan.notes))
         out[probe] = row
@@ -60,10 +60,10 @@ def matrix() -> dict[str, dict[str, tuple[str, str]]]:
 def matrix_table() -> Table:
     table = Table(title="capability matrix (native / approx / – unsupported)")
     table.add_column("recipe")
-    for backend in BACKENDS:
+    for backend in backends():
         table.add_column(backend, justify="center")
     for probe, row in matrix().items():
-        table.add_row(probe, *[CELL[row[b][0]] for b in BACKENDS])
+        table.add_row(probe, *[CELL[row[b][0]] for b in backends()])
     return table
 
 
@@ -71,7 +71,7 @@ def backend_table() -> Table:
     table = Table(title="backends")
     for header in ("backend", "toolkit", "input", "artifact", "available", "versions"):
         table.add_column(header)
-    for backend in BACKENDS:
+    for backend in backends():
         caps = get_adapter(backend).capabilities
         versions = ", ".join(f"{k} {v}" for k, v in caps.versions().items() if v)
         available = ("[green]yes[/]" if caps.available()

@@ -136,12 +136,21 @@ class Schedule(_Strict):
                 f"end_epoch ({self.end_epoch}) must be greater than start_epoch "
                 f"({self.start_epoch})"
             )
-        from unified.schedules import schedule_problems  # schedules imports this module
-
-        problems = schedule_problems(self)
-        if problems:
-            raise ValueError("; ".join(problems))
+        span = agp_span(start=self.start_epoch, end=self.end_epoch, frequency=self.frequency)
+        if self.curve is not ScheduleCurve.constant and span <= 0:
+            raise ValueError(
+                f"curve {self.curve.value} needs at least two pruning epochs "
+                f"(end_epoch - start_epoch - 1 >= frequency); start_epoch {self.start_epoch}, "
+                f"end_epoch {self.end_epoch}, frequency {self.frequency} give one"
+            )
         return self
+
+
+def agp_span(*, start: int, end: int, frequency: int) -> int:
+    """Distiller's AGP span: epochs from the first to the last pruning epoch."""
+    if frequency < 1:
+        raise ValueError(f"frequency must be at least 1. Got {frequency} instead")
+    return ((end - start - 1) // frequency) * frequency
 
 
 # --- steps ---------------------------------------------------------------------------------

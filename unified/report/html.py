@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from unified.epoch_table import epoch_tables
-from unified.epoch_table import markdown as epoch_markdown
-from unified.results import read_records
-from unified.scenario import Scenario
-from unified.select import Recommendation, recommend
-from unified.table import COLUMNS, _cell
+from unified.report.epoch_table import epoch_tables
+from unified.report.epoch_table import markdown as epoch_markdown
+from unified.report.select import Recommendation, recommend
+from unified.report.table import COLUMNS, _cell
+from unified.run.results import read_records
+from unified.spec.scenario import Scenario
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
@@ -31,12 +31,12 @@ class RunFolder:
     """What a finished run folder holds."""
 
     def __init__(self, folder: Path) -> None:
-        from unified.errors import SqueezelabError
+        from unified.spec.errors import SqueezelabError
 
         self.folder = folder
         if not (folder / "results.jsonl").is_file():
             raise SqueezelabError(f"{folder}: not a run folder (no results.jsonl)")
-        from unified.runner import scenario_order
+        from unified.run.runner import scenario_order
 
         self.scenario = Scenario.model_validate_json((folder / "scenario.json").read_text())
         self.records = sorted(read_records(folder / "results.jsonl"),
@@ -106,7 +106,7 @@ def results_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[st
 
 
 def html_report(run: RunFolder, extra_sections: list[tuple[str, str]] | None = None) -> str:
-    from unified.capability_matrix import matrix
+    from unified.report.capability_matrix import matrix
 
     rec = recommend(run.records, run.scenario.select)
     pareto_names = {rec.name(r) for r in rec.pareto}
@@ -189,7 +189,7 @@ def markdown_summary(run: RunFolder, rec: Recommendation | None = None) -> str:
 
 
 def write_report(folder: Path) -> tuple[Path, Path]:
-    from unified.article import article_sections
+    from unified.report.article import article_sections
 
     run = RunFolder(folder)
     html_path, md_path = folder / "report.html", folder / "summary.md"

@@ -9,19 +9,17 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from unified.context import JobContext, ReferenceArtifacts
-from unified.harness import HarnessSettings, ReferenceFigures, measure
-from unified.reference import load_summary
-from unified.results import new_record
-from unified.scenario import Scenario
-from unified.spec import stable_hash
-from unified.splits import DataSplits
+from unified.data.splits import DataSplits
+from unified.measure.harness import HarnessSettings, ReferenceFigures, measure
+from unified.run.reference import load_summary
+from unified.run.results import new_record
+from unified.spec.scenario import Scenario
 
 
 @dataclass(frozen=True)
@@ -39,55 +37,6 @@ class Job:
 def harness_settings(scenario: Scenario) -> HarnessSettings:
     latency = scenario.evaluate.latency
     return HarnessSettings(threads=latency.threads, warmup=latency.warmup, runs=latency.runs)
-
-
-# The modules a job's figures depend on (not the CLI, report, select or regress code).
-RESULT_MODULES = ("context.py", "data.py", "harness.py", "job.py", "onnx_compact.py",
-                  "onnx_inspect.py", "reference.py", "splits.py", "worker.py", "torchkit")
-
-
-def _digest_files(paths: list[Path]) -> str:
-    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*.py")))
-    return stable_hash([f.read_bytes().hex() for f in files])
-
-
-@cache
-def core_digest() -> str:
-    """Hash of the measuring core: what the reference model and every job depend on."""
-    import unified
-
-    core = Path(unified.__file__).parent
-    return _digest_files([core / name for name in RESULT_MODULES])
-
-
-@cache
-def code_digest(backend: str) -> str:
-    """Hash of the code a job's result depends on: the measuring core and this backend's
-    adapter, so that a changed adapter never serves stale cached rows."""
-    import adapters
-
-    root = Path(adapters.__file__).parent
-    return stable_hash([core_digest(), _digest_files([root / "base.py", root / backend])])
-
-
-def job_key(scenario: Scenario, job: Job, reference_key: str, versions: dict[str, Any]) -> str:
-    """Cache key: model + weights + data (the reference key), recipe, backend, budget,
-    harness settings, toolkit versions and the code that runs the job."""
-    import unified
-
-    imported = scenario.imported.get(job.recipe)  # e.g. its LR schedulers
-    return stable_hash({
-        "code": code_digest(job.backend),
-        "reference": reference_key,
-        "recipe": scenario.recipes[job.recipe].canonical(),
-        "imported": imported.model_dump(mode="json") if imported else None,
-        "backend": job.backend,
-        "budget": scenario.budget.model_dump(mode="json"),
-        "evaluate": scenario.evaluate.latency.model_dump(mode="json"),
-        "seed": scenario.seed,
-        "versions": versions,
-        "squeezelab": unified.__version__,
-    })
 
 
 def reference_figures(ref: ReferenceArtifacts) -> ReferenceFigures:

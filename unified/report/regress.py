@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
-from unified.errors import SqueezelabError
+from unified.spec.errors import SqueezelabError
 
 BASELINE_FIELDS = ("status", "accuracy", "agreement", "onnx_bytes", "native_bytes",
                    "size_ratio", "sparsity", "max_distinct_values", "latency_ms_p50")

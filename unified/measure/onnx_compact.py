@@ -26,7 +26,7 @@ def compact_verified(path: Path, sample: np.ndarray) -> str | None:
     Returns None, or why the file was left as exported."""
     import onnxruntime as ort
 
-    from unified.onnx_inspect import optimized_op_counts
+    from unified.measure.onnx_inspect import optimized_op_counts
 
     def run(file: Path) -> np.ndarray:
         session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])

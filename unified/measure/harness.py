@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from unified.onnx_inspect import compute_op_summary, inspect_onnx, optimized_op_counts
+from unified.measure.onnx_inspect import compute_op_summary, inspect_onnx, optimized_op_counts
 
 if TYPE_CHECKING:
     import onnxruntime

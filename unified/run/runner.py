@@ -26,10 +26,11 @@ import unified
 from adapters.base import Plan
 from adapters.registry import get_adapter
 from unified.context import ReferenceArtifacts
-from unified.job import Job, job_key, write_json
-from unified.reference import prepare_reference, reference_key
-from unified.results import append_record, new_record, read_records, write_csv
-from unified.scenario import Scenario
+from unified.run.cache import job_key, reference_content_digest
+from unified.run.job import Job, write_json
+from unified.run.reference import prepare_reference
+from unified.run.results import append_record, new_record, read_records, write_csv
+from unified.spec.scenario import Scenario
 
 PENDING_STATUSES = ("failed", "timeout")  # not cached: a rerun tries them again
 
@@ -95,12 +96,13 @@ def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
-def worker_env(torch_threads: int, lock_path: Path) -> dict[str, str]:
-    """The environment of every process squeezelab starts."""
+def worker_env(backend: str, torch_threads: int, lock_path: Path) -> dict[str, str]:
+    """The environment of a worker process of ``backend`` (its adapter adds what its toolkit
+    reads at import; a user's explicit value wins)."""
     env = dict(os.environ)
     env.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    env.setdefault("TF_USE_LEGACY_KERAS", "1")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for key, value in get_adapter(backend).capabilities.environment.items():
+        env.setdefault(key, value)
     env["SQUEEZELAB_LATENCY_LOCK"] = str(lock_path)
     env["OMP_NUM_THREADS"] = str(torch_threads)
     # the worker must import this very package, and python: model sources from the cwd
@@ -143,9 +145,9 @@ class Runner:
             ref = prepare_reference(view, self.options.cache_dir)
             name = f"reference-{_safe(view.model.label)}.json" if multi else "reference.json"
             shutil.copy(ref.summary, self.out / name)
-            ref_key = reference_key(view)
+            ref_digest = reference_content_digest(ref.folder)
             for _, job, plan in (p for p in planned if p[0] is view):
-                key = job_key(view, job, ref_key,
+                key = job_key(view, job.recipe, job.backend, ref_digest,
                               get_adapter(job.backend).capabilities.versions())
                 if key in done:  # resume: already in this run folder
                     self._keep(job, done[key])
@@ -274,12 +276,12 @@ class Runner:
     def _spawn(self, view: Scenario, job: Job, job_dir: Path, timeout: float,
                torch_threads: int) -> dict[str, Any]:
         """Run the worker; turn every way it can end into a record."""
-        env = worker_env(torch_threads, self.options.cache_dir / "latency.lock")
+        env = worker_env(job.backend, torch_threads, self.options.cache_dir / "latency.lock")
         self.options.cache_dir.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         with (job_dir / "worker.log").open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "unified.worker", str(job_dir)],
+                [sys.executable, "-m", "unified.run.worker", str(job_dir)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,  # so a timeout kills the worker's children too
             )

@@ -1,4 +1,4 @@
-"""Distiller pruners -> unified ``prune`` steps (internal to :mod:`unified.distiller`).
+"""Distiller pruners -> unified ``prune`` steps (internal to :mod:`unified.distiller.schedule`).
 
 Argument lists are those of the constructors in ``distiller/pruning`` (IntelLabs/distiller).
 """
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from unified.distiller_parse import (
+from unified.distiller.parse import (
     Builder,
     ClassSpec,
     Component,
@@ -22,8 +22,8 @@ from unified.distiller_parse import (
     module_pattern,
     param_suffix,
 )
-from unified.schedules import agp_span
-from unified.spec import (
+from unified.spec.schedules import agp_span
+from unified.spec.steps import (
     PruneCriterion,
     PruneStep,
     PruneStructure,

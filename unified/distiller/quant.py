@@ -1,5 +1,6 @@
 """Distiller quantizers, LR schedulers, regularizers and extensions (internal to
-:mod:`unified.distiller`). Argument lists are those of the Distiller / torch constructors."""
+:mod:`unified.distiller.schedule`). Argument lists are those of the Distiller / torch
+constructors."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from unified.distiller_parse import (
+from unified.distiller.parse import (
     Builder,
     ClassSpec,
     Component,
@@ -19,7 +20,14 @@ from unified.distiller_parse import (
     check_args,
     is_pattern,
 )
-from unified.spec import Granularity, QuantAlgorithm, QuantDType, QuantizeStep, QuantMethod, Targets
+from unified.spec.steps import (
+    Granularity,
+    QuantAlgorithm,
+    QuantDType,
+    QuantizeStep,
+    QuantMethod,
+    Targets,
+)
 
 QUANT_ORDER = (1 << 30,)  # Distiller runs quantization alongside pruning; we put it last
 MODES = ("SYMMETRIC", "SYMMETRIC_RESTRICTED", "ASYMMETRIC_UNSIGNED", "ASYMMETRIC_SIGNED")
@@ -28,7 +36,7 @@ _BASE = ("bits_activations", "bits_weights", "bits_bias", "overrides")
 
 
 def _allowed_bits(name: str) -> tuple[int, ...]:
-    """The bit widths unified.spec accepts for QuantizeStep.<name> (read from its Literal)."""
+    """The bit widths unified.spec.steps accepts for QuantizeStep.<name> (read from its Literal)."""
     found: list[int] = []
 
     def walk(tp: Any) -> None:

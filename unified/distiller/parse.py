@@ -1,6 +1,6 @@
 """Reading a Distiller schedule the way ``distiller/config.py`` does, with line numbers.
 
-Internal to :mod:`unified.distiller`: the document model (components, policies and the
+Internal to :mod:`unified.distiller.schedule`: the document model (components, policies and the
 epochs they act on), argument checking against the real constructors' signatures, and the
 :class:`Builder` that collects steps, notes and one-line problems (``file:line: field: ...``).
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from unified.spec import Step
-from unified.yamlio import YPath, field_name
+from unified.spec.steps import Step
+from unified.spec.yamlio import YPath, field_name
 
 SECTIONS = ("pruners", "quantizers", "regularizers", "lr_schedulers", "extensions")
 # dict_config tests the policy kinds in this order; the first one present wins.

@@ -1,29 +1,19 @@
-"""Scenario files: the user-facing contract (see DESIGN.md), loaded with line numbers.
+"""The scenario model: the user-facing contract (docs/architecture.md, "Scenario files").
 
-Errors name ``file:line: field: what is wrong`` on one line each.
+Pure pydantic: loading a file (YAML, Distiller recipes, paths) is :mod:`unified.load`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    RootModel,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from unified.errors import SpecError
-from unified.spec import TRAINING_STEPS, Recipe, stable_hash
-from unified.yamlio import field_name, read_yaml
+from unified.spec.backends import backend_names
+from unified.spec.steps import TRAINING_STEPS, Recipe
 
 SCENARIO_VERSION = 1
 MODEL_SOURCE = re.compile(r"^(builtin:[\w.-]+|torchvision:\w+|python:[\w.]+:\w+)$")
@@ -258,12 +248,11 @@ class Scenario(_Strict):
     @field_validator("backends")
     @classmethod
     def _known_backends(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from adapters.registry import BACKENDS
-
-        bad = [b for b in value if b not in BACKENDS]
+        names = backend_names()
+        bad = [b for b in value if b not in names]
         if bad:
             raise ValueError(
-                f"unknown backend {bad[0]!r}; allowed backends: {', '.join(BACKENDS)}"
+                f"unknown backend {bad[0]!r}; allowed backends: {', '.join(names)}"
             )
         if len(set(value)) != len(value):
             raise ValueError("a backend is listed twice")
@@ -303,222 +292,3 @@ class Scenario(_Strict):
                         f"{who}recipe {name!r}: step {step.kind!r} trains and needs labelled "
                         "data; data source 'synthetic' has no labels"
                     )
-
-    def reference_key(self, weights_digest: str | None) -> str:
-        """Cache key of the reference model: everything its weights depend on."""
-        from unified.job import core_digest
-
-        return stable_hash(
-            {
-                "code": core_digest(),
-                "model": self.model.model_dump(mode="json", exclude={"name", "data"}),
-                "weights_digest": weights_digest,
-                "data": self.data.model_dump(mode="json"),
-                "seed": self.seed,
-                "budget": self.budget.model_dump(mode="json")
-                if self.model.weights == "train"
-                else None,
-            }
-        )
-
-
-# --- loading with line numbers -------------------------------------------------------------
-
-
-def _normalize_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    # pydantic puts union/root names into loc; map back to the YAML path.
-    return tuple(part for part in loc if part not in ("root",) and not str(part).startswith(
-        "function-"))
-
-
-def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
-    for end in range(len(loc), -1, -1):
-        prefix = tuple(str(p) if not isinstance(p, int) else p for p in loc[:end])
-        if prefix in lines:
-            return lines[prefix]
-    return None
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that validates the mapping at ``loc`` (best effort)."""
-    current: Any = Scenario
-    for part in loc:
-        if isinstance(current, type) and issubclass(current, RootModel):
-            current = current.model_fields["root"].annotation
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            info = current.model_fields.get(str(part))
-            if info is None:
-                return None
-            current = info.annotation
-        else:  # dict[str, X], tuple[X, ...], X | None
-            args = [a for a in get_args(current) if a is not type(None) and a is not Ellipsis]
-            if not args:
-                return None
-            current = args[-1]
-        while get_args(current) and not (isinstance(current, type)):
-            args = [a for a in get_args(current) if a is not type(None)]
-            if len(args) != 1:
-                break
-            current = args[0]
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return current
-    return None
-
-
-def _message(error: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
-    msg = str(error["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if msg.startswith(prefix):
-            msg = msg[len(prefix):]
-    if error["type"] == "extra_forbidden":
-        model = _model_at(loc[:-1])
-        allowed = f"; allowed: {', '.join(model.model_fields)}" if model else ""
-        return f"unknown field {loc[-1]!r}{allowed}"
-    value = error.get("input")
-    scalar = isinstance(value, str | int | float | bool) or value is None
-    if error["type"] != "missing" and scalar and "Got " not in msg and "input" in error:
-        msg = f"{msg}. Got {value!r} instead"
-    return msg
-
-
-def format_validation_error(
-    exc: ValidationError, file: str, lines: dict[tuple[Any, ...], int]
-) -> list[str]:
-    """One line per problem: ``file:line: field: message``."""
-    problems = []
-    for error in exc.errors():
-        loc = _normalize_loc(tuple(error["loc"]))
-        # An unknown key inside a model: point at the key itself and name the allowed ones.
-        line = _line_for(loc, lines)
-        where = f"{file}:{line}" if line else file
-        problems.append(f"{where}: {field_name(loc)}: {_message(error, loc)}")
-    return problems
-
-
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file; raise :class:`SpecError` with every problem."""
-    path = Path(path)
-    data, lines = read_yaml(path)
-    if not isinstance(data, dict):
-        raise SpecError([f"{path}:1: a scenario is a mapping (name, model, recipes, ...)"])
-    data = _expand_distiller_recipes(data, path, lines)
-    try:
-        scenario = Scenario.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(format_validation_error(exc, str(path), lines)) from None
-    return _resolve_paths(scenario, path, lines)
-
-
-def _resolve_paths(scenario: Scenario, path: Path, lines: dict[tuple[Any, ...], int]) -> Scenario:
-    """Paths inside a scenario are relative to the scenario file."""
-    base = path.parent
-
-    def data_paths(data: DataSpec) -> DataSpec:
-        if data.source.startswith("imagefolder:"):
-            folder = Path(data.source.partition(":")[2])
-            if not folder.is_absolute():
-                return data.model_copy(
-                    update={"source": f"imagefolder:{(base / folder).resolve()}"})
-        return data
-
-    def model_paths(model: ModelSpec, where: tuple[str, ...]) -> ModelSpec:
-        weights = model.weights_path
-        if weights is not None and not weights.is_absolute():
-            model = model.model_copy(update={"weights": str((base / weights).resolve())})
-        if weights is not None and not Path(model.weights).is_file():
-            line = lines.get((*where, "weights"))
-            field = ".".join(where)
-            raise SpecError([f"{path}:{line}: {field}.weights: file not found: {model.weights}"])
-        if model.data is not None:
-            model = model.model_copy(update={"data": data_paths(model.data)})
-        return model
-
-    models = {k: model_paths(m, ("models", k)) for k, m in scenario.models.items()}
-    model = next(iter(models.values())) if models else model_paths(scenario.model, ("model",))
-    return scenario.model_copy(
-        update={"model": model, "models": models, "data": data_paths(scenario.data)})
-
-
-# --- recipes given as Distiller schedules ---------------------------------------------------
-
-
-def _distiller_ref(entry: Any) -> str | None:
-    if isinstance(entry, dict) and set(entry) == {"distiller"}:
-        return str(entry["distiller"])
-    return None
-
-
-def _expand_distiller_recipes(data: dict[str, Any], path: Path,
-                              lines: dict[tuple[Any, ...], int]) -> dict[str, Any]:
-    """Replace ``{distiller: FILE}`` (a whole recipe, or one entry of a recipe list) by the
-    translated unified steps; record what was approximated or cannot be carried out."""
-    recipes = data.get("recipes")
-    if not isinstance(recipes, dict):
-        return data
-    expanded: dict[str, Any] = {}
-    imported: dict[str, Any] = {}
-    for name, value in recipes.items():
-        entries = [value] if _distiller_ref(value) else value
-        if not isinstance(entries, list) or not any(_distiller_ref(e) for e in entries):
-            expanded[name] = value
-            continue
-        steps: list[Any] = []
-        for index, entry in enumerate(entries):
-            ref = _distiller_ref(entry)
-            if ref is None:
-                steps.append(entry)
-                continue
-            model = _model_for_recipe(data, path, lines, name)
-            schedule, info = _import_schedule(path, ref, model,
-                                              lines.get(("recipes", name, index))
-                                              or lines.get(("recipes", name)))
-            steps.extend(schedule)
-            imported[name] = info
-        expanded[name] = steps
-    if not imported:
-        return data
-    return {**data, "recipes": expanded, "imported": imported}
-
-
-def _import_schedule(path: Path, ref: str, model: Any,
-                     line: int | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from unified.distiller import (
-        bind_to_model,
-        load_distiller_schedule,
-        module_kinds,
-        to_yaml_recipe,
-    )
-
-    file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
-    if not file.is_file():
-        raise SpecError([f"{path}:{line}: distiller: schedule file not found: {file}"])
-    param_names = [name for name, _ in model.named_parameters()]
-    schedule = bind_to_model(load_distiller_schedule(file), param_names, module_kinds(model))
-    info = {
-        "source": str(file),
-        "notes": schedule.notes,
-        "unsupported": schedule.unsupported,
-        "thinning": schedule.thinning,
-        "lr_schedulers": [{"name": lr.name, "torch_class": lr.torch_class, "args": lr.args,
-                           "epochs": lr.epochs} for lr in schedule.lr_schedulers],
-    }
-    return to_yaml_recipe(schedule), info
-
-
-def _model_for_recipe(data: dict[str, Any], path: Path,
-                      lines: dict[tuple[Any, ...], int], recipe: str) -> Any:
-    """The (untrained) torch model that runs ``recipe`` (the first model that lists it, else
-    the first model), to bind Distiller weight names to."""
-    spec = data.get("model")
-    models = data.get("models")
-    if spec is None and isinstance(models, dict) and models:
-        listing = [m for m in models.values()
-                   if isinstance(m, dict) and recipe in (m.get("recipes") or ())]
-        spec = listing[0] if listing else next(iter(models.values()))
-    try:
-        model = ModelSpec.model_validate(spec)
-    except ValidationError as exc:
-        raise SpecError(format_validation_error(exc, str(path), lines)) from None
-    from unified.torchkit.models import build_model
-
-    return build_model(model.source, model.num_classes, model.input_shape)

@@ -1,0 +1,1 @@
+"""Distiller schedule files (YAML) translated into unified steps."""

@@ -1,0 +1,143 @@
+"""Read a scenario file into a :class:`Scenario`: YAML with line numbers, Distiller recipes
+translated, paths made relative to the file. Errors name ``file:line: field: what is wrong``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from unified.spec.errors import SpecError
+from unified.spec.scenario import DataSpec, ModelSpec, Scenario
+from unified.spec.validation import format_validation_error
+from unified.spec.yamlio import read_yaml
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and validate a scenario file; raise :class:`SpecError` with every problem."""
+    path = Path(path)
+    data, lines = read_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError([f"{path}:1: a scenario is a mapping (name, model, recipes, ...)"])
+    data = _expand_distiller_recipes(data, path, lines)
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, str(path), lines)) from None
+    return _resolve_paths(scenario, path, lines)
+
+
+def _resolve_paths(scenario: Scenario, path: Path, lines: dict[tuple[Any, ...], int]) -> Scenario:
+    """Paths inside a scenario are relative to the scenario file."""
+    base = path.parent
+
+    def data_paths(data: DataSpec) -> DataSpec:
+        if data.source.startswith("imagefolder:"):
+            folder = Path(data.source.partition(":")[2])
+            if not folder.is_absolute():
+                return data.model_copy(
+                    update={"source": f"imagefolder:{(base / folder).resolve()}"})
+        return data
+
+    def model_paths(model: ModelSpec, where: tuple[str, ...]) -> ModelSpec:
+        weights = model.weights_path
+        if weights is not None and not weights.is_absolute():
+            model = model.model_copy(update={"weights": str((base / weights).resolve())})
+        if weights is not None and not Path(model.weights).is_file():
+            line = lines.get((*where, "weights"))
+            field = ".".join(where)
+            raise SpecError([f"{path}:{line}: {field}.weights: file not found: {model.weights}"])
+        if model.data is not None:
+            model = model.model_copy(update={"data": data_paths(model.data)})
+        return model
+
+    models = {k: model_paths(m, ("models", k)) for k, m in scenario.models.items()}
+    model = next(iter(models.values())) if models else model_paths(scenario.model, ("model",))
+    return scenario.model_copy(
+        update={"model": model, "models": models, "data": data_paths(scenario.data)})
+
+
+# --- recipes given as Distiller schedules ---------------------------------------------------
+
+
+def _distiller_ref(entry: Any) -> str | None:
+    if isinstance(entry, dict) and set(entry) == {"distiller"}:
+        return str(entry["distiller"])
+    return None
+
+
+def _expand_distiller_recipes(data: dict[str, Any], path: Path,
+                              lines: dict[tuple[Any, ...], int]) -> dict[str, Any]:
+    """Replace ``{distiller: FILE}`` (a whole recipe, or one entry of a recipe list) by the
+    translated unified steps; record what was approximated or cannot be carried out."""
+    recipes = data.get("recipes")
+    if not isinstance(recipes, dict):
+        return data
+    expanded: dict[str, Any] = {}
+    imported: dict[str, Any] = {}
+    for name, value in recipes.items():
+        entries = [value] if _distiller_ref(value) else value
+        if not isinstance(entries, list) or not any(_distiller_ref(e) for e in entries):
+            expanded[name] = value
+            continue
+        steps: list[Any] = []
+        for index, entry in enumerate(entries):
+            ref = _distiller_ref(entry)
+            if ref is None:
+                steps.append(entry)
+                continue
+            model = _model_for_recipe(data, path, lines, name)
+            schedule, info = _import_schedule(path, ref, model,
+                                              lines.get(("recipes", name, index))
+                                              or lines.get(("recipes", name)))
+            steps.extend(schedule)
+            imported[name] = info
+        expanded[name] = steps
+    if not imported:
+        return data
+    return {**data, "recipes": expanded, "imported": imported}
+
+
+def _import_schedule(path: Path, ref: str, model: Any,
+                     line: int | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from unified.distiller.schedule import (
+        bind_to_model,
+        load_distiller_schedule,
+        module_kinds,
+        to_yaml_recipe,
+    )
+
+    file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+    if not file.is_file():
+        raise SpecError([f"{path}:{line}: distiller: schedule file not found: {file}"])
+    param_names = [name for name, _ in model.named_parameters()]
+    schedule = bind_to_model(load_distiller_schedule(file), param_names, module_kinds(model))
+    info = {
+        "source": str(file),
+        "notes": schedule.notes,
+        "unsupported": schedule.unsupported,
+        "thinning": schedule.thinning,
+        "lr_schedulers": [{"name": lr.name, "torch_class": lr.torch_class, "args": lr.args,
+                           "epochs": lr.epochs} for lr in schedule.lr_schedulers],
+    }
+    return to_yaml_recipe(schedule), info
+
+
+def _model_for_recipe(data: dict[str, Any], path: Path,
+                      lines: dict[tuple[Any, ...], int], recipe: str) -> Any:
+    """The (untrained) torch model that runs ``recipe`` (the first model that lists it, else
+    the first model), to bind Distiller weight names to."""
+    spec = data.get("model")
+    models = data.get("models")
+    if spec is None and isinstance(models, dict) and models:
+        listing = [m for m in models.values()
+                   if isinstance(m, dict) and recipe in (m.get("recipes") or ())]
+        spec = listing[0] if listing else next(iter(models.values()))
+    try:
+        model = ModelSpec.model_validate(spec)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, str(path), lines)) from None
+    from unified.torchkit.models import build_model
+
+    return build_model(model.source, model.num_classes, model.input_shape)

@@ -1,0 +1,1 @@
+"""Reading finished runs: tables, select, regress, the HTML report and the seed article."""

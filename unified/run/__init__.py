@@ -1,0 +1,2 @@
+"""Running a scenario: the reference model, the job cache, workers, executors and the
+results file."""
