@@ -1,4 +1,4 @@
-"""Reading real Distiller schedules (../shared/distiller-schedules) and the format's edges."""
+"""Reading real Distiller schedules (tests/fixtures/distiller) and the format's edges."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from unified.spec.steps import (
     ScheduleCurve,
 )
 
-SCHEDULES = Path(__file__).parents[2] / "shared" / "distiller-schedules"
-SHARED_FILES = [
+SCHEDULES = Path(__file__).parent / "fixtures" / "distiller"
+DISTILLER_FILES = [
     "mobilenet.imagenet.schedule_agp.yaml",
     "resnet18.schedule_agp.yaml",
     "simplenet_mnist_pruning.yaml",
@@ -45,14 +45,12 @@ SHARED_FILES = [
 
 
 @pytest.fixture
-def shared() -> Path:
-    if not SCHEDULES.is_dir():
-        pytest.skip(f"shared Distiller schedules not found at {SCHEDULES}")
+def schedules() -> Path:
     return SCHEDULES
 
 
-def _load(shared: Path, name: str) -> DistillerRecipe:
-    return load_distiller_schedule(shared / name)
+def _load(schedules: Path, name: str) -> DistillerRecipe:
+    return load_distiller_schedule(schedules / name)
 
 
 def _write(tmp_path: Path, text: str, name: str = "schedule.yaml") -> Path:
@@ -74,9 +72,9 @@ def _quant(step: object) -> QuantizeStep:
 # --- the six real files --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", SHARED_FILES)
-def test_shared_file_loads_and_round_trips(shared: Path, name: str) -> None:
-    recipe = _load(shared, name)
+@pytest.mark.parametrize("name", DISTILLER_FILES)
+def test_distiller_file_loads_and_round_trips(schedules: Path, name: str) -> None:
+    recipe = _load(schedules, name)
     assert recipe.steps
     assert len(recipe.step_weights) == len(recipe.steps)
     as_yaml = to_yaml_recipe(recipe)
@@ -86,8 +84,8 @@ def test_shared_file_loads_and_round_trips(shared: Path, name: str) -> None:
     assert yaml.safe_load(render_import(recipe)) == as_yaml
 
 
-def test_mobilenet_agp(shared: Path) -> None:
-    recipe = _load(shared, "mobilenet.imagenet.schedule_agp.yaml")
+def test_mobilenet_agp(schedules: Path) -> None:
+    recipe = _load(schedules, "mobilenet.imagenet.schedule_agp.yaml")
     conv, fc = (_prune(s) for s in recipe.steps)
     for step, final in ((conv, 0.50), (fc, 0.60)):
         assert step.sparsity == final
@@ -110,8 +108,8 @@ def test_mobilenet_agp(shared: Path) -> None:
     assert recipe.unsupported == [] and recipe.thinning == []
 
 
-def test_resnet18_agp_staggered_starts(shared: Path) -> None:
-    recipe = _load(shared, "resnet18.schedule_agp.yaml")
+def test_resnet18_agp_staggered_starts(schedules: Path) -> None:
+    recipe = _load(schedules, "resnet18.schedule_agp.yaml")
     steps = [_prune(s) for s in recipe.steps]
     assert [s.sparsity for s in steps] == [0.60, 0.67, 0.76]
     assert [s.schedule.start_epoch for s in steps if s.schedule] == [0, 4, 4]
@@ -123,8 +121,8 @@ def test_resnet18_agp_staggered_starts(shared: Path) -> None:
     assert lr.epochs == list(range(13, 100))
 
 
-def test_simplenet_structured_and_thinning(shared: Path) -> None:
-    recipe = _load(shared, "simplenet_mnist_pruning.yaml")
+def test_simplenet_structured_and_thinning(schedules: Path) -> None:
+    recipe = _load(schedules, "simplenet_mnist_pruning.yaml")
     one_shot, filters_agp, fc_agp = (_prune(s) for s in recipe.steps)
     assert one_shot.structure is PruneStructure.channel and one_shot.sparsity == 0.1
     assert one_shot.schedule is not None
@@ -140,8 +138,8 @@ def test_simplenet_structured_and_thinning(shared: Path) -> None:
     assert any("thinning requested" in n and "net_thinner" in n for n in recipe.notes)
 
 
-def test_quant_aware_training(shared: Path) -> None:
-    recipe = _load(shared, "quant_aware_train_linear_quant.yaml")
+def test_quant_aware_training(schedules: Path) -> None:
+    recipe = _load(schedules, "quant_aware_train_linear_quant.yaml")
     (step,) = (_quant(s) for s in recipe.steps)
     assert step.method is QuantMethod.qat and step.algorithm is QuantAlgorithm.plain
     assert (step.weights, step.activations) == (8, 8)
@@ -151,8 +149,8 @@ def test_quant_aware_training(shared: Path) -> None:
     assert any("0..299" in n for n in recipe.notes)
 
 
-def test_dorefa(shared: Path) -> None:
-    recipe = _load(shared, "preact_resnet_cifar_dorefa.yaml")
+def test_dorefa(schedules: Path) -> None:
+    recipe = _load(schedules, "preact_resnet_cifar_dorefa.yaml")
     (step,) = (_quant(s) for s in recipe.steps)
     assert step.method is QuantMethod.qat and step.algorithm is QuantAlgorithm.dorefa
     assert step.activations == 8
@@ -187,8 +185,8 @@ def test_multi_gamma_lr_gives_distillers_rates() -> None:
     assert scheduled_learning_rates(chained, 1.0, 6) == pytest.approx(expected)
 
 
-def test_post_training_quantization(shared: Path) -> None:
-    recipe = _load(shared, "resnet18_imagenet_post_train.yaml")
+def test_post_training_quantization(schedules: Path) -> None:
+    recipe = _load(schedules, "resnet18_imagenet_post_train.yaml")
     (step,) = (_quant(s) for s in recipe.steps)
     assert step.method is QuantMethod.static
     expected = 6 if 6 in _allowed_bits("weights") else 8
@@ -511,8 +509,8 @@ def test_match_weight_names() -> None:
     assert unmatched == ["module.layer9.conv.weight", "module.nothing.weight"]
 
 
-def test_bind_to_model(shared: Path) -> None:
-    recipe = _load(shared, "simplenet_mnist_pruning.yaml")
+def test_bind_to_model(schedules: Path) -> None:
+    recipe = _load(schedules, "simplenet_mnist_pruning.yaml")
     params = ["conv1.weight", "conv1.bias", "conv2.weight", "fc1.weight", "fc2.weight"]
     bound = bind_to_model(recipe, params)
     assert [_prune(s).targets.include for s in bound.steps] == [("conv1",), ("conv2",), ("fc2",)]

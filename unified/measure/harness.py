@@ -29,7 +29,7 @@ __all__ = [
     "run_model",
 ]
 
-# The keys `measure` returns, in this order; they are result-record fields (see DESIGN.md).
+# The keys `measure` returns, in this order; they are result-record fields (docs/architecture.md).
 MEASURE_KEYS: tuple[str, ...] = (
     "accuracy",
     "accuracy_drop",

@@ -1,7 +1,7 @@
 """The seed article's claims set side by side with a run's measurements (report section).
 
-DESIGN.md, "The seed article's claims": each claim becomes rows of one HTML table, one
-row per model of the run, with the figures measured here and a verdict (agrees, partly,
+docs/architecture.md, "The seed article's claims": each claim becomes rows of one HTML table,
+one row per model of the run, with the figures measured here and a verdict (agrees, partly,
 differs, or n/a with the reason). Recipes are recognised by their steps, not their names,
 so any scenario with e.g. a dynamic-quantization recipe gets the matching row.
 """

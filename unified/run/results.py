@@ -1,4 +1,4 @@
-"""The result record (DESIGN.md) and the run folder's files: results.jsonl, results.csv."""
+"""The result record (docs/architecture.md) and the run folder's files: results.jsonl, results.csv."""
 
 from __future__ import annotations
 

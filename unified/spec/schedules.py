@@ -1,4 +1,4 @@
-"""Pruning schedules with Distiller's semantics (see DESIGN.md, "The unified spec").
+"""Pruning schedules with Distiller's semantics (docs/architecture.md, "Pruning schedules").
 
 A schedule acts on epochs ``range(start_epoch, end_epoch, frequency)`` (``end_epoch``
 exclusive), exactly like a Distiller policy. At the start of each of those epochs the mask is
