@@ -1,4 +1,5 @@
-"""The result record (docs/architecture.md) and the run folder's files: results.jsonl, results.csv."""
+"""The result record (docs/architecture.md) and the run folder's files: results.jsonl and
+results.csv."""
 
 from __future__ import annotations
 
