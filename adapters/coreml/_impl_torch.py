@@ -19,12 +19,7 @@ from torch import nn
 
 from adapters.base import Artifacts
 from adapters.coreml import TORCH, TRAIN
-from adapters.coreml._impl import (
-    convert,
-    layers_in_order,
-    targeted,
-    weight_file,
-)
+from adapters.coreml._impl_common import convert, layers_in_order, weight_file
 from unified.context import JobContext
 from unified.spec.schedules import sparsity_at_epoch
 from unified.spec.steps import (
@@ -37,6 +32,7 @@ from unified.spec.steps import (
     prune_run,
 )
 from unified.torchkit.export import export_onnx
+from unified.torchkit.targets import targeted
 from unified.torchkit.training import train
 
 

@@ -22,11 +22,10 @@ from nni.compression.speedup import ModelSpeedup
 from nni.compression.utils import TorchEvaluator
 from torch import nn
 
-from adapters.nni._impl import (
+from adapters.nni._impl_common import (
     Masks,
     State,
     apply_masks,
-    finetune,
     make_evaluator,
     mask_sparsity,
     output_layer,
@@ -34,6 +33,7 @@ from adapters.nni._impl import (
     target_modules,
     train_labels,
 )
+from adapters.nni._impl_train import finetune
 from unified.context import JobContext
 from unified.spec.steps import (
     FinetuneStep,

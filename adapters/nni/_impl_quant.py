@@ -36,7 +36,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from adapters.nni._impl import (
+from adapters.nni._impl_common import (
     State,
     cross_entropy_step,
     make_evaluator,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from adapters.tfmot._impl import (
+from adapters.tfmot._impl_common import (
     NEVER,
     State,
     keras,
@@ -21,7 +21,7 @@ from unified.spec.schedules import sparsity_at_epoch
 from unified.spec.steps import PruneStep, PruneStructure, ScheduleCurve
 
 # isort: split
-# after _impl, which imports torch (and triton) before TensorFlow
+# after _impl_common, which imports torch (and triton) before TensorFlow
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 if TYPE_CHECKING:

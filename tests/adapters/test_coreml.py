@@ -25,7 +25,7 @@ def plan(steps: list[Any]) -> Any:
 
 
 def onnx_weights(record: dict[str, Any]) -> list[np.ndarray]:
-    from adapters.coreml._impl import onnx_layer_weights
+    from adapters.coreml._impl_post import onnx_layer_weights
 
     package = Path(record["details"]["mlpackage"])
     return onnx_layer_weights(package.parent / "model.onnx")
