@@ -3,9 +3,7 @@ training with the shared budget, and the state of the Keras model through the re
 
 from __future__ import annotations
 
-import fnmatch
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,33 +25,18 @@ sparsity_api = tfmot.sparsity.keras
 cluster_api = tfmot.clustering.keras
 quant_api = tfmot.quantization.keras
 
-OP_TYPE_LAYERS = {OpType.conv: "Conv2D", OpType.depthwise: "DepthwiseConv2D",
-                  OpType.linear: "Dense"}
+LAYER_OP_TYPES = {"Conv2D": OpType.conv, "DepthwiseConv2D": OpType.depthwise,
+                  "Dense": OpType.linear}
 NEVER = 2**31 - 1  # a mask-update frequency that never comes round again
 
 # --- targets -------------------------------------------------------------------------------
 
 
-def _matches(name: str, pattern: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
-
-
 def select_layers(model: keras.Model, targets: Targets) -> list[keras.layers.Layer]:
     """Layers of ``model`` a step's targets pick: op type, then include/exclude patterns on
     the torch module name (the bridge names conv / dense layers after it)."""
-    kinds = {OP_TYPE_LAYERS[t] for t in targets.op_types}
-    out = []
-    for layer in model.layers:
-        if type(layer).__name__ not in kinds:
-            continue
-        if targets.include and not any(_matches(layer.name, p) for p in targets.include):
-            continue
-        if any(_matches(layer.name, p) for p in targets.exclude):
-            continue
-        out.append(layer)
-    return out
+    return [layer for layer in model.layers
+            if targets.selects(LAYER_OP_TYPES.get(type(layer).__name__), layer.name)]
 
 
 def rewrap(model: keras.Model, wrap: Callable[[keras.layers.Layer], keras.layers.Layer],
