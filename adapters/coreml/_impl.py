@@ -4,71 +4,32 @@ are read back into the torch model for the ONNX."""
 
 from __future__ import annotations
 
-import copy
+import contextlib
 from typing import Any
 
-import torch
-from torch import nn
-
 from adapters.base import Artifacts
-from adapters.coreml import COREML, TORCH, TRAIN
+from adapters.coreml import COREML, TORCH, TRAIN, _impl_torch
 from adapters.coreml._impl_common import weight_file
 from adapters.coreml._impl_post import coreml_op, coreml_to_onnx, run_coreml_steps
 from unified.context import JobContext
 from unified.spec.steps import QuantizeStep
-
-# --- torch side -----------------------------------------------------------------------------
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, module)
-
-
-def fold_bn(model: nn.Module) -> tuple[nn.Module, int]:
-    """A copy of ``model`` with every BatchNorm that directly follows a conv folded into it
-    (the BN becomes Identity); returns (model, BatchNorms left unfolded)."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    model = copy.deepcopy(model).eval()
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # untraceable model: nothing folded, the read-back check will tell
-        return model, sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    modules = dict(model.named_modules())
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target),
-                                                      nn.modules.batchnorm._BatchNorm):
-            continue
-        prev = node.args[0]
-        if (isinstance(prev, torch.fx.Node) and prev.op == "call_module"
-                and isinstance(modules.get(prev.target), nn.Conv1d | nn.Conv2d)
-                and len(prev.users) == 1):
-            conv, bn = modules[prev.target], modules[node.target]
-            _set_module(model, str(prev.target), fuse_conv_bn_eval(conv, bn))
-            _set_module(model, str(node.target), nn.Identity())
-    left = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    return model, left
-
-
-# --- entry point ------------------------------------------------------------------------------
+from unified.torchkit.fold import batchnorm_count, fold_batchnorm
+from unified.torchkit.training import set_seed
 
 
 def compress(ctx: JobContext, routes: list[str]) -> Artifacts:
     """Run the recipe: optional optimize.torch stage, then optional optimize.coreml stage."""
-    from unified.torchkit.training import set_seed
-
     set_seed(ctx.seed)
     steps = ctx.recipe.steps
-    model, left = fold_bn(ctx.reference_model())
+    model = ctx.reference_model()
+    with contextlib.suppress(Exception):  # untraceable: nothing folded, the read-back tells
+        fold_batchnorm(model)
+    left = batchnorm_count(model)
     if left:
         ctx.note(f"{left} BatchNorm layers could not be folded into a conv")
     details: dict[str, Any] = {}
     torch_result = None
     if TORCH in routes or (steps and routes[0] == TRAIN):
-        from adapters.coreml import _impl_torch
-
         torch_result = _impl_torch.run(ctx, model, steps, routes)
         model = torch_result.model
     coreml_steps = [(s, coreml_op(s, ctx)) for s, r in zip(steps, routes, strict=True)

@@ -34,7 +34,6 @@ from nni.compression.quantization import (
 from nni.compression.utils import TorchEvaluator
 from onnx import helper, numpy_helper
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from adapters.nni._impl_common import (
     State,
@@ -54,6 +53,7 @@ from unified.spec.steps import (
 )
 from unified.torchkit import training
 from unified.torchkit.export import export_onnx
+from unified.torchkit.fold import conv_bn_pairs, fold_batchnorm, set_module
 
 INT8_MIN, INT8_MAX = -127, 127  # NNI's symmetric int8 range
 
@@ -61,59 +61,25 @@ INT8_MIN, INT8_MAX = -127, 127  # NNI's symmetric int8 range
 # --- BatchNorm handling ----------------------------------------------------------------------
 
 
-def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv, bn) module names where the BN consumes only that conv's output (torch.fx)."""
-    graph = torch.fx.symbolic_trace(model).graph
-    modules = dict(model.named_modules())
-    pairs = []
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target),
-                                                      nn.BatchNorm2d):
-            continue
-        src = node.args[0]
-        if isinstance(src, torch.fx.Node) and src.op == "call_module" and \
-                isinstance(modules.get(src.target), nn.Conv2d) and len(src.users) == 1:
-            pairs.append((str(src.target), str(node.target)))
-    return pairs
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
-def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
-    """Fold every BN into its conv in place (BN → Identity); returns the folded pairs."""
-    model.eval()
-    pairs = conv_bn_pairs(model)
-    for conv_name, bn_name in pairs:
-        conv = model.get_submodule(conv_name)
-        bn = model.get_submodule(bn_name)
-        fused = fuse_conv_bn_eval(cast(nn.Conv2d, conv), cast(nn.BatchNorm2d, bn))
-        _set_module(model, conv_name, fused)
-        _set_module(model, bn_name, nn.Identity())
-    return pairs
-
-
 class ChannelAffine(nn.Module):
     """An eval-mode BatchNorm as x * scale + shift: exported as Mul + Add, which the ONNX
     exporter does not fold into the preceding conv (it folds a BatchNormalization)."""
 
-    def __init__(self, bn: nn.BatchNorm2d) -> None:
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
         super().__init__()
         assert bn.running_var is not None and bn.running_mean is not None
         var, mean = cast(torch.Tensor, bn.running_var), cast(torch.Tensor, bn.running_mean)
         scale = (bn.weight if bn.weight is not None else 1.0) / torch.sqrt(var + bn.eps)
         shift = (bn.bias if bn.bias is not None else 0.0) - mean * scale
-        self.register_buffer("scale", scale.detach().reshape(1, -1, 1, 1).clone())
-        self.register_buffer("shift", shift.detach().reshape(1, -1, 1, 1).clone())
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
 
     scale: torch.Tensor  # buffers, registered in __init__
     shift: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # per channel, for 1-d and 2-d convs alike
+        return x * self.scale.reshape(shape) + self.shift.reshape(shape)
 
 
 # --- NNI quantizer set-up --------------------------------------------------------------------
@@ -397,7 +363,7 @@ def binarize(ctx: JobContext, state: State, step: BinarizeStep, onnx_path: Path)
     for conv_name, bn_name in pairs:
         if conv_name in effective:
             bn = model.get_submodule(bn_name)
-            _set_module(model, bn_name, ChannelAffine(bn))  # type: ignore[arg-type]
+            set_module(model, bn_name, ChannelAffine(bn))  # type: ignore[arg-type]
             kept += 1
     export_onnx(model, onnx_path, ctx.input_shape)
     state.onnx_written = True
