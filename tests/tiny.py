@@ -62,7 +62,7 @@ def concurrent_agp() -> tuple[list[dict[str, Any]], dict[int, list[float]]]:
 def assert_runs_concurrently(record: dict[str, Any], expected: dict[int, list[float]]) -> None:
     """One training loop: every epoch logs every step, each within 0.01 of Distiller."""
     epochs = len(next(iter(expected.values())))
-    log = [e for e in record["epoch_log"] if e.get("kind") == "prune"]
+    log = [e for e in record["epoch_log"] if e["kind"] == "prune"]
     assert [(e["epoch"], e["step"]) for e in log] == \
         [(e, s) for e in range(epochs) for s in sorted(expected)]
     for entry in log:

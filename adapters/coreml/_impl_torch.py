@@ -171,14 +171,10 @@ def prune(ctx: JobContext, model: nn.Module, steps: list[tuple[int, PruneStep]],
 
     def on_epoch_end(epoch: int) -> None:
         for index, step in steps:
-            entry: dict[str, Any] = {"epoch": epoch, "sparsity": round(_sparsity(layers[index]),
-                                                                        4)}
-            if len(steps) > 1:  # numbered like the other backends' concurrent steps
-                entry.update(step=index + 1, kind="prune")
+            target = None
             if step.schedule is not None and step.structure != "n:m":
-                entry["target"] = round(sparsity_at_epoch(step.schedule, step.sparsity, epoch),
-                                        4)
-            ctx.epoch_log.append(entry)
+                target = sparsity_at_epoch(step.schedule, step.sparsity, epoch)
+            ctx.log_epoch(index, "prune", epoch, sparsity=_sparsity(layers[index]), target=target)
 
     if epochs == 0:  # prune without training: apply the final sparsity once
         pruner.step()

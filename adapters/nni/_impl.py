@@ -45,9 +45,9 @@ def run(ctx: JobContext) -> Artifacts:
             done.update(i for i, _ in group)
             _impl_prune.prune_several(ctx, state, group, _training_follows(steps, group[-1][0]))  # type: ignore[arg-type]
         elif isinstance(step, PruneStep):
-            _impl_prune.prune(ctx, state, step, _training_follows(steps, index))
+            _impl_prune.prune(ctx, state, index, step, _training_follows(steps, index))
         elif isinstance(step, FinetuneStep):
-            finetune(ctx, state, step)
+            finetune(ctx, state, index, step)
         elif isinstance(step, DistillStep):
             distill(ctx, state, step)
         elif step.kind in ("quantize", "binarize"):

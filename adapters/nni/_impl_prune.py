@@ -108,7 +108,8 @@ def _basic_pruner(ctx: JobContext, model: nn.Module, step: PruneStep,
     raise ValueError(f"criterion {criterion.value} has no NNI pruner")
 
 
-def prune(ctx: JobContext, state: State, step: PruneStep, training_follows: bool) -> None:
+def prune(ctx: JobContext, state: State, index: int, step: PruneStep,
+          training_follows: bool) -> None:
     """Prune with NNI; for channel structure run ModelSpeedup and fine-tune."""
     model = state.model
     config_list = _prune_config(ctx, model, step)
@@ -123,7 +124,7 @@ def prune(ctx: JobContext, state: State, step: PruneStep, training_follows: bool
         pruner.unwrap_model()
         ctx.note(f"NNI {type(pruner).__name__} pruned {step.sparsity:.0%} {scope} of {names}")
     else:
-        masks = _scheduled_prune(ctx, model, step, config_list, lr)
+        masks = _scheduled_prune(ctx, model, index, step, config_list, lr)
     apply_masks(model, masks)
     state.details["mask_sparsity"] = round(mask_sparsity(masks), 4)
     if step.structure is PruneStructure.unstructured:
@@ -154,7 +155,7 @@ def _speedup(ctx: JobContext, state: State, masks: Masks) -> None:
              "keep the union of their masks")
 
 
-def _scheduled_prune(ctx: JobContext, model: nn.Module, step: PruneStep,
+def _scheduled_prune(ctx: JobContext, model: nn.Module, index: int, step: PruneStep,
                      config_list: list[dict[str, Any]], lr: float) -> Masks:
     from unified.spec.schedules import agp_span, sparsity_at_epoch
 
@@ -167,7 +168,7 @@ def _scheduled_prune(ctx: JobContext, model: nn.Module, step: PruneStep,
         training.train(model, ctx.data.train_x, labels, ctx.budget, epochs=start, lr=lr,
                        seed=ctx.seed, learning_rates=rates)
         for epoch in range(start):
-            ctx.epoch_log.append({"epoch": epoch, "sparsity": 0.0, "target": 0.0})
+            ctx.log_epoch(index, "prune", epoch, sparsity=0.0, target=0.0)
     span = agp_span(start=start, end=end, frequency=freq)
     total_times = span // freq
     interval = steps_per_epoch(ctx) * freq
@@ -183,11 +184,8 @@ def _scheduled_prune(ctx: JobContext, model: nn.Module, step: PruneStep,
     def epoch_end(epoch: int) -> None:
         # the mask this epoch trained with (NNI's end-of-interval update is for the next one)
         absolute = start + epoch
-        ctx.epoch_log.append({
-            "epoch": absolute,
-            "sparsity": round(holder["during"], 4),
-            "target": round(sparsity_at_epoch(schedule, step.sparsity, absolute), 4),
-        })
+        ctx.log_epoch(index, "prune", absolute, sparsity=holder["during"],
+                      target=sparsity_at_epoch(schedule, step.sparsity, absolute))
 
     evaluator = make_evaluator(ctx, model, lr=lr, on_epoch_start=epoch_start,
                                on_epoch_end=epoch_end,
@@ -297,9 +295,7 @@ def prune_several(ctx: JobContext, state: State, steps: list[tuple[int, PruneSte
             mine = {k: v for k, v in masks.items() if k in ops[index]}
             target = (sparsity_at_epoch(step.schedule, step.sparsity, epoch)
                       if step.schedule is not None else step.sparsity)
-            ctx.epoch_log.append({"step": index + 1, "kind": "prune", "epoch": epoch,
-                                  "target": round(target, 6),
-                                  "sparsity": round(mask_sparsity(mine), 6)})
+            ctx.log_epoch(index, "prune", epoch, sparsity=mask_sparsity(mine), target=target)
 
     if epochs:
         rates = ctx.learning_rates(lr, epochs)
@@ -340,7 +336,7 @@ def prune_several(ctx: JobContext, state: State, steps: list[tuple[int, PruneSte
     kept = _masks_still_fitting(model, {k: v for k, v in masks.items() if k in unstructured})
     state.masks = kept or None
     if not training_follows and ctx.budget.finetune_epochs > 0:
-        finetune(ctx, state, FinetuneStep(epochs=ctx.budget.finetune_epochs))
+        finetune(ctx, state, steps[-1][0], FinetuneStep(epochs=ctx.budget.finetune_epochs))
         ctx.note(f"fine-tuned the sped-up model for {ctx.budget.finetune_epochs} epoch(s) "
                  "(budget finetune_epochs)")
 

@@ -24,7 +24,7 @@ from unified.torchkit import training
 from unified.torchkit.models import count_parameters
 
 
-def finetune(ctx: JobContext, state: State, step: FinetuneStep) -> None:
+def finetune(ctx: JobContext, state: State, index: int, step: FinetuneStep) -> None:
     """The shared training loop; unstructured masks are re-applied after every step."""
     epochs = step.epochs or ctx.budget.finetune_epochs
     masks = state.masks
@@ -36,10 +36,7 @@ def finetune(ctx: JobContext, state: State, step: FinetuneStep) -> None:
 
     def log_epoch(epoch: int) -> None:
         if masks is not None:
-            # numbered after the epochs already logged (a scheduled prune logs its own)
-            previous = max((int(e["epoch"]) for e in ctx.epoch_log), default=-1)
-            ctx.epoch_log.append({"epoch": previous + 1, "sparsity": round(
-                _weight_sparsity(model, masks), 4), "phase": "finetune"})
+            ctx.log_epoch(index, "finetune", epoch, sparsity=_weight_sparsity(model, masks))
 
     training.train(model, ctx.data.train_x, train_labels(ctx), ctx.budget, epochs=epochs,
                    lr=ctx.budget.effective_finetune_lr, seed=ctx.seed,

@@ -141,10 +141,7 @@ def _train(ctx: JobContext, state: State, index: int, kind: str, epochs: int, lr
     targets = select_modules(model, Targets()) if state.pruned else []
 
     def log_epoch(epoch: int) -> None:
-        entry: dict[str, Any] = {"step": index + 1, "kind": kind, "epoch": epoch}
-        if targets:
-            entry["sparsity"] = round(P.sparsity(targets), 6)
-        ctx.epoch_log.append(entry)
+        ctx.log_epoch(index, kind, epoch, sparsity=P.sparsity(targets) if targets else None)
 
     on_step = None
     if masks:
@@ -240,9 +237,8 @@ def _prune_concurrently(ctx: JobContext, state: State, group: list[tuple[int, Pr
 
     def log_epoch(epoch: int) -> None:
         for index, run in runs:
-            ctx.epoch_log.append({"step": index + 1, "kind": "prune", "epoch": epoch,
-                                  "target": round(run.target(epoch), 6),
-                                  "sparsity": round(P.sparsity(run.modules), 6)})
+            ctx.log_epoch(index, "prune", epoch, sparsity=P.sparsity(run.modules),
+                          target=run.target(epoch))
 
     epochs = max(run.step.schedule.end_epoch for _, run in runs)  # type: ignore[union-attr]
     lr = ctx.budget.effective_finetune_lr

@@ -82,7 +82,7 @@ def _keras_model(ctx: JobContext, steps: list[Step], details: dict[str, Any]) ->
     return model
 
 
-def _finetune(state: State, step: FinetuneStep, ctx: JobContext) -> None:
+def _finetune(state: State, index: int, step: FinetuneStep, ctx: JobContext) -> None:
     epochs = step.epochs if step.epochs is not None else ctx.budget.finetune_epochs
     lr = train_lr(state, ctx)
     callbacks = [sparsity_api.UpdatePruningStep()] if state.prune_wrapped else []
@@ -90,8 +90,7 @@ def _finetune(state: State, step: FinetuneStep, ctx: JobContext) -> None:
 
     def log(epoch: int, names: list[str] = names) -> None:
         if names:
-            ctx.epoch_log.append({"epoch": epoch, "step": "finetune", "sparsity": round(
-                kernel_sparsity(state.model, names), 6)})
+            ctx.log_epoch(index, "finetune", epoch, sparsity=kernel_sparsity(state.model, names))
 
     train(state.model, ctx, epochs, lr, callbacks=callbacks, on_epoch_end=log)
 
@@ -117,7 +116,7 @@ def _run_steps(ctx: JobContext, state: State, steps: list[Step]) -> None:
                 state.strip()
                 state.ptq = step
         elif isinstance(step, FinetuneStep):
-            _finetune(state, step, ctx)
+            _finetune(state, i, step, ctx)
         else:  # the plan rejects these before compress is called
             raise BridgeError(f"the tfmot backend has no {step.kind} step")
     state.strip()

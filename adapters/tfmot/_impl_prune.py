@@ -129,21 +129,18 @@ def prune(state: State, steps: list[tuple[int, PruneStep]], ctx: JobContext) -> 
                 layer.pruning_step.assign(1)
                 layer.pruning_obj.conditional_mask_update()
                 layer.pruning_obj.weight_mask_op()
-        ctx.epoch_log.append({"epoch": None, "step": "prune",
-                              "sparsity": round(kernel_sparsity(state.model, state.pruned), 6)})
+        for index, _ in steps:
+            ctx.log_epoch(index, "prune", None,
+                          sparsity=kernel_sparsity(state.model, names_of[index]))
         return
     lr = ctx.budget.effective_finetune_lr
 
     def log(epoch: int) -> None:
         for index, step in steps:
-            entry: dict[str, Any] = {"epoch": epoch, "step": "prune", "sparsity": round(
-                kernel_sparsity(state.model, names_of[index]), 6)}
-            if len(steps) > 1:  # numbered like the torch backends' concurrent steps
-                entry.update(step=index + 1, kind="prune")
-            if step.schedule is not None:
-                entry["target"] = round(sparsity_at_epoch(step.schedule, step.sparsity, epoch),
-                                        6)
-            ctx.epoch_log.append(entry)
+            target = (sparsity_at_epoch(step.schedule, step.sparsity, epoch)
+                      if step.schedule is not None else None)
+            ctx.log_epoch(index, "prune", epoch,
+                          sparsity=kernel_sparsity(state.model, names_of[index]), target=target)
 
     together = (f"steps {', '.join(str(i + 1) for i, _ in steps)} ran concurrently in one "
                 "training loop (Distiller semantics), " if len(steps) > 1 else "")

@@ -182,7 +182,8 @@ def test_prune_one_shot_and_agp(run_recipe) -> None:
     assert record["status"] == "ok"
     assert abs(record["details"]["pruned_kernel_sparsity"] - 0.5) < 0.01
     assert record["sparsity"] > 0.4  # harness: over every conv/linear weight incl. depthwise
-    assert [e["step"] for e in record["epoch_log"]] == ["prune", "finetune"]
+    assert [(e["step"], e["kind"], e["epoch"]) for e in record["epoch_log"]] == \
+        [(1, "prune", None), (2, "finetune", 0)]
 
     step, expected = late_agp(0.8)
     step["prune"]["targets"] = {"op_types": ["conv", "linear"]}
