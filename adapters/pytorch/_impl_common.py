@@ -39,10 +39,10 @@ def train_labels(ctx: JobContext) -> np.ndarray:
     return ctx.data.train_y
 
 
-def run_training(ctx: JobContext, state: State, index: int, kind: str, epochs: int, lr: float,
-           loss_fn: training.LossFn = training.cross_entropy,
-           masks: dict[str, torch.Tensor] | None = None,
-           learning_rates: list[float] | None = None) -> None:
+def run_training(ctx: JobContext, state: State, index: int, kind: str, epochs: int,
+                 lr: float, loss_fn: training.LossFn = training.cross_entropy,
+                 masks: dict[str, torch.Tensor] | None = None,
+                 learning_rates: list[float] | None = None) -> None:
     """torchkit training; pruning hooks stay attached, so pruned weights stay zero."""
     if epochs == 0:
         ctx.note(f"step {index + 1} ({kind}): 0 epochs in the budget, no training")
