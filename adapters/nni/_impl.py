@@ -16,6 +16,7 @@ import torch
 
 from adapters.base import Artifacts
 from adapters.nni import _impl_prune, _impl_quant
+from adapters.nni._impl_prune_several import prune_several
 from adapters.nni._impl_train import distill, finetune
 from unified.context import JobContext
 from unified.spec.steps import DistillStep, FinetuneStep, PruneStep, Step
@@ -43,7 +44,7 @@ def run(ctx: JobContext) -> Artifacts:
         if isinstance(step, PruneStep) and several:  # consecutive (check_recipe)
             group = [(i, s) for i, s in enumerate(steps) if isinstance(s, PruneStep)]
             done.update(i for i, _ in group)
-            _impl_prune.prune_several(ctx, state, group, _training_follows(steps, group[-1][0]))  # type: ignore[arg-type]
+            prune_several(ctx, state, group, _training_follows(steps, group[-1][0]))  # type: ignore[arg-type]
         elif isinstance(step, PruneStep):
             _impl_prune.prune(ctx, state, index, step, _training_follows(steps, index))
         elif isinstance(step, FinetuneStep):
