@@ -19,6 +19,14 @@ TINY_SCENARIO: dict[str, Any] = {
 }
 
 
+def micro_student(num_classes: int, input_shape: tuple[int, int, int]) -> Any:
+    """A distillation student smaller than convnet-tiny (the tiny reference): no residual
+    block. Named in recipes as ``python:tiny:micro_student``."""
+    from unified.torchkit.nets import ConvNet
+
+    return ConvNet(num_classes, input_shape, width=8, residual=False)
+
+
 def tiny_scenario(recipes: dict[str, list[Any]], backends: list[str],
                   **overrides: Any) -> Scenario:
     data = {**TINY_SCENARIO, "recipes": recipes, "backends": backends, **overrides}
