@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -33,3 +34,11 @@ def test_log_epoch_numbers_steps_from_one_with_one_key_set(tmp_path: Path) -> No
         {"step": 2, "kind": "finetune", "epoch": 0, "sparsity": None, "target": None},
     ]
     assert ctx.epoch_log[1] == EpochEntry(1, "prune", 3, 1 / 3, 0.123456789)  # unrounded
+
+
+def test_steps_per_epoch_counts_the_short_last_batch(tmp_path: Path) -> None:
+    ctx = _context(tmp_path)  # the tiny budget's batch size is 32
+    assert ctx.budget.batch_size == 32
+    for samples, steps in ((0, 0), (32, 1), (33, 2), (65, 3)):
+        ctx.data = dataclasses.replace(ctx.data, train_x=np.zeros((samples, 1, 8, 8)))
+        assert ctx.steps_per_epoch == steps

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,12 @@ class JobContext:
     @property
     def seed(self) -> int:
         return self.scenario.seed
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one training epoch: batches of the budget's size, the last one
+        possibly short."""
+        return math.ceil(len(self.data.train_x) / self.budget.batch_size)
 
     def note(self, message: str) -> None:
         """Record what the toolkit actually did (shown in the report's notes)."""

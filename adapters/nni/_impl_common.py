@@ -71,17 +71,6 @@ def traced_optimizer_class(ctx: JobContext) -> type[torch.optim.Optimizer]:
     return nni.trace(cls)  # type: ignore[no-any-return]
 
 
-def steps_per_epoch(ctx: JobContext) -> int:
-    return math.ceil(len(ctx.data.train_x) / ctx.budget.batch_size)
-
-
-def train_labels(ctx: JobContext) -> Any:
-    if ctx.data.train_y is None:
-        raise ValueError("this NNI step trains the model and needs labelled data "
-                         f"(data source {ctx.scenario.data.source!r} has none)")
-    return ctx.data.train_y
-
-
 def cross_entropy_step(batch: tuple[torch.Tensor, torch.Tensor], model: nn.Module) -> torch.Tensor:
     x, y = batch
     return F.cross_entropy(model(x), y)
@@ -113,9 +102,9 @@ def make_evaluator(
         *args: Any,
         **kwargs: Any,
     ) -> None:
-        labels = train_labels(ctx)
+        labels = ctx.data.labels
         if max_epochs is None:
-            max_epochs = math.ceil((max_steps or 0) / steps_per_epoch(ctx)) or 1
+            max_epochs = math.ceil((max_steps or 0) / ctx.steps_per_epoch) or 1
         done = 0
         training.set_seed(seed)
         for epoch in range(max_epochs):

@@ -29,9 +29,7 @@ from adapters.nni._impl_common import (
     make_evaluator,
     mask_sparsity,
     output_layer,
-    steps_per_epoch,
     target_modules,
-    train_labels,
 )
 from unified.context import JobContext
 from unified.spec.steps import (
@@ -99,7 +97,7 @@ def _basic_pruner(ctx: JobContext, model: nn.Module, step: PruneStep,
         return FPGMPruner(model, config_list)
     if criterion is PruneCriterion.taylor:
         assert evaluator is not None
-        taylor_steps = min(steps_per_epoch(ctx), 20)
+        taylor_steps = min(ctx.steps_per_epoch, 20)
         ctx.note(f"NNI TaylorPruner collected first-order importance over {taylor_steps} training "
                  "steps (the optimizer updates the weights during them)")
         return TaylorPruner(model, config_list, evaluator, training_steps=taylor_steps)
@@ -132,7 +130,7 @@ def prune(ctx: JobContext, state: State, index: int, step: PruneStep,
     _speedup(ctx, state, masks)
     if not training_follows and ctx.budget.finetune_epochs > 0:
         epochs = ctx.budget.finetune_epochs
-        training.train(model, ctx.data.train_x, train_labels(ctx), ctx.budget, epochs=epochs, lr=lr,
+        training.train(model, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs, lr=lr,
                        seed=ctx.seed)
         ctx.note(f"fine-tuned the sped-up model for {epochs} epoch(s) (budget finetune_epochs)")
 
@@ -178,7 +176,7 @@ def _scheduled_prune(ctx: JobContext, model: nn.Module, index: int, step: PruneS
 
     schedule = step.schedule
     assert schedule is not None
-    labels = train_labels(ctx)
+    labels = ctx.data.labels
     start, end, freq = schedule.start_epoch, schedule.end_epoch, schedule.frequency
     rates = ctx.learning_rates(lr, end)
     if start > 0:  # Distiller trains without a mask before start_epoch; NNI starts at once
@@ -188,7 +186,7 @@ def _scheduled_prune(ctx: JobContext, model: nn.Module, index: int, step: PruneS
             ctx.log_epoch(index, "prune", epoch, sparsity=0.0, target=0.0)
     span = agp_span(start=start, end=end, frequency=freq)
     total_times = span // freq
-    interval = steps_per_epoch(ctx) * freq
+    interval = ctx.steps_per_epoch * freq
     holder: dict[str, Any] = {}
 
     def epoch_start(epoch: int) -> None:
@@ -216,7 +214,7 @@ def _scheduled_prune(ctx: JobContext, model: nn.Module, index: int, step: PruneS
         ctx.note(f"NNI TaylorPruner cannot rank before training: epoch {start} trains unmasked "
                  f"where Distiller masks {schedule.initial_sparsity:.0%}")
     epochs = end - start
-    pruner.compress(max_steps=epochs * steps_per_epoch(ctx), max_epochs=epochs)
+    pruner.compress(max_steps=epochs * ctx.steps_per_epoch, max_epochs=epochs)
     masks = pruner.get_masks()
     pruner.unwrap_model()
     if holder["initial_mask"]:

@@ -15,7 +15,6 @@ from adapters.nni._impl_common import (
     State,
     apply_masks,
     mask_sparsity,
-    train_labels,
 )
 from adapters.nni._impl_prune import _prune_config, _speedup
 from adapters.nni._impl_train import finetune
@@ -130,7 +129,7 @@ def _train_together(ctx: JobContext, model: nn.Module, pruner: Any,
 
     if epochs:
         rates = ctx.learning_rates(lr, epochs)
-        training.train(model, ctx.data.train_x, train_labels(ctx), ctx.budget, epochs=epochs,
+        training.train(model, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs,
                        lr=lr, seed=ctx.seed, on_epoch_start=on_epoch_start,
                        on_epoch_end=log_epoch, learning_rates=rates)
         model.eval()

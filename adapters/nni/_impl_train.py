@@ -16,7 +16,6 @@ from adapters.nni._impl_common import (
     apply_masks,
     make_evaluator,
     output_layer,
-    train_labels,
 )
 from unified.context import JobContext
 from unified.spec.steps import DistillStep, FinetuneStep
@@ -38,7 +37,7 @@ def finetune(ctx: JobContext, state: State, index: int, step: FinetuneStep) -> N
         if masks is not None:
             ctx.log_epoch(index, "finetune", epoch, sparsity=_weight_sparsity(model, masks))
 
-    training.train(model, ctx.data.train_x, train_labels(ctx), ctx.budget, epochs=epochs,
+    training.train(model, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs,
                    lr=ctx.budget.effective_finetune_lr, seed=ctx.seed,
                    on_step=keep_masks if masks is not None else None, on_epoch_end=log_epoch)
     if masks is not None:

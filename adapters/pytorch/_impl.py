@@ -17,7 +17,7 @@ import torch
 
 from adapters.base import Artifacts
 from adapters.pytorch import _impl_prune as P
-from adapters.pytorch._impl_common import State, run_training, train_labels
+from adapters.pytorch._impl_common import State, run_training
 from adapters.pytorch._impl_quant import quantize
 from unified.context import JobContext
 from unified.spec.errors import SqueezelabError
@@ -178,7 +178,7 @@ def _prune_concurrently(ctx: JobContext, state: State, group: list[tuple[int, Pr
     epochs = max(run.step.schedule.end_epoch for _, run in runs)  # type: ignore[union-attr]
     lr = ctx.budget.effective_finetune_lr
     rates = ctx.learning_rates(lr, epochs)
-    training.train(state.model, ctx.data.train_x, train_labels(ctx), ctx.budget,
+    training.train(state.model, ctx.data.train_x, ctx.data.labels, ctx.budget,
                    epochs=epochs, lr=lr, seed=ctx.seed, learning_rates=rates,
                    on_epoch_start=on_epoch_start, on_epoch_end=log_epoch)
     state.model.eval()

@@ -6,13 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from adapters.pytorch import _impl_prune as P
 from unified.context import JobContext
-from unified.spec.errors import SqueezelabError
 from unified.spec.steps import Targets
 from unified.torchkit import training
 from unified.torchkit.targets import select_modules
@@ -31,12 +29,6 @@ class State:
 
 
 # --- training ------------------------------------------------------------------------------
-
-
-def train_labels(ctx: JobContext) -> np.ndarray:
-    if ctx.data.train_y is None:
-        raise SqueezelabError("training needs labelled data (the data source has none)")
-    return ctx.data.train_y
 
 
 def run_training(ctx: JobContext, state: State, index: int, kind: str, epochs: int,
@@ -64,7 +56,7 @@ def run_training(ctx: JobContext, state: State, index: int, kind: str, epochs: i
 
         on_step = reapply
         reapply()
-    training.train(model, ctx.data.train_x, train_labels(ctx), ctx.budget, epochs=epochs, lr=lr,
+    training.train(model, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs, lr=lr,
                    seed=ctx.seed, loss_fn=loss_fn, on_epoch_end=log_epoch, on_step=on_step,
                    learning_rates=learning_rates)
     model.eval()

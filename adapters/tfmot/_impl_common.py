@@ -3,7 +3,6 @@ training with the shared budget, and the state of the Keras model through the re
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -71,12 +70,10 @@ def train(model: keras.Model, ctx: JobContext, epochs: int, lr: float,
     as torchkit.training (``default_rng([seed, epoch])``), batch size and lr."""
     if epochs <= 0:
         return
-    if ctx.data.train_y is None:
-        raise ValueError("training needs labelled data")
     keras.utils.set_random_seed(ctx.seed)
     model.compile(optimizer=_optimizer(ctx, lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    x, y = nhwc(ctx.data.train_x), ctx.data.train_y.astype(np.int64)
+    x, y = nhwc(ctx.data.train_x), ctx.data.labels.astype(np.int64)
     for epoch in range(epochs):
         if learning_rates is not None and epoch < len(learning_rates):
             model.optimizer.learning_rate.assign(learning_rates[epoch])
@@ -85,10 +82,6 @@ def train(model: keras.Model, ctx: JobContext, epochs: int, lr: float,
                   shuffle=False, verbose=0, callbacks=list(callbacks or []))
         if on_epoch_end is not None:
             on_epoch_end(epoch)
-
-
-def steps_per_epoch(ctx: JobContext) -> int:
-    return math.ceil(len(ctx.data.train_x) / ctx.budget.batch_size)
 
 
 # --- state of the Keras model through the recipe -------------------------------------------

@@ -14,7 +14,6 @@ from adapters.tfmot._impl_common import (
     rewrap,
     select_layers,
     sparsity_api,
-    steps_per_epoch,
     train,
 )
 from unified.spec.schedules import sparsity_at_epoch
@@ -37,7 +36,7 @@ def _schedule(step: PruneStep, ctx: JobContext) -> tuple[Any, int, str]:
     = start*spe + 1 puts each update on the first batch of its epoch and PolynomialDecay's
     ``(step - begin) / (end - begin)`` equals Distiller's ``(epoch - start) / span``.
     """
-    spe = steps_per_epoch(ctx)
+    spe = ctx.steps_per_epoch
     sched = step.schedule
     if sched is None:  # one-shot: masks computed once (below), kept while fine-tuning
         return sparsity_api.ConstantSparsity(step.sparsity, begin_step=1, frequency=NEVER), 0, \
