@@ -28,6 +28,7 @@ LAYER_OP_TYPES = {"Conv2D": OpType.conv, "DepthwiseConv2D": OpType.depthwise,
                   "Dense": OpType.linear}
 NEVER = 2**31 - 1  # a mask-update frequency that never comes round again
 
+
 # --- targets -------------------------------------------------------------------------------
 
 
