@@ -22,6 +22,12 @@ from typing import Any
 
 import yaml
 
+from unified.distiller.extensions import (
+    EXTENSIONS,
+    REGULARIZERS,
+    translate_extension,
+    translate_regularizer,
+)
 from unified.distiller.parse import (
     SECTIONS,
     Builder,
@@ -36,16 +42,8 @@ from unified.distiller.parse import (
     parse_policies,
 )
 from unified.distiller.pruners import PRUNERS, translate_pruner
-from unified.distiller.quant import (
-    EXTENSIONS,
-    QUANTIZERS,
-    REGULARIZERS,
-    is_lr_scheduler,
-    translate_extension,
-    translate_lr,
-    translate_quantizer,
-    translate_regularizer,
-)
+from unified.distiller.quant import QUANTIZERS, translate_quantizer
+from unified.distiller.schedulers import is_lr_scheduler, translate_lr
 from unified.spec.errors import SpecError
 from unified.spec.steps import PruneStep, PruneStructure, Recipe, Step, Targets
 from unified.spec.yamlio import read_yaml
