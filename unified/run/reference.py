@@ -51,7 +51,12 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
     from unified.measure.harness import HarnessSettings, make_session, measure, run_model
     from unified.measure.onnx_compact import compact_verified
     from unified.torchkit.export import export_onnx
-    from unified.torchkit.models import build_model, count_parameters, load_state_dict
+    from unified.torchkit.models import (
+        build_model,
+        count_parameters,
+        initial_weights,
+        load_state_dict,
+    )
     from unified.torchkit.training import predict, set_seed, train
 
     spec = scenario.model
@@ -68,6 +73,8 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
         trained = True
     elif spec.weights_path is not None:
         model.load_state_dict(load_state_dict(spec.weights_path))
+    else:
+        initial_weights(model, spec.source, spec.weights)
     model.eval()
     torch.save(model.state_dict(), ref.weights)
     export_onnx(model, ref.onnx, spec.input_shape)
