@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import sys
 import traceback
-from types import TracebackType
+from types import FrameType, TracebackType
 
 MAX_CHARS = 300
 # squeezelab's own code: a frame here is "ours", not the toolkit's
@@ -114,9 +114,20 @@ def _frames(tb: TracebackType | None) -> list[tuple[str, str, str]]:
     while tb is not None:
         frame = tb.tb_frame
         module = str(frame.f_globals.get("__name__", ""))
-        out.append((module.partition(".")[0], module, frame.f_code.co_qualname))
+        out.append((module.partition(".")[0], module, _qualname(frame)))
         tb = tb.tb_next
     return out
+
+
+def _qualname(frame: FrameType) -> str:
+    """The function's qualified name, with the class it was called on rather than the base
+    class that defines it (``QuantizationSetting.get``, not ``ModuleSetting.get``)."""
+    code = frame.f_code
+    owner = frame.f_locals.get("self", frame.f_locals.get("cls"))
+    if owner is not None and code.co_varnames[:1] in (("self",), ("cls",)):
+        cls = owner if isinstance(owner, type) else type(owner)
+        return f"{cls.__name__}.{code.co_name}"
+    return code.co_qualname
 
 
 def _stdlib(package: str) -> bool:
