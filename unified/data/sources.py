@@ -97,16 +97,14 @@ def load_splits(spec: DataSpec, input_shape: tuple[int, int, int], seed: int,
                 base_dir: Path | None = None) -> DataSplits:
     """The train / calibration / test arrays for ``spec``, shaped (N, *input_shape)."""
     need = spec.train + spec.test
+    images: np.ndarray | list[np.ndarray]
     y: np.ndarray | None
     if spec.source == "synthetic":
         rng = np.random.default_rng(seed)
-        x = rng.standard_normal((need, *input_shape), dtype=np.float32)
-        y = None
+        images, y = rng.standard_normal((need, *input_shape), dtype=np.float32), None
     elif spec.source == "photos":
         size = first_size(spec.preprocess, (input_shape[1], input_shape[2]))
-        x, y = photos.photo_crops(need, size, seed), None
-        if spec.preprocess is None:
-            x = fit_channels(x, input_shape[0])
+        images, y = photos.photo_crops(need, size, seed), None
     else:
         images, y = _labelled_images(spec, base_dir)
         if need > len(images):
@@ -114,24 +112,26 @@ def load_splits(spec: DataSpec, input_shape: tuple[int, int, int], seed: int,
                 f"data: train ({spec.train}) + test ({spec.test}) = {need} exceeds the "
                 f"{len(images)} samples of {spec.source!r}"
             )
-        if spec.preprocess is not None:
-            return _splits(spec, seed, images, y, input_shape)
-        assert isinstance(images, np.ndarray)  # stacked without a preprocess pipeline
-        x = fit_channels(resize(images, input_shape[1:]), input_shape[0])
+    # the samples drawn (test first, then train), before any resizing: only they are resized
+    order = np.random.default_rng(seed).permutation(len(images))[:need]
+    labels = None if y is None else y[order]
     if spec.preprocess is not None:
-        return _splits(spec, seed, x, y, input_shape)
-    order = np.random.default_rng(seed).permutation(len(x))[:need]
-    test_idx, train_idx = order[: spec.test], order[spec.test :]
-    calib_idx = train_idx[: spec.calibration]
-    if spec.source != "synthetic":  # standardize with the train split's statistics only
-        mean, std = float(x[train_idx].mean()), float(x[train_idx].std()) or 1.0
+        x = apply_preprocess([images[i] for i in order], spec.preprocess, input_shape)
+    elif spec.source == "synthetic":
+        x = np.asarray(images)[order]
+    else:
+        assert isinstance(images, np.ndarray)  # stacked when there is no preprocess pipeline
+        x = fit_channels(resize(images[order], input_shape[1:]), input_shape[0])
+        # standardize with the train split's statistics only
+        mean, std = float(x[spec.test:].mean()), float(x[spec.test:].std()) or 1.0
         x = ((x - mean) / std).astype(np.float32)
+    train_x = x[spec.test:]
     return DataSplits(
-        train_x=np.ascontiguousarray(x[train_idx]),
-        train_y=None if y is None else y[train_idx],
-        calib_x=np.ascontiguousarray(x[calib_idx]),
-        test_x=np.ascontiguousarray(x[test_idx]),
-        test_y=None if y is None else y[test_idx],
+        train_x=np.ascontiguousarray(train_x),
+        train_y=None if labels is None else labels[spec.test:],
+        calib_x=np.ascontiguousarray(train_x[: spec.calibration]),
+        test_x=np.ascontiguousarray(x[: spec.test]),
+        test_y=None if labels is None else labels[: spec.test],
     )
 
 
@@ -145,21 +145,3 @@ def _labelled_images(spec: DataSpec, base_dir: Path | None
     if base_dir is not None and not folder.is_absolute():
         folder = base_dir / folder
     return _imagefolder(folder, stack=spec.preprocess is None)
-
-
-def _splits(spec: DataSpec, seed: int, images: np.ndarray | list[np.ndarray],
-            y: np.ndarray | None, input_shape: tuple[int, int, int]) -> DataSplits:
-    """The splits through the data spec's own preprocess pipeline (no standardization):
-    the same samples as without it, drawn in the same order."""
-    assert spec.preprocess is not None
-    order = np.random.default_rng(seed).permutation(len(images))[: spec.train + spec.test]
-    x = apply_preprocess([images[i] for i in order], spec.preprocess, input_shape)
-    labels = None if y is None else y[order]
-    train_x = x[spec.test:]
-    return DataSplits(
-        train_x=np.ascontiguousarray(train_x),
-        train_y=None if labels is None else labels[spec.test:],
-        calib_x=np.ascontiguousarray(train_x[: spec.calibration]),
-        test_x=np.ascontiguousarray(x[: spec.test]),
-        test_y=None if labels is None else labels[: spec.test],
-    )
