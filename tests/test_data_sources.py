@@ -131,3 +131,26 @@ def test_checks_name_the_field_and_the_problem(tmp_path: Path) -> None:
     assert "ships no pretrained weights" in problem(tmp_path, weights="pretrained")
     assert "need num_classes 1000" in problem(tmp_path, source="builtin:efficientnet-lite0",
                                               weights="pretrained")
+
+
+def test_unlabelled_photos_give_agreement_and_rel_l2_but_no_accuracy(
+        cache_dir: Path, tmp_path: Path) -> None:
+    from unified.run.job import Job, execute
+    from unified.run.reference import load_summary, prepare_reference
+
+    scenario = Scenario.model_validate({
+        "name": "photos", "seed": 0,
+        "model": {"source": "builtin:convnet-tiny", "weights": "random",
+                  "input_shape": [3, 32, 32], "num_classes": 10},
+        "data": {"source": "photos", "train": 32, "calibration": 32, "test": 48,
+                 "preprocess": {"resize": 36, "center_crop": 32, "range": [-1, 1]}},
+        "evaluate": {"latency": {"warmup": 1, "runs": 3}},
+        "backends": ["onnxruntime"],
+        "recipes": {"int8": [{"quantize": {"method": "static"}}]},
+    })
+    ref = prepare_reference(scenario, cache_dir)
+    assert load_summary(ref)["accuracy"] is None
+    record = execute(scenario, Job("int8", "onnxruntime"), tmp_path / "job", ref)
+    assert record["status"] == "ok" and record["accuracy"] is None
+    assert record["accuracy_drop"] is None
+    assert 0.0 <= record["agreement"] <= 1.0 and record["rel_l2"] > 0.0
