@@ -47,3 +47,19 @@ def test_vit_tiny_and_googlenet_train_on_small_inputs() -> None:
     attention = [m for m in build_model("builtin:vit-tiny", 10, (3, 32, 32)).modules()
                  if isinstance(m, torch.nn.MultiheadAttention)]
     assert len(attention) == 4
+
+
+def test_recalibrate_batchnorm_sets_running_stats_to_the_data_average() -> None:
+    from torch import nn
+
+    from unified.torchkit.models import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    conv, norm = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=0.01)
+    model = nn.Sequential(conv, norm)
+    x = np.random.default_rng(0).normal(2.0, 3.0, (32, 1, 8, 8)).astype(np.float32)
+    assert recalibrate_batchnorm(model, x, batch_size=8) == 1
+    with torch.no_grad():
+        expected = conv(torch.from_numpy(x)).mean(dim=(0, 2, 3))
+    assert torch.allclose(norm.running_mean, expected, atol=1e-4)
+    assert norm.momentum == 0.01 and norm.num_batches_tracked == 4

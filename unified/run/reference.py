@@ -71,6 +71,11 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
         train(model, data.train_x, data.train_y, scenario.budget,
               epochs=scenario.budget.train_epochs, lr=scenario.budget.lr, seed=scenario.seed)
         trained = True
+        if spec.recalibrate_batchnorm:
+            from unified.torchkit.models import recalibrate_batchnorm
+
+            count = recalibrate_batchnorm(model, data.train_x, scenario.budget.batch_size)
+            log.info("re-estimated the statistics of %d BatchNorm layers", count)
     elif spec.weights_path is not None:
         model.load_state_dict(load_state_dict(spec.weights_path))
     else:

@@ -152,6 +152,10 @@ class ModelSpec(_Strict):
     recipes: tuple[str, ...] | None = Field(
         None, description="only these recipes for this model (default: every recipe)"
     )
+    recalibrate_batchnorm: bool = Field(
+        False, description="after weights: train, re-estimate every BatchNorm's running "
+        "statistics on the train split (a short training leaves them lagging behind the "
+        "weights, and the eval-mode model then predicts one class)")
 
     @property
     def label(self) -> str:

@@ -6,6 +6,7 @@ import importlib
 import inspect
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -106,6 +107,24 @@ def initial_weights(model: nn.Module, source: str, weights: str) -> None:
 
         load_pretrained(model, source)
     # python: factories return their own weights; torchvision is refused by the loader
+
+
+def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, batch_size: int) -> int:
+    """Re-estimate the running mean and variance of every BatchNorm of ``model`` as the plain
+    average over ``x`` (train-mode forward passes, no gradient, weights unchanged); return how
+    many BatchNorm layers were re-estimated. The model is left in train mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            model(torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum  # for whoever trains this model next
+    return len(norms)
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
