@@ -84,19 +84,22 @@ def first_line(exc: BaseException) -> str:
 
 def origin(tb: TracebackType | None) -> str:
     """Where the exception came from: ``<toolkit> <qualified function>`` for the innermost
-    toolkit frame that is not plumbing, else the innermost frame of squeezelab's own code."""
+    toolkit frame that is not plumbing; ``<toolkit>, called from <our function>`` when the
+    toolkit left only plumbing in the traceback; else the innermost frame of our own code."""
     frames = list(_frames(tb))
     toolkit = [(package, module, name) for package, module, name in frames
                if package not in PROJECT_PACKAGES and not _stdlib(package)]
     meaningful = [f for f in toolkit if f[2].rpartition(".")[2] not in PLUMBING_FUNCTIONS]
-    if meaningful or toolkit:
-        package, _, name = (meaningful or toolkit)[-1]
+    ours = [f"{module}.{name}" for package, module, name in frames
+            if package in PROJECT_PACKAGES]
+    if meaningful:
+        package, _, name = meaningful[-1]
         return f"{package} {name}"
-    ours = [f for f in frames if f[0] in PROJECT_PACKAGES]
-    if ours:
-        _, module, name = ours[-1]
-        return f"{module}.{name}"
-    return ""
+    if toolkit and ours:  # a toolkit that cut its traceback (Keras, TF): where we called it
+        return f"{toolkit[-1][0]}, called from {ours[-1]}"
+    if toolkit:
+        return f"{toolkit[-1][0]} {toolkit[-1][2]}"
+    return ours[-1] if ours else ""
 
 
 def wrapper_context(outer: BaseException, inner: BaseException) -> str:
