@@ -107,12 +107,6 @@ def measurement_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def failure_text(exc: BaseException) -> str:
-    """One line for the record: the exception type and message."""
-    last = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {last[-1] if last else ''}".strip().rstrip(":")
-
-
 def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
