@@ -31,9 +31,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cold(tree: Path, scenario: Path, out: Path, extra: list[str]) -> dict[str, Any]:
+def run_cold(tree: Path, scenario: Path, out: Path, extra: list[str],
+             cache_root: Path | None) -> dict[str, Any]:
     """Run the scenario with an empty cache; return wall, first-row and CPU figures."""
-    cache = Path(tempfile.mkdtemp(prefix="squeezelab-cold-cache-"))
+    if cache_root is not None:
+        cache_root.mkdir(parents=True, exist_ok=True)
+    cache = Path(tempfile.mkdtemp(prefix="cold-cache-", dir=cache_root))
     env = {**os.environ, "PYTHONPATH": str(tree), "SQUEEZELAB_PROFILE": "1",
            "ORT_DISABLE_TELEMETRY": os.environ.get("ORT_DISABLE_TELEMETRY", "1")}
     command = [sys.executable, "-c", "from unified.cli import main; main()", "run",
@@ -126,10 +129,12 @@ def main() -> None:
                         help="relative to --tree")
     parser.add_argument("--tree", type=Path, default=ROOT, help="the squeezelab checkout to run")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--cache-root", type=Path, default=None,
+                        help="where the empty cache folder is made (default: the temp folder)")
     parser.add_argument("extra", nargs="*", help="more `squeezelab run` options (after --)")
     args = parser.parse_args()
     out = (args.out or Path(tempfile.mkdtemp(prefix="squeezelab-cold-run-"))).resolve()
-    figures = run_cold(args.tree.resolve(), args.scenario, out, args.extra)
+    figures = run_cold(args.tree.resolve(), args.scenario, out, args.extra, args.cache_root)
     print(f"run folder {out}, cache {figures['cache']}")
     report(figures, breakdown(out, figures["start_time"]))
 
