@@ -177,3 +177,30 @@ def test_a_warm_worker_gives_a_job_the_same_record_after_other_jobs(
                     for f in ("first", "again"))
     assert first["status"] in ("ok", "approximated")
     assert {k: first[k] for k in DETERMINISTIC} == {k: again[k] for k in DETERMINISTIC}
+
+
+def test_in_a_log_each_job_is_one_line_and_the_table_fits_in_120_columns(
+        tmp_path: Path, cache_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+    from tiny import TINY_SCENARIO
+
+    scenario = {**TINY_SCENARIO, "backends": ["onnxruntime"],
+                "recipes": {"fp32": [], "int8-dynamic": [{"quantize": {"method": "dynamic"}}],
+                            "prune": [{"prune": {"sparsity": 0.5}}]}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    result = subprocess.run(  # stdout is a pipe: what a CI log gets
+        [sys.executable, "-m", "unified.cli", "run", str(path), "--out", str(tmp_path / "run"),
+         "--cache-dir", str(cache_dir)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "\r" not in result.stdout and "\x1b" not in result.stdout  # nothing redrawn
+    done = [line for line in lines if line.startswith("[")]
+    assert [line[:6] for line in done] == ["[1/3] ", "[2/3] ", "[3/3] "]
+    assert any("prune @ onnxruntime: unsupported" in line for line in done)
+    assert max(len(line) for line in lines) <= 120
+    notes = lines[lines.index("reasons and notes:") + 1:]
+    assert any(line.startswith("prune @ onnxruntime: step 1 (prune)") for line in notes)

@@ -39,7 +39,7 @@ class WorkerGone(Exception):
     """The worker died or overran while starting; the message says how."""
 
 
-@dataclass
+@dataclass(eq=False)
 class WarmWorker:
     """One ``python -m unified.run.worker --serve BACKEND`` process and its reply pipe."""
 
@@ -51,6 +51,7 @@ class WarmWorker:
     ready_seconds: float | None = None  # process start + toolkit import, once ready
     _reply: IO[bytes] | None = None
     _buffer: bytes = b""
+    _ended: bool = False  # killed or closed: its process group is never signalled again
 
     def spawn(self) -> None:
         """Start the process; it sets itself up while the caller does other work."""
@@ -125,7 +126,7 @@ class WarmWorker:
 
     def close(self) -> None:
         """Let the worker finish (EOF on its stdin); kill it if it does not within 10 s."""
-        if self.proc is None:
+        if self.proc is None or self._ended:
             return
         try:
             if self.proc.stdin is not None:
@@ -139,11 +140,13 @@ class WarmWorker:
         """Kill the worker's process group; return its exit code (negative: the signal)."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            kill_group(self.proc)
-        else:  # the worker is gone, but a child of it may still run
-            with contextlib.suppress(OSError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        if not self._ended:
+            self._ended = True
+            if self.proc.poll() is None:
+                kill_group(self.proc)
+            else:  # the worker is gone, but a child of it may still run
+                with contextlib.suppress(OSError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
@@ -171,6 +174,7 @@ class LocalExecutor:
     name: str = "local"
     starts: list[WorkerStart] = field(default_factory=list)  # for timings.json
     _idle: dict[str, list[WarmWorker]] = field(default_factory=dict)
+    _all: list[WarmWorker] = field(default_factory=list)  # every worker started
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _count: int = 0
 
@@ -196,11 +200,17 @@ class LocalExecutor:
             thread.join()
 
     def close(self) -> None:
+        """Stop every worker: idle ones finish, busy ones (the run was interrupted) are
+        killed with their process group, which does not get the terminal's Ctrl-C."""
         with self._lock:
             idle = [w for workers in self._idle.values() for w in workers]
             self._idle.clear()
+            busy = [w for w in self._all if w not in idle]
+            self._all.clear()
         for worker in idle:
             worker.close()
+        for worker in busy:
+            worker.kill()
 
     # -- inside a slot's thread ----------------------------------------------------------
 
@@ -252,8 +262,11 @@ class LocalExecutor:
         with self._lock:
             self._count += 1
             count = self._count
-        return WarmWorker(backend, self.env_for(backend, self.threads),
-                          self.log_dir / f"{backend}-{count}.log")
+        worker = WarmWorker(backend, self.env_for(backend, self.threads),
+                            self.log_dir / f"{backend}-{count}.log")
+        with self._lock:
+            self._all.append(worker)
+        return worker
 
     def _ready_worker(self, backend: str, timeout: float) -> WarmWorker:
         with self._lock:
