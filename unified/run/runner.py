@@ -144,7 +144,8 @@ class Runner:
         self.results_path = self.out / "results.jsonl"
         self._lock = threading.Lock()
         self.records: list[dict[str, Any]] = []
-        self.timings: dict[str, Any] = {"executor": options.executor, "jobs": options.jobs}
+        self.timings: dict[str, Any] = {"executor": options.executor,
+                                        "jobs": options.jobs or default_jobs()}
 
     # -- public ---------------------------------------------------------------------------
 
@@ -191,8 +192,9 @@ class Runner:
 
     def _prestart(self, executor: Executor, views: list[Scenario],
                   planned: list[tuple[Scenario, Job, Plan | dict[str, Any]]]) -> None:
-        """When the first reference must be built, start warm workers for the backends that
-        will run, so that their imports overlap its training."""
+        """When the first reference must be built, start the warm worker of the backend with
+        the most jobs, so that its imports overlap the training (one only: more processes than
+        cores slow multi-threaded training down more than the imports save)."""
         prestart = getattr(executor, "prestart", None)
         if prestart is None or not views:
             return
@@ -202,7 +204,7 @@ class Runner:
         runnable = [job.backend for view, job, plan in planned
                     if view is views[0] and isinstance(plan, Plan)]
         counts = {b: runnable.count(b) for b in runnable}
-        prestart(sorted(counts, key=lambda b: -counts[b]))
+        prestart(sorted(counts, key=lambda b: -counts[b])[:1])
 
     def _reference(self, view: Scenario, multi: bool) -> ReferenceArtifacts:
         self.progress.on_stage(f"reference model {view.model.label}")
