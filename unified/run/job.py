@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
+import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +32,15 @@ class Job:
 
 
 def harness_settings(scenario: Scenario) -> HarnessSettings:
+    """The scenario's harness settings (the latency pass uses warm-up and runs)."""
     latency = scenario.evaluate.latency
     return HarnessSettings(threads=latency.threads, warmup=latency.warmup, runs=latency.runs)
+
+
+def deterministic_settings(scenario: Scenario) -> HarnessSettings:
+    """What a job measures where it runs: everything but latency, which the driver's paired
+    pass times afterwards (unified.run.latency_pass)."""
+    return replace(harness_settings(scenario), runs=0)
 
 
 def reference_figures(ref: ReferenceArtifacts) -> ReferenceFigures:
@@ -46,7 +50,7 @@ def reference_figures(ref: ReferenceArtifacts) -> ReferenceFigures:
         logits=np.load(ref.logits),
         onnx_bytes=summary["onnx_bytes"],
         gzip_bytes=summary["gzip_bytes"],
-        latency_ms_p50=summary["latency_ms_p50"],
+        latency_ms_p50=None,  # latency comes from the paired pass, never from a job
     )
 
 
@@ -60,12 +64,17 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
     ctx = JobContext(scenario=scenario, recipe_name=job.recipe,
                      recipe=scenario.recipes[job.recipe], backend=job.backend,
                      workdir=workdir, reference=ref, data=data)
+    start = time.perf_counter()
     result = adapter.compress(ctx)
-    with measurement_lock():
-        figures = measure(result.artifacts.onnx_path, native_path=result.artifacts.native_path,
+    compressed = time.perf_counter()
+    figures = measure(result.artifacts.onnx_path, native_path=result.artifacts.native_path,
                       test_x=data.test_x, test_y=data.test_y,
-                          reference=reference_figures(ref),
-                          settings=harness_settings(scenario))
+                      reference=reference_figures(ref),
+                      settings=deterministic_settings(scenario))
+    timings = {"compress": round(result.compress_seconds, 3),
+               # the template method's ONNX check and lossless compaction
+               "check": round(compressed - start - result.compress_seconds, 3),
+               "measure": round(time.perf_counter() - compressed, 3)}
     plan = result.plan
     notes = [*plan.notes, *ctx.notes, *result.artifacts.notes]
     status = plan.status
@@ -88,23 +97,18 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
         epoch_log=[entry.as_record() for entry in ctx.epoch_log] or None,
         details=result.artifacts.details or None,
         plan=[str(s.verdict) for s in plan.steps],
+        onnx_file=_relative(result.artifacts.onnx_path, workdir),
+        timings=timings,
         **figures,
     )
 
 
-@contextmanager
-def measurement_lock() -> Iterator[None]:
-    """Parallel workers measure one at a time, so latencies are not contended."""
-    path = os.environ.get("SQUEEZELAB_LATENCY_LOCK")
-    if not path:
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` inside ``folder`` (where the latency pass finds the ONNX of a row)."""
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def write_json(path: Path, obj: Any) -> None:
