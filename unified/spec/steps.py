@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from unified.spec.errors import did_you_mean
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
@@ -308,7 +310,8 @@ class StepEntry(_Strict):
             raise ValueError(f"a step is a mapping with one key, one of: {allowed}")
         (name,) = data
         if name not in STEP_TYPES:
-            raise ValueError(f"unknown step '{name}'; allowed steps: {allowed}")
+            raise ValueError(f"unknown step '{name}' (allowed steps: {allowed})"
+                             f"{did_you_mean(name, STEP_TYPES)}")
         return {name: data[name] if data[name] is not None else {}}
 
     @model_serializer(mode="wrap")
