@@ -82,24 +82,33 @@ def test_state_dict_mismatch_names_the_first_key() -> None:
         "key 'a.bias' has shape [5] in the file, [4] in the model")
 
 
-def test_a_model_the_meta_device_cannot_run_is_tried_on_the_cpu(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch
-                                                                ) -> None:
-    # data-dependent control flow: a meta tensor has no values to branch on
+def test_a_model_that_branches_on_values(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small inputs run on the CPU, so such a model is checked fully; on the meta device
+    (large inputs) it cannot run, and is not refused for that."""
     (tmp_path / "branchy_model_x.py").write_text(
-        "import torch\nfrom torch import nn\n\n"
+        "from torch import nn\n\n"
         "class Branchy(nn.Module):\n"
-        "    def __init__(self, n):\n        super().__init__()\n"
-        "        self.fc = nn.Linear(64, n)\n\n"
+        "    def __init__(self, n, features):\n        super().__init__()\n"
+        "        self.fc = nn.Linear(features, n)\n\n"
         "    def forward(self, x):\n"
         "        if x.sum() > 0:\n            x = x * 2\n"
         "        return self.fc(x.flatten(1))\n\n"
-        "def build(num_classes=10):\n    return Branchy(num_classes)\n")
+        "def small(num_classes=10):\n    return Branchy(num_classes, 64)\n\n"
+        "def large(num_classes=10):\n    return Branchy(num_classes, 3 * 600 * 600)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert model_problem("python:branchy_model_x:build", 10, (1, 8, 8)) is None
-    problem = model_problem("python:branchy_model_x:build", 10, (1, 9, 9))
+    assert model_problem("python:branchy_model_x:small", 10, (1, 8, 8)) is None
+    problem = model_problem("python:branchy_model_x:small", 10, (1, 9, 9))
     assert problem is not None and problem.field == "input_shape"
     assert "does not accept an input of shape [1, 1, 9, 9]" in problem.message
+    assert model_problem("python:branchy_model_x:large", 10, (3, 600, 600)) is None
+
+
+def test_a_large_input_is_checked_on_the_meta_device() -> None:
+    assert model_problem("torchvision:resnet18", 10, (3, 600, 600)) is None
+    problem = model_problem("torchvision:vit_b_16", 10, (3, 600, 600))
+    assert problem is not None and problem.field == "input_shape"
+    assert "Wrong image height! Expected 224 but got 600" in problem.message
 
 
 def test_a_good_image_folder_passes_and_is_counted(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import click
 
 import unified
-from unified.spec.errors import SqueezelabError, did_you_mean, one_line, summarize
+from unified.spec.errors import SpecError, SqueezelabError, did_you_mean, one_line, summarize
 
 EXIT_USAGE = 2
 
@@ -103,7 +103,7 @@ def run(scenario_file: Path, out: Path | None, cache_dir: Path | None, jobs: int
     options = RunOptions(out=out, cache_dir=cache_dir or default_cache_dir(), jobs=jobs,
                          timeout=timeout, backends=backends, recipes=recipes,
                          use_cache=not no_cache)
-    records = _run_with_progress(scenario, options)
+    records = _run_naming_the_file(scenario_file, scenario, options)
     from unified.report.table import results_table
 
     console = wide_console()
@@ -202,7 +202,7 @@ def regress(scenario_file: Path, baseline_file: Path | None, tolerances: tuple[s
     if out is None:
         out = Path("runs") / f"{scenario.name}-regress-{time.strftime('%Y%m%d-%H%M%S')}"
     options = RunOptions(out=out, cache_dir=cache_dir or default_cache_dir(), jobs=jobs)
-    records = _run_with_progress(scenario, options)
+    records = _run_naming_the_file(scenario_file, scenario, options)
     findings = compare(records, base, tolerance)
     if junit is not None:
         write_junit(junit, records, findings, f"squeezelab.{scenario.name}")
@@ -237,6 +237,17 @@ def _check_filter(option: str, given: tuple[str, ...], allowed: tuple[str, ...])
     if bad:
         raise SqueezelabError(f"{option} {bad[0]!r} is not in the scenario (allowed: "
                               f"{', '.join(allowed)}){did_you_mean(bad[0], allowed)}")
+
+
+def _run_naming_the_file(scenario_file: Path, scenario: Any,
+                         options: Any) -> list[dict[str, Any]]:
+    """The run; a user error only the run finds (the checks found none) names the file."""
+    try:
+        return _run_with_progress(scenario, options)
+    except SqueezelabError as exc:
+        named = [line if line.startswith(str(scenario_file)) else f"{scenario_file}: {line}"
+                 for line in exc.lines()]
+        raise SpecError(named) from None
 
 
 def _run_with_progress(scenario: Any, options: Any) -> list[dict[str, Any]]:

@@ -2,9 +2,12 @@
 and class count, it takes one input of that shape and returns ``num_classes`` logits, and a
 weights file is a plain state_dict with the model's keys and shapes.
 
-The model is built on torch's ``meta`` device (shapes only: no memory, no initialisation
-time, whatever the input size). Where meta cannot run a model (data-dependent code), a
-small input is retried on the CPU before anything is reported.
+A model for a small input is built and run on the CPU, as the run will (a forward pass of one
+input costs little next to the run's own). A large input goes to torch's ``meta`` device
+instead (shapes only: no memory, no compute, whatever the size; its first use imports
+torch's symbolic-shape machinery, seconds, which a small input never pays). Where meta
+cannot run a model (code that branches on values), nothing is reported: only a real run
+could tell.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from typing import Any
 
 from unified.spec.errors import SqueezelabError, summarize
 
-# Inputs up to this many values are retried on the CPU when the meta device cannot run a model.
-_CPU_RETRY_VALUES = 3 * 512 * 512
+# Inputs up to this many values run on the CPU; larger ones on the meta device.
+_CPU_VALUES = 3 * 512 * 512
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,11 @@ def model_problem(source: str, num_classes: int, input_shape: tuple[int, int, in
             model_factory(source)
     except SqueezelabError as exc:
         return ModelProblem("source", exc.message)
-    model, problem = _try_model(source, num_classes, input_shape, "meta")
     values = input_shape[0] * input_shape[1] * input_shape[2]
-    if problem is not None and values <= _CPU_RETRY_VALUES:
-        model, problem = _try_model(source, num_classes, input_shape, "cpu")
+    device = "cpu" if values <= _CPU_VALUES else "meta"
+    model, problem = _try_model(source, num_classes, input_shape, device)
+    if problem is not None and device == "meta" and _meta_cannot_tell(problem):
+        problem = None
     if problem is not None or model is None or weights is None:
         return problem
     return _weights_problem(model, source, weights)
@@ -80,6 +84,12 @@ def _try_model(source: str, num_classes: int, input_shape: tuple[int, int, int],
                                    f"{list(out.shape)} for one input, not [1, {num_classes}] "
                                    f"(num_classes {num_classes})")
     return model, None
+
+
+def _meta_cannot_tell(problem: ModelProblem) -> bool:
+    """The meta device refused an operation it has no kernel or no values for."""
+    text = problem.message.lower()
+    return "meta" in text or "notimplementederror" in text or "data-dependent" in text
 
 
 def _weights_problem(model: Any, source: str, weights: Path) -> ModelProblem | None:
