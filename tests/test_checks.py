@@ -169,3 +169,13 @@ def test_a_run_imports_python_models_from_the_scenarios_folder(tmp_path: Path) -
 
     (record,) = [json.loads(line) for line in (tmp_path / "out/results.jsonl").open()]
     assert record["status"] in ("ok", "approximated"), record.get("reason")
+
+
+def test_every_data_source_kind_declares_its_size() -> None:
+    """A new source kind (accepted by the scenario's pattern) needs its SOURCE_SIZES entry,
+    or its size would go unchecked."""
+    from unified.data.sources import SOURCE_SIZES
+    from unified.spec.scenario import DATA_SOURCE
+
+    kinds = {alt.split(":")[0] for alt in DATA_SOURCE.pattern.strip("^$()").split("|")}
+    assert kinds == set(SOURCE_SIZES)
