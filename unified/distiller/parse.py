@@ -236,11 +236,8 @@ class Builder:
 
 
 def check_args(b: Builder, comp: Component, spec: ClassSpec) -> bool:
-    """Distiller's build_component: unknown arguments and missing required ones fail.
-
-    A misspelt required argument is one problem (on the misspelt key, with the name meant),
-    not an unknown argument plus a missing one.
-    """
+    """Distiller's build_component: unknown arguments and missing required ones fail (a
+    misspelt required argument is one problem, on the key, with the name meant)."""
     accepted = set(spec.required) | set(spec.optional) | set(INJECTED)
     unknown = [key for key in comp.args if key not in accepted]
     missing = [key for key in spec.required if key not in comp.args]
@@ -253,14 +250,10 @@ def check_args(b: Builder, comp: Component, spec: ClassSpec) -> bool:
             b.problem(comp.arg_path(key), f"{comp.class_name} does not accept the argument "
                       f"'{key}'; did you mean '{meant}'?")
             continue
-        allowed = ", ".join((*spec.required, *spec.optional))
         legacy = LEGACY_ARGS.get(key)
-        hint = did_you_mean(key, (*spec.required, *spec.optional)) if not legacy else ""
-        b.problem(
-            comp.arg_path(key),
-            f"{comp.class_name} does not accept the argument '{key}'{hint} (it accepts: "
-            f"{allowed})" + (f"; '{key}' is {legacy}" if legacy else ""),
-        )
+        hint = f"; '{key}' is {legacy}" if legacy else did_you_mean(key, accepted)
+        b.problem(comp.arg_path(key), f"{comp.class_name} does not accept the argument "
+                  f"'{key}' (it accepts: {', '.join((*spec.required, *spec.optional))}){hint}")
     for key in missing:
         b.problem(comp.path, f"{comp.class_name} needs the argument '{key}'")
     return not unknown and not missing
