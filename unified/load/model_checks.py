@@ -57,6 +57,18 @@ def _try_model(source: str, num_classes: int, input_shape: tuple[int, int, int],
                device: str) -> tuple[Any, ModelProblem | None]:
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one input: a second thread only waits (20x slower on 2 cores)
+    try:
+        return _build_and_run(source, num_classes, input_shape, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_and_run(source: str, num_classes: int, input_shape: tuple[int, int, int],
+                   device: str) -> tuple[Any, ModelProblem | None]:
+    import torch
+
     from unified.torchkit.models import BuildError, build_model
 
     python = source.startswith("python:")
