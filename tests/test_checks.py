@@ -175,7 +175,7 @@ def test_every_data_source_kind_declares_its_size() -> None:
     """A new source kind (accepted by the scenario's pattern) needs its SOURCE_SIZES entry,
     or its size would go unchecked."""
     from unified.data.sources import SOURCE_SIZES
-    from unified.spec.scenario import DATA_SOURCE
+    from unified.spec.scenario import DATA_SOURCE, DATA_SOURCE_KINDS
 
     kinds = {alt.split(":")[0] for alt in DATA_SOURCE.pattern.strip("^$()").split("|")}
-    assert kinds == set(SOURCE_SIZES)
+    assert kinds == set(SOURCE_SIZES) == set(DATA_SOURCE_KINDS)

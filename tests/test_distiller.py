@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
 import textwrap
@@ -21,6 +20,7 @@ from unified.distiller.schedule import (
     to_yaml_recipe,
 )
 from unified.spec.errors import SpecError
+from unified.spec.names import matches_any, name_matches
 from unified.spec.steps import (
     Granularity,
     PruneCriterion,
@@ -441,12 +441,6 @@ def _distiller_owner(name: str, keys: list[str]) -> str | None:
     return next((k for k in keys if re.match(f"^{k}$", name)), None)
 
 
-def _matches(name: str, pattern: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
-
-
 def test_overrides_first_match_wins(tmp_path: Path) -> None:
     path = _write(tmp_path, """
         quantizers:
@@ -470,8 +464,8 @@ def test_overrides_first_match_wins(tmp_path: Path) -> None:
              "layer2.0.downsample.0", "fc", "layer3.0.downsample.0.conv"]
     for name in names:
         owner = _distiller_owner(name, keys)
-        in_step = any(_matches(name, p) for p in step.targets.include) and not any(
-            _matches(name, p) for p in step.targets.exclude)
+        in_step = any(name_matches(name, p) for p in step.targets.include) and not any(
+            name_matches(name, p) for p in step.targets.exclude)
         assert in_step == (owner in quantized), name
     assert any("'.*'" in n and "bits_weights=8" in n for n in recipe.notes)
 
@@ -581,7 +575,7 @@ def test_overrides_literal_name_beats_earlier_regex(tmp_path: Path) -> None:
     keys = [".*conv.*", "layer1.conv"]
     for name in ("layer1.conv", "layer2.conv", "fc", "conv1"):
         owner = _distiller_owner(name, keys)
-        excluded = any(_matches(name, p) for p in step.targets.exclude)
+        excluded = any(name_matches(name, p) for p in step.targets.exclude)
         assert excluded == (owner == ".*conv.*"), name
 
 
@@ -670,7 +664,7 @@ def test_real_post_training_null_defaults_and_regex_overrides() -> None:
     for name in ("conv1", "fc", "layer1.0.conv1", "layer3.1.conv2", "layer4.1.conv2",
                  "layer4.1.conv1", "layer2.0.downsample.0", "layer2.0.relu1"):
         owner = _distiller_owner(name, keys)
-        assert any(_matches(name, p) for p in step.targets.include) == (owner in quantized), name
+        assert matches_any(name, step.targets.include) == (owner in quantized), name
     assert any("mode: weights SYMMETRIC, activations ASYMMETRIC_UNSIGNED" in n
                for n in recipe.notes)
 

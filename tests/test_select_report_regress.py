@@ -161,18 +161,21 @@ def test_several_models_report_select_and_regress(tmp_path: Path, cache_dir: Pat
 
 
 def test_epoch_tables_put_each_backend_beside_the_schedule() -> None:
+    from unified.context import EpochEntry
     from unified.report.epoch_table import epoch_tables, markdown
 
     def record(backend: str, log: list[dict[str, Any]]) -> dict[str, Any]:
         return {"model": "m", "recipe": "agp", "backend": backend, "epoch_log": log}
 
+    def entry(step: int, kind: str, epoch: int, sparsity: float,
+              target: float | None) -> dict[str, Any]:
+        return EpochEntry(step, kind, epoch, sparsity, target).as_record()
+
     records = [
-        # pytorch logs step numbers; one prune step, so one table
-        record("pytorch", [{"step": 1, "kind": "prune", "epoch": e, "target": t, "sparsity": s}
-                           for e, t, s in [(0, 0.05, 0.05), (1, 0.48, 0.479)]]),
-        record("nni", [{"epoch": 0, "target": 0.05, "sparsity": 0.0},
-                       {"epoch": 1, "target": 0.48, "sparsity": 0.48},
-                       {"epoch": 2, "sparsity": 0.48, "phase": "finetune"}]),  # no target
+        # one prune step, so one table; the finetune step after it has no target
+        record("pytorch", [entry(1, "prune", 0, 0.05, 0.05), entry(1, "prune", 1, 0.479, 0.48)]),
+        record("nni", [entry(1, "prune", 0, 0.0, 0.05), entry(1, "prune", 1, 0.48, 0.48),
+                       entry(2, "finetune", 0, 0.48, None)]),
         record("onnxruntime", []),
     ]
     (table,) = epoch_tables(records)
@@ -182,3 +185,17 @@ def test_epoch_tables_put_each_backend_beside_the_schedule() -> None:
     assert [row[0] for row in table.rows()] == ["Distiller target", "pytorch", "nni"]
     text = "\n".join(markdown([table]))
     assert "| nni | 0.0000 | 0.4800 | 0.0500 |" in text
+
+
+def test_concurrent_prune_steps_get_one_epoch_table_each() -> None:
+    from unified.context import EpochEntry
+    from unified.report.epoch_table import epoch_tables
+
+    log = [EpochEntry(step, "prune", epoch, 0.1 * step + 0.01 * epoch,
+                      0.1 * step + 0.012 * epoch).as_record()
+           for epoch in range(3) for step in (1, 2)]
+    tables = epoch_tables([{"model": "m", "recipe": "agp", "backend": "tfmot", "epoch_log": log}])
+    assert [(t.step, t.epochs) for t in tables] == [(1, [0, 1, 2]), (2, [0, 1, 2])]
+    assert tables[1].target[2] == pytest.approx(0.224)
+    assert tables[1].deviation("tfmot") == pytest.approx(0.004)
+    assert tables[0].title == "m / agp, step 1"

@@ -148,6 +148,24 @@ def report(run_dir: Path) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--markdown", "as_markdown", is_flag=True, help="Print Markdown instead.")
+def coverage(run_dir: Path, as_markdown: bool) -> None:
+    """Rows of RUN_DIR by model × backend (ok / approximated / unsupported / failed) and the
+    failure causes grouped."""
+    from unified.report import coverage as cov
+    from unified.report.html import RunFolder
+
+    result = cov.coverage(RunFolder(run_dir).records)
+    if as_markdown:
+        click.echo(cov.markdown(result), nl=False)
+        return
+    console = wide_console()
+    for table in cov.rich_tables(result):
+        console.print(table)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 def baseline(run_dir: Path, output: Path) -> None:
     """Record a finished run as a regression baseline."""

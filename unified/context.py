@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,30 @@ class ReferenceArtifacts:
         return self.folder / "reference.json"
 
 
+SPARSITY_DIGITS = 6  # epoch_log sparsities and targets are rounded to this many digits
+
+
+@dataclass(frozen=True)
+class EpochEntry:
+    """One epoch of a training loop that a recipe step ran, as the record's ``epoch_log``
+    keeps it: every backend writes the same keys, rounded the same way."""
+
+    step: int  # the recipe step that trained, counted from 1 (several may share one loop)
+    kind: str  # what the loop did: prune, finetune, qat, distill ...
+    epoch: int | None  # epoch of that loop from 0 (None: a one-shot mask, no training epoch)
+    sparsity: float | None = None  # share of zeros in the weights the step targets
+    target: float | None = None  # the sparsity the step's schedule asks for at this epoch
+
+    def as_record(self) -> dict[str, Any]:
+        """The JSON form: all five keys, sparsities rounded to ``SPARSITY_DIGITS``."""
+
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, SPARSITY_DIGITS)
+
+        return {"step": self.step, "kind": self.kind, "epoch": self.epoch,
+                "sparsity": rounded(self.sparsity), "target": rounded(self.target)}
+
+
 @dataclass
 class JobContext:
     scenario: Scenario
@@ -51,8 +76,8 @@ class JobContext:
     reference: ReferenceArtifacts
     data: DataSplits
     notes: list[str] = field(default_factory=list)
-    # one dict per training epoch, e.g. {"epoch": 0, "sparsity": 0.31}; lands in the record
-    epoch_log: list[dict[str, Any]] = field(default_factory=list)
+    # one entry per training epoch of each step (log_epoch); lands in the record
+    epoch_log: list[EpochEntry] = field(default_factory=list)
     # the recipe's (Distiller) LR schedulers: None while no training loop asked for them,
     # True once one followed them, False when they could not run (noted)
     lr_schedule_applied: bool | None = None
@@ -65,10 +90,22 @@ class JobContext:
     def seed(self) -> int:
         return self.scenario.seed
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one training epoch: batches of the budget's size, the last one
+        possibly short."""
+        return math.ceil(len(self.data.train_x) / self.budget.batch_size)
+
     def note(self, message: str) -> None:
         """Record what the toolkit actually did (shown in the report's notes)."""
         if message not in self.notes:
             self.notes.append(message)
+
+    def log_epoch(self, index: int, kind: str, epoch: int | None, *,
+                  sparsity: float | None = None, target: float | None = None) -> None:
+        """Record one epoch of the training loop of the recipe's step ``index`` (from 0):
+        what the loop did (``kind``), the sparsity reached and the schedule's target."""
+        self.epoch_log.append(EpochEntry(index + 1, kind, epoch, sparsity, target))
 
     def learning_rates(self, base_lr: float, epochs: int,
                        loop: str = "pruning") -> list[float] | None:

@@ -19,12 +19,7 @@ from torch import nn
 
 from adapters.base import Artifacts
 from adapters.coreml import TORCH, TRAIN
-from adapters.coreml._impl import (
-    convert,
-    layers_in_order,
-    targeted,
-    weight_file,
-)
+from adapters.coreml._impl_common import convert, layers_in_order, weight_file
 from unified.context import JobContext
 from unified.spec.schedules import sparsity_at_epoch
 from unified.spec.steps import (
@@ -37,6 +32,7 @@ from unified.spec.steps import (
     prune_run,
 )
 from unified.torchkit.export import export_onnx
+from unified.torchkit.targets import targeted
 from unified.torchkit.training import train
 
 
@@ -175,14 +171,10 @@ def prune(ctx: JobContext, model: nn.Module, steps: list[tuple[int, PruneStep]],
 
     def on_epoch_end(epoch: int) -> None:
         for index, step in steps:
-            entry: dict[str, Any] = {"epoch": epoch, "sparsity": round(_sparsity(layers[index]),
-                                                                        4)}
-            if len(steps) > 1:  # numbered like the other backends' concurrent steps
-                entry.update(step=index + 1, kind="prune")
+            target = None
             if step.schedule is not None and step.structure != "n:m":
-                entry["target"] = round(sparsity_at_epoch(step.schedule, step.sparsity, epoch),
-                                        4)
-            ctx.epoch_log.append(entry)
+                target = sparsity_at_epoch(step.schedule, step.sparsity, epoch)
+            ctx.log_epoch(index, "prune", epoch, sparsity=_sparsity(layers[index]), target=target)
 
     if epochs == 0:  # prune without training: apply the final sparsity once
         pruner.step()

@@ -1,4 +1,4 @@
-"""NNI quantizers and binarizers, and the QDQ ONNX built from NNI's own scales.
+"""NNI quantizers and binarizers.
 
 NNI 3.0 has no CPU quantized export, so:
 
@@ -6,22 +6,17 @@ NNI 3.0 has no CPU quantized export, so:
   ONNX has no BatchNorm either), so NNI's per-channel weight scales are computed on exactly
   the weights the ONNX carries. NNI trains/calibrates; its fake-quant weights are written back
   into plain float modules, the float model is exported with the shared exporter, and
-  QuantizeLinear/DequantizeLinear are inserted: int8 weights quantized with NNI's weight
-  scales (symmetric, NNI's int8 range [-127, 127]), a uint8 QDQ pair with NNI's activation
-  scale/zero point on the input of every quantized conv/linear, int32 biases at
-  input_scale × weight_scale (what onnxruntime needs to fuse QLinearConv).
+  QuantizeLinear/DequantizeLinear are inserted with NNI's scales (``_impl_qdq``).
 - binarize: BNN / DoReFa 1-bit weights; BatchNorm is NOT folded into the binarized convs (it is
   exported as a per-channel Mul + Add), so each binarized weight keeps exactly two values.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import onnx
 import torch
 import torch.fx
 from nni.compression.quantization import (
@@ -32,17 +27,16 @@ from nni.compression.quantization import (
     QATQuantizer,
 )
 from nni.compression.utils import TorchEvaluator
-from onnx import helper, numpy_helper
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from adapters.nni._impl import (
+from adapters.nni._impl_common import (
     State,
     cross_entropy_step,
     make_evaluator,
     target_modules,
     traced_optimizer_class,
 )
+from adapters.nni._impl_qdq import LayerQuant, build_qdq_onnx
 from unified.context import JobContext
 from unified.spec.steps import (
     BinarizeStep,
@@ -54,66 +48,30 @@ from unified.spec.steps import (
 )
 from unified.torchkit import training
 from unified.torchkit.export import export_onnx
-
-INT8_MIN, INT8_MAX = -127, 127  # NNI's symmetric int8 range
-
+from unified.torchkit.fold import conv_bn_pairs, fold_batchnorm, set_module
 
 # --- BatchNorm handling ----------------------------------------------------------------------
-
-
-def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv, bn) module names where the BN consumes only that conv's output (torch.fx)."""
-    graph = torch.fx.symbolic_trace(model).graph
-    modules = dict(model.named_modules())
-    pairs = []
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target),
-                                                      nn.BatchNorm2d):
-            continue
-        src = node.args[0]
-        if isinstance(src, torch.fx.Node) and src.op == "call_module" and \
-                isinstance(modules.get(src.target), nn.Conv2d) and len(src.users) == 1:
-            pairs.append((str(src.target), str(node.target)))
-    return pairs
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
-def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
-    """Fold every BN into its conv in place (BN → Identity); returns the folded pairs."""
-    model.eval()
-    pairs = conv_bn_pairs(model)
-    for conv_name, bn_name in pairs:
-        conv = model.get_submodule(conv_name)
-        bn = model.get_submodule(bn_name)
-        fused = fuse_conv_bn_eval(cast(nn.Conv2d, conv), cast(nn.BatchNorm2d, bn))
-        _set_module(model, conv_name, fused)
-        _set_module(model, bn_name, nn.Identity())
-    return pairs
 
 
 class ChannelAffine(nn.Module):
     """An eval-mode BatchNorm as x * scale + shift: exported as Mul + Add, which the ONNX
     exporter does not fold into the preceding conv (it folds a BatchNormalization)."""
 
-    def __init__(self, bn: nn.BatchNorm2d) -> None:
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
         super().__init__()
         assert bn.running_var is not None and bn.running_mean is not None
         var, mean = cast(torch.Tensor, bn.running_var), cast(torch.Tensor, bn.running_mean)
         scale = (bn.weight if bn.weight is not None else 1.0) / torch.sqrt(var + bn.eps)
         shift = (bn.bias if bn.bias is not None else 0.0) - mean * scale
-        self.register_buffer("scale", scale.detach().reshape(1, -1, 1, 1).clone())
-        self.register_buffer("shift", shift.detach().reshape(1, -1, 1, 1).clone())
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
 
     scale: torch.Tensor  # buffers, registered in __init__
     shift: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # per channel, for 1-d and 2-d convs alike
+        return x * self.scale.reshape(shape) + self.shift.reshape(shape)
 
 
 # --- NNI quantizer set-up --------------------------------------------------------------------
@@ -187,106 +145,6 @@ def _as_array(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy().astype(np.float64)
     return np.asarray(value, dtype=np.float64)
-
-
-# --- QDQ ONNX --------------------------------------------------------------------------------
-
-
-@dataclass
-class LayerQuant:
-    """What the QDQ ONNX needs for one conv/linear: NNI's scales, on the integer grid of the
-    weights the float model carries."""
-
-    weight_scale: np.ndarray  # (C,) per output channel, or () per tensor
-    input_scale: float | None
-    input_zero_point: int | None
-
-
-def _scale_for_onnx(scale: np.ndarray) -> np.ndarray:
-    flat = np.asarray(scale, dtype=np.float32).reshape(-1)
-    return flat.reshape(()) if flat.size == 1 else flat
-
-
-def build_qdq_onnx(
-    float_path: Path, out_path: Path, layers: dict[str, LayerQuant]
-) -> dict[str, Any]:
-    """Insert QuantizeLinear/DequantizeLinear into the float ONNX for every layer whose weight
-    initializer is ``<module>.weight``; returns what was done (for the record)."""
-    model = onnx.load(str(float_path))
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    new_inits: list[onnx.TensorProto] = []
-    nodes: list[onnx.NodeProto] = []
-    quantized: list[str] = []
-    max_error = 0.0
-    for node in graph.node:
-        module = None
-        if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
-            wname = node.input[1]
-            if wname.endswith(".weight"):
-                module = wname[: -len(".weight")]
-        if node.op_type == "Gemm":
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            if trans_b != 1:
-                module = None  # torch Linear exports transB=1: weight rows = output channels
-        lq = layers.get(module) if module is not None else None
-        if lq is None:
-            nodes.append(node)
-            continue
-        tag = module.replace(".", "_") if module else node.name
-        weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        w_scale = _scale_for_onnx(lq.weight_scale)
-        bshape = (-1,) + (1,) * (weight.ndim - 1)
-        grid = weight / (w_scale.reshape(bshape) if w_scale.ndim else w_scale)
-        max_error = max(max_error, float(np.abs(grid - np.round(grid)).max()))
-        w_int = np.clip(np.round(grid), INT8_MIN, INT8_MAX).astype(np.int8)
-        w_zp = np.zeros(w_scale.shape, dtype=np.int8)
-        new_inits += [numpy_helper.from_array(w_int, f"{tag}.weight_int8"),
-                      numpy_helper.from_array(w_scale, f"{tag}.weight_scale"),
-                      numpy_helper.from_array(w_zp, f"{tag}.weight_zero_point")]
-        nodes.append(helper.make_node(
-            "DequantizeLinear", [f"{tag}.weight_int8", f"{tag}.weight_scale",
-                                 f"{tag}.weight_zero_point"],
-            [f"{tag}.weight_dq"], name=f"{tag}.weight_DequantizeLinear", axis=0))
-        node.input[1] = f"{tag}.weight_dq"
-        if lq.input_scale is not None and lq.input_zero_point is not None:
-            x_scale = np.asarray(lq.input_scale, dtype=np.float32)
-            x_zp = np.asarray(lq.input_zero_point, dtype=np.uint8)
-            new_inits += [numpy_helper.from_array(x_scale, f"{tag}.input_scale"),
-                          numpy_helper.from_array(x_zp, f"{tag}.input_zero_point")]
-            x = node.input[0]
-            nodes.append(helper.make_node(
-                "QuantizeLinear", [x, f"{tag}.input_scale", f"{tag}.input_zero_point"],
-                [f"{tag}.input_q"], name=f"{tag}.input_QuantizeLinear"))
-            nodes.append(helper.make_node(
-                "DequantizeLinear", [f"{tag}.input_q", f"{tag}.input_scale",
-                                     f"{tag}.input_zero_point"],
-                [f"{tag}.input_dq"], name=f"{tag}.input_DequantizeLinear"))
-            node.input[0] = f"{tag}.input_dq"
-            if len(node.input) > 2 and node.input[2] in inits:
-                bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
-                b_scale = (float(x_scale) * w_scale).astype(np.float32)
-                b_int = np.round(bias / b_scale.astype(np.float64)).astype(np.int32)
-                new_inits += [numpy_helper.from_array(b_int, f"{tag}.bias_int32"),
-                              numpy_helper.from_array(b_scale, f"{tag}.bias_scale"),
-                              numpy_helper.from_array(np.zeros(b_scale.shape, np.int32),
-                                                      f"{tag}.bias_zero_point")]
-                nodes.append(helper.make_node(
-                    "DequantizeLinear", [f"{tag}.bias_int32", f"{tag}.bias_scale",
-                                         f"{tag}.bias_zero_point"],
-                    [f"{tag}.bias_dq"], name=f"{tag}.bias_DequantizeLinear", axis=0))
-                node.input[2] = f"{tag}.bias_dq"
-        nodes.append(node)
-        quantized.append(module or "")
-    used = {i for n in nodes for i in n.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out_path))
-    return {"qdq_layers": quantized, "weight_grid_max_error": round(max_error, 6)}
 
 
 # --- steps -----------------------------------------------------------------------------------
@@ -397,7 +255,7 @@ def binarize(ctx: JobContext, state: State, step: BinarizeStep, onnx_path: Path)
     for conv_name, bn_name in pairs:
         if conv_name in effective:
             bn = model.get_submodule(bn_name)
-            _set_module(model, bn_name, ChannelAffine(bn))  # type: ignore[arg-type]
+            set_module(model, bn_name, ChannelAffine(bn))  # type: ignore[arg-type]
             kept += 1
     export_onnx(model, onnx_path, ctx.input_shape)
     state.onnx_written = True

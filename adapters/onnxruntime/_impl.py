@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import fnmatch
-import re
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +22,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from adapters.base import Artifacts
+from unified.spec.names import matches_any
 from unified.spec.steps import OpType, QuantDType, QuantizeStep, QuantMethod, Targets
 
 if TYPE_CHECKING:
@@ -59,17 +58,6 @@ def module_name(node_name: str) -> str:
         else:
             parts = parts + pieces
     return ".".join(parts)
-
-
-def matches(name: str, patterns: Iterable[str]) -> bool:
-    """fnmatch glob, or ``re:<regex>`` (re.fullmatch), against a torch module name."""
-    for pattern in patterns:
-        if pattern.startswith("re:"):
-            if re.fullmatch(pattern[3:], name):
-                return True
-        elif fnmatch.fnmatchcase(name, pattern):
-            return True
-    return False
 
 
 # --- which nodes a step's targets select ----------------------------------------------------
@@ -113,11 +101,7 @@ def layers(model: onnx.ModelProto) -> list[Layer]:
 
 
 def selected(layer: Layer, targets: Targets) -> bool:
-    if layer.kind not in targets.op_types:
-        return False
-    if targets.include and not matches(layer.module, targets.include):
-        return False
-    return not matches(layer.module, targets.exclude)
+    return targets.selects(layer.kind, layer.module)
 
 
 def nodes_to_exclude(model: onnx.ModelProto, targets: Targets) -> list[str]:
@@ -137,7 +121,7 @@ def nodes_to_exclude(model: onnx.ModelProto, targets: Targets) -> list[str]:
         layer = found.get(node.name)
         if layer is not None:
             keep = selected(layer, targets)
-        elif targets.exclude and matches(module_name(node.name), targets.exclude):
+        elif targets.exclude and matches_any(module_name(node.name), targets.exclude):
             keep = False
         else:
             data = [name for name in node.input if name and name not in inits]
@@ -308,7 +292,7 @@ def convert_float16(ctx: JobContext, step: QuantizeStep, source: Path, out: Path
         node.name for node in model.graph.node
         if step.targets.exclude and node.name not in excluded
         and node.op_type not in COMPUTE_OPS
-        and matches(module_name(node.name), step.targets.exclude)
+        and matches_any(module_name(node.name), step.targets.exclude)
     ]
     converted = convert_float_to_float16(
         model, keep_io_types=True, node_block_list=excluded or None

@@ -22,6 +22,12 @@ from typing import Any
 
 import yaml
 
+from unified.distiller.extensions import (
+    EXTENSIONS,
+    REGULARIZERS,
+    translate_extension,
+    translate_regularizer,
+)
 from unified.distiller.parse import (
     SECTIONS,
     Builder,
@@ -36,18 +42,13 @@ from unified.distiller.parse import (
     parse_policies,
 )
 from unified.distiller.pruners import PRUNERS, translate_pruner
-from unified.distiller.quant import (
-    EXTENSIONS,
+from unified.distiller.quant import QUANTIZERS, translate_quantizer
+from unified.distiller.schedulers import (
     LR_DISTILLER,
     LR_NOT_FROM_YAML,
     LR_SCHEDULERS,
-    QUANTIZERS,
-    REGULARIZERS,
     is_lr_scheduler,
-    translate_extension,
     translate_lr,
-    translate_quantizer,
-    translate_regularizer,
 )
 from unified.spec.errors import SpecError, closest, did_you_mean
 from unified.spec.steps import PruneStep, PruneStructure, Recipe, Step, Targets

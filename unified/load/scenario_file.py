@@ -51,6 +51,13 @@ def _resolve_paths(scenario: Scenario, path: Path, lines: dict[tuple[Any, ...], 
         return data
 
     def model_paths(model: ModelSpec, where: tuple[str, ...]) -> ModelSpec:
+        if model.weights == "pretrained":
+            from unified.torchkit.catalog import pretrained_problem
+
+            problem = pretrained_problem(model.source, model.num_classes, model.input_shape[0])
+            if problem:
+                line = lines.get((*where, "weights"))
+                raise SpecError([f"{path}:{line}: {'.'.join(where)}.weights: {problem}"])
         weights = model.weights_path
         if weights is not None and not weights.is_absolute():
             model = model.model_copy(update={"weights": str((base / weights).resolve())})

@@ -90,6 +90,14 @@ def model_source_digest(model: ModelSpec) -> str | None:
     return file_digest(Path(spec.origin))
 
 
+def _model_versions(model: ModelSpec) -> dict[str, str | None] | None:
+    """Versions of the packages a builtin's architecture or shipped weights come from."""
+    from unified.torchkit.catalog import model_packages
+
+    packages = model_packages(model.source, model.weights)
+    return versions(packages) if packages else None
+
+
 def data_digest(data: DataSpec) -> dict[str, Any]:
     """The data spec, the content of an image folder and the dataset packages' versions."""
     from unified.data.sources import data_packages, source_files
@@ -112,6 +120,7 @@ def reference_key(scenario: Scenario) -> str:
         "weights_digest": file_digest(weights) if weights is not None and weights.is_file()
         else None,
         "model_source": model_source_digest(model),
+        "model_packages": _model_versions(model),
         "data": data_digest(scenario.data),
         "seed": scenario.seed,
         "budget": scenario.budget.model_dump(mode="json") if model.weights == "train" else None,

@@ -85,7 +85,7 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
         notes=list(dict.fromkeys(notes)),
         compress_seconds=round(result.compress_seconds, 3),
         versions=adapter.capabilities.versions(),
-        epoch_log=ctx.epoch_log or None,
+        epoch_log=[entry.as_record() for entry in ctx.epoch_log] or None,
         details=result.artifacts.details or None,
         plan=[str(s.verdict) for s in plan.steps],
         **figures,
@@ -105,12 +105,6 @@ def measurement_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def failure_text(exc: BaseException) -> str:
-    """One line for the record: the exception type and message."""
-    last = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {last[-1] if last else ''}".strip().rstrip(":")
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -51,7 +51,12 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
     from unified.measure.harness import HarnessSettings, make_session, measure, run_model
     from unified.measure.onnx_compact import compact_verified
     from unified.torchkit.export import export_onnx
-    from unified.torchkit.models import build_model, count_parameters, load_state_dict
+    from unified.torchkit.models import (
+        build_model,
+        count_parameters,
+        initial_weights,
+        load_state_dict,
+    )
     from unified.torchkit.training import predict, set_seed, train
 
     spec = scenario.model
@@ -66,8 +71,15 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
         train(model, data.train_x, data.train_y, scenario.budget,
               epochs=scenario.budget.train_epochs, lr=scenario.budget.lr, seed=scenario.seed)
         trained = True
+        if spec.recalibrate_batchnorm:
+            from unified.torchkit.models import recalibrate_batchnorm
+
+            count = recalibrate_batchnorm(model, data.train_x, scenario.budget.batch_size)
+            log.info("re-estimated the statistics of %d BatchNorm layers", count)
     elif spec.weights_path is not None:
         model.load_state_dict(load_state_dict(spec.weights_path))
+    else:
+        initial_weights(model, spec.source, spec.weights)
     model.eval()
     torch.save(model.state_dict(), ref.weights)
     export_onnx(model, ref.onnx, spec.input_shape)

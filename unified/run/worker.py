@@ -13,7 +13,8 @@ from pathlib import Path
 import unified  # noqa: F401  (environment defaults before any toolkit import)
 from adapters.registry import get_adapter
 from unified.context import ReferenceArtifacts
-from unified.run.job import Job, execute, failure_text, format_traceback, write_json
+from unified.run.failure import failure_reason
+from unified.run.job import Job, execute, format_traceback, write_json
 from unified.spec.scenario import Scenario
 
 
@@ -32,7 +33,7 @@ def main(folder: Path) -> int:
                          ReferenceArtifacts(Path(spec["reference"])))
     except Exception as exc:
         write_json(folder / "error.json",
-                   {"reason": failure_text(exc), "traceback": format_traceback(exc)})
+                   {"reason": failure_reason(exc), "traceback": format_traceback(exc)})
         return 1
     write_json(folder / "record.json", record)
     return 0

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,10 +72,22 @@ def torchvision_names() -> list[str]:
 def _torchvision(name: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     import torchvision
 
-    model: nn.Module = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    model: nn.Module = torchvision.models.get_model(
+        name, weights=None, num_classes=num_classes, **_torchvision_arguments(name, input_shape))
     if input_shape[0] != 3:
         _adapt_input_channels(model, input_shape[0])
     return model
+
+
+def _torchvision_arguments(name: str, input_shape: tuple[int, int, int]) -> dict[str, object]:
+    """Arguments some torchvision builders need beyond num_classes: a ViT's image size (it
+    checks the input against it); GoogLeNet / Inception without their auxiliary heads, which
+    make the training-mode output a tuple (torchvision turns them on when weights=None)."""
+    if name.startswith("vit_"):
+        return {"image_size": input_shape[1]}
+    if name in ("googlenet", "inception_v3"):
+        return {"aux_logits": False, "init_weights": True}
+    return {}
 
 
 def _adapt_input_channels(model: nn.Module, channels: int) -> None:
@@ -143,6 +156,37 @@ def _python_factory(spec: str) -> Factory:
 
 
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def initial_weights(model: nn.Module, source: str, weights: str) -> None:
+    """Give a freshly built model the weights its spec names when they come with the source
+    (``weights: pretrained``); ``train`` and files are handled by the caller."""
+    if weights != "pretrained":
+        return
+    kind = source.partition(":")[0]
+    if kind == "builtin":
+        from unified.torchkit.zoo import load_pretrained
+
+        load_pretrained(model, source)
+    # python: factories return their own weights; torchvision is refused by the loader
+
+
+def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, batch_size: int) -> int:
+    """Re-estimate the running mean and variance of every BatchNorm of ``model`` as the plain
+    average over ``x`` (train-mode forward passes, no gradient, weights unchanged); return how
+    many BatchNorm layers were re-estimated. The model is left in train mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches below
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            model(torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum  # for whoever trains this model next
+    return len(norms)
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
-import re
-
 from torch import nn
 
 from unified.spec.steps import OpType, Targets
@@ -23,21 +20,9 @@ def op_type(module: nn.Module) -> OpType | None:
     return None
 
 
-def name_matches(name: str, pattern: str) -> bool:
-    """fnmatch glob, or ``re:<regex>`` (full match) against a torch module name."""
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
-
-
 def targeted(name: str, module: nn.Module, targets: Targets) -> bool:
     """Does ``targets`` select the module called ``name``?"""
-    kind = op_type(module)
-    if kind is None or kind not in targets.op_types:
-        return False
-    if targets.include and not any(name_matches(name, p) for p in targets.include):
-        return False
-    return not any(name_matches(name, p) for p in targets.exclude)
+    return targets.selects(op_type(module), name)
 
 
 def select_modules(model: nn.Module, targets: Targets) -> list[tuple[str, nn.Module]]:
