@@ -106,9 +106,9 @@ def test_a_model_that_branches_on_values(tmp_path: Path,
 
 def test_a_large_input_is_checked_on_the_meta_device() -> None:
     assert model_problem("torchvision:resnet18", 10, (3, 600, 600)) is None
-    problem = model_problem("torchvision:vit_b_16", 10, (3, 600, 600))
+    problem = model_problem("torchvision:vit_b_16", 10, (3, 608, 640))  # ViT: square only
     assert problem is not None and problem.field == "input_shape"
-    assert "Wrong image height! Expected 224 but got 600" in problem.message
+    assert "Wrong image width! Expected 608 but got 640" in problem.message
 
 
 def test_a_good_image_folder_passes_and_is_counted(tmp_path: Path) -> None:

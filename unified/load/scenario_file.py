@@ -56,8 +56,7 @@ def _resolve_paths(scenario: Scenario, path: Path, lines: dict[tuple[Any, ...], 
 
             problem = pretrained_problem(model.source, model.num_classes, model.input_shape[0])
             if problem:
-                line = lines.get((*where, "weights"))
-                raise SpecError([f"{path}:{line}: {'.'.join(where)}.weights: {problem}"])
+                raise SpecError([Where(path, lines)((*where, "weights"), problem)])
         weights = model.weights_path
         if weights is not None and not weights.is_absolute():
             model = model.model_copy(update={"weights": str((base / weights).resolve())})
