@@ -15,7 +15,7 @@ from tiny import TINY_SCENARIO
 
 from unified.report.html import RunFolder, markdown_summary
 from unified.report.regress import compare, make_baseline
-from unified.report.select import pareto_front, recommend
+from unified.report.select import dominates, pareto_front, recommend
 from unified.spec.scenario import SelectSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,13 +50,8 @@ def test_select_names_winners_front_and_every_backend(tiny_run: tuple[Path, Path
     assert rec.winners["size"]["recipe"] == "int8"  # int8 is the smallest ONNX
     assert "pruned @ onnxruntime" in rec.excluded  # unsupported rows are excluded
     assert set(rec.backend_verdicts) == {"onnxruntime", "pytorch"}
-    for row in rec.pareto:  # nobody on the front is dominated
-        assert not any(
-            o["accuracy"] >= row["accuracy"] and o["onnx_bytes"] <= row["onnx_bytes"]
-            and o["latency_ms_p50"] <= row["latency_ms_p50"] and o is not row
-            and (o["accuracy"], o["onnx_bytes"], o["latency_ms_p50"])
-            != (row["accuracy"], row["onnx_bytes"], row["latency_ms_p50"])
-            for o in rec.feasible)
+    for row in rec.pareto:  # nobody on the front is dominated (latency ties by interval)
+        assert not any(dominates(o, row) for o in rec.feasible if o is not row)
     result = squeezelab("select", str(tiny_run[1]))
     assert result.returncode == 0 and "best size:" in result.stdout
     assert "pytorch:" in result.stdout and "onnxruntime:" in result.stdout
@@ -76,6 +71,30 @@ def test_constraints_exclude_with_reason() -> None:
     assert "accuracy drop 0.05 violates the limit 0.01" in rec.excluded["a @ x"]
     assert rec.backend_verdicts["x"].startswith("excluded")
     assert [r["recipe"] for r in pareto_front(rows)] == ["a", "b"]  # c is dominated by b
+
+
+def test_speedups_whose_intervals_overlap_are_ties() -> None:
+    def row(recipe: str, p50: float, ci: tuple[float, float], accuracy: float,
+            size: int) -> dict[str, Any]:
+        return {"model": "m", "recipe": recipe, "backend": "b", "status": "ok",
+                "accuracy": accuracy, "accuracy_drop": 0.0, "onnx_bytes": size,
+                "latency_ms_p50": p50, "speedup": sum(ci) / 2, "speedup_ci_low": ci[0],
+                "speedup_ci_high": ci[1]}
+
+    fast = row("fast", 0.95, (1.9, 2.1), 0.90, 10)
+    accurate = row("accurate", 1.00, (2.0, 2.2), 0.95, 20)  # overlaps fast: a tie
+    slow = row("slow", 2.00, (0.95, 1.05), 0.99, 40)
+    rec = recommend([fast, accurate, slow], SelectSpec(minimize=("latency",)))
+    assert rec.winners["latency"] is accurate  # tied with fast, more accurate
+    assert rec.ties["latency"] == [fast]
+    assert "tied (speedup intervals overlap" in rec.lines()[0]
+    # fast is smaller, accurate more accurate, slow most accurate: a tie on latency
+    # dominates nobody, so all three are on the front; without the intervals, slow is
+    # only beaten on latency and size, never on accuracy, and stays too
+    assert pareto_front([fast, accurate, slow]) == [fast, accurate, slow]
+    worse = row("worse", 0.97, (1.95, 2.05), 0.90, 30)  # ties fast, bigger, same accuracy
+    assert dominates(fast, worse) and not dominates(worse, fast)
+    assert worse not in pareto_front([fast, worse])
 
 
 def test_report_is_self_contained_html(tiny_run: tuple[Path, Path]) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "MEASURE_KEYS",
     "HarnessSettings",
     "ReferenceFigures",
+    "latency_feed",
     "make_session",
     "measure",
     "measure_latency",
@@ -160,21 +161,30 @@ def run_model(
     return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
+def latency_feed(session: onnxruntime.InferenceSession, sample: np.ndarray) -> dict[str, Any]:
+    """The input of one latency call: the first row of `sample`, cast to the input's type.
+
+    A model with a fixed batch larger than one gets the row repeated to that batch: that is
+    the smallest call it can serve.
+    """
+    name, dtype, fixed = _input_spec(session, sample)
+    data = np.ascontiguousarray(sample[:1], dtype=dtype)
+    if fixed is not None and fixed > 1:
+        data = np.ascontiguousarray(np.repeat(data, fixed, axis=0))
+    return {name: data}
+
+
 def measure_latency(
     session: onnxruntime.InferenceSession, sample: np.ndarray, warmup: int, runs: int
 ) -> tuple[float, float]:
     """Returns (p50, p90) milliseconds of one session.run on `sample` (one row), after warmup.
 
-    A model with a fixed batch larger than one gets the row repeated to that batch: that is
-    the smallest call it can serve.
+    One model alone; a speedup comes from `unified.measure.latency.paired_latency`, which
+    times the reference and the candidates interleaved.
     """
     if runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
-    name, dtype, fixed = _input_spec(session, sample)
-    data = np.ascontiguousarray(sample[:1], dtype=dtype)
-    if fixed is not None and fixed > 1:
-        data = np.ascontiguousarray(np.repeat(data, fixed, axis=0))
-    feed = {name: data}
+    feed = latency_feed(session, sample)
     for _ in range(warmup):
         session.run(None, feed)
     times = np.empty(runs, dtype=np.float64)

@@ -4,7 +4,7 @@ the same (docs/architecture.md, "The cache key").
 The reference key covers the model (its spec, the weights file's content, a ``python:``
 module's source), the data (its spec, an image folder's content, the dataset package's
 version), the seed, the budget, the library versions and squeezelab's own code. A job key
-covers the reference's *content*, the recipe, the backend, the budget, the harness settings,
+covers the reference's *content*, the recipe, the backend, the budget, the harness threads,
 the versions of every library on the path and the code of the core and of that adapter.
 """
 
@@ -124,7 +124,7 @@ def reference_key(scenario: Scenario) -> str:
         "data": data_digest(scenario.data),
         "seed": scenario.seed,
         "budget": scenario.budget.model_dump(mode="json") if model.weights == "train" else None,
-        "evaluate": scenario.evaluate.latency.model_dump(mode="json"),
+        # no latency settings: the reference's latency is timed by every run, never cached
         "versions": versions(CORE_LIBRARIES),
         "squeezelab": unified.__version__,
     })
@@ -155,7 +155,9 @@ def job_key(scenario: Scenario, recipe: str, backend: str, reference_digest: str
         "imported": imported.model_dump(mode="json") if imported else None,
         "backend": backend,
         "budget": scenario.budget.model_dump(mode="json"),
-        "evaluate": scenario.evaluate.model_dump(mode="json", exclude={"timeout"}),
+        # latency warm-up and runs only steer the driver's latency pass, never a cached figure
+        "evaluate": scenario.evaluate.model_dump(
+            mode="json", exclude={"timeout": True, "latency": {"warmup", "runs"}}),
         "seed": scenario.seed,
         "versions": {**versions(CORE_LIBRARIES), **backend_versions},
         "squeezelab": unified.__version__,

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
+import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +35,15 @@ class Job:
 
 
 def harness_settings(scenario: Scenario) -> HarnessSettings:
+    """The scenario's harness settings (the latency pass uses warm-up and runs)."""
     latency = scenario.evaluate.latency
     return HarnessSettings(threads=latency.threads, warmup=latency.warmup, runs=latency.runs)
+
+
+def deterministic_settings(scenario: Scenario) -> HarnessSettings:
+    """What a job measures where it runs: everything but latency, which the driver's paired
+    pass times afterwards (unified.run.latency_pass)."""
+    return replace(harness_settings(scenario), runs=0)
 
 
 def reference_figures(ref: ReferenceArtifacts) -> ReferenceFigures:
@@ -49,7 +53,7 @@ def reference_figures(ref: ReferenceArtifacts) -> ReferenceFigures:
         logits=np.load(ref.logits),
         onnx_bytes=summary["onnx_bytes"],
         gzip_bytes=summary["gzip_bytes"],
-        latency_ms_p50=summary["latency_ms_p50"],
+        latency_ms_p50=None,  # latency comes from the paired pass, never from a job
     )
 
 
@@ -64,17 +68,21 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
     ctx = JobContext(scenario=scenario, recipe_name=job.recipe, recipe=recipe,
                      backend=job.backend, workdir=workdir, reference=ref, data=data,
                      targets=resolve_targets(scenario, recipe, ref))
+    start = time.perf_counter()
     result = adapter.compress(ctx)
-    summary = load_summary(ref)
-    with measurement_lock():
-        figures, logits = measure_outputs(
-            result.artifacts.onnx_path, native_path=result.artifacts.native_path,
-            test_x=data.test_x, test_y=data.test_y, reference=reference_figures(ref),
-            settings=harness_settings(scenario))
+    compressed = time.perf_counter()
+    figures, logits = measure_outputs(
+        result.artifacts.onnx_path, native_path=result.artifacts.native_path,
+        test_x=data.test_x, test_y=data.test_y, reference=reference_figures(ref),
+        settings=deterministic_settings(scenario))
     layers = check_layers(ctx, result.artifacts.onnx_path)
     write_json(workdir / "layers.json", layers.data)
     for message in layers.deviations:
         ctx.deviate(message)
+    timings = {"compress": round(result.compress_seconds, 3),
+               # the template method's ONNX check and lossless compaction
+               "check": round(compressed - start - result.compress_seconds, 3),
+               "measure": round(time.perf_counter() - compressed, 3)}
     plan = result.plan
     notes = [*plan.notes, *ctx.notes, *result.artifacts.notes, *layers.notes]
     status, reason = plan.status, None
@@ -91,7 +99,7 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
             ctx.deviations.append("Distiller schedule not carried out in full")
     if ctx.deviations and status == "ok":
         status = "approximated"
-    degenerate = reference_degenerate(summary)
+    degenerate = reference_degenerate(load_summary(ref))
     if degenerate:
         notes.append(f"the fp32 reference is degenerate ({degenerate}): accuracy, agreement "
                      "and rel_l2 say nothing about this row")
@@ -108,6 +116,8 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
         plan=[str(s.verdict) for s in plan.steps],
         layers_targeted=len(layers.targeted),
         layers_changed=None if layers.changed is None else len(layers.changed),
+        onnx_file=_relative(result.artifacts.onnx_path, workdir),
+        timings=timings,
         **figures,
     )
 
@@ -130,19 +140,12 @@ def _details(details: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     return out
 
 
-@contextmanager
-def measurement_lock() -> Iterator[None]:
-    """Parallel workers measure one at a time, so latencies are not contended."""
-    path = os.environ.get("SQUEEZELAB_LATENCY_LOCK")
-    if not path:
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` inside ``folder`` (where the latency pass finds the ONNX of a row)."""
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -1,5 +1,6 @@
-"""The fp32 reference: build, train (or load) once, export to ONNX, measure; cached by
-content hash so a rerun never retrains."""
+"""The fp32 reference: build, train (or load) once, export to ONNX, measure its deterministic
+figures; cached by content hash so a rerun never retrains. Its latency is timed by each run's
+paired pass (unified.run.latency_pass), never cached."""
 
 from __future__ import annotations
 
@@ -88,11 +89,8 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
     if kept:
         log.warning("reference: %s", kept)
 
-    settings = HarnessSettings(
-        threads=scenario.evaluate.latency.threads,
-        warmup=scenario.evaluate.latency.warmup,
-        runs=scenario.evaluate.latency.runs,
-    )
+    # no latency here: the run's paired pass times the reference with its candidates
+    settings = HarnessSettings(threads=scenario.evaluate.latency.threads, runs=0)
     logits = run_model(make_session(ref.onnx, settings.threads), data.test_x)
     np.save(ref.logits, logits)
     torch_logits = predict(model, data.test_x)
