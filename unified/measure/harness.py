@@ -26,6 +26,7 @@ __all__ = [
     "make_session",
     "measure",
     "measure_latency",
+    "measure_outputs",
     "path_bytes",
     "run_model",
 ]
@@ -232,6 +233,20 @@ def measure(
     With reference=None (measuring the reference itself) the reference-relative fields are None.
     Values are plain Python types so the dict goes straight into results.jsonl.
     """
+    return measure_outputs(onnx_path, native_path=native_path, test_x=test_x, test_y=test_y,
+                           reference=reference, settings=settings)[0]
+
+
+def measure_outputs(
+    onnx_path: str | Path,
+    *,
+    native_path: Path | None,
+    test_x: np.ndarray,
+    test_y: np.ndarray | None,
+    reference: ReferenceFigures | None,
+    settings: HarnessSettings,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """`measure`, and the model's logits on test_x (rows × outputs, float32)."""
     stats = inspect_onnx(onnx_path)
     session = make_session(onnx_path, settings.threads)
     logits = run_model(session, test_x, settings.batch_size)
@@ -295,4 +310,4 @@ def measure(
         "speedup": _ratio(None if reference is None else reference.latency_ms_p50, p50),
     }
     assert tuple(result) == MEASURE_KEYS  # the record's field names are a user contract
-    return result
+    return result, logits

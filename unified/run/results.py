@@ -19,7 +19,7 @@ RECORD_FIELDS = (
     "accuracy", "accuracy_drop", "agreement", "rel_l2",
     "onnx_bytes", "native_bytes", "gzip_bytes", "size_ratio", "native_ratio", "gzip_ratio",
     "parameters", "sparsity", "max_distinct_values", "int8_fraction",
-    "quantized_compute_ops", "float_compute_ops",
+    "quantized_compute_ops", "float_compute_ops", "layers_targeted", "layers_changed",
     "latency_ms_p50", "latency_ms_p90", "speedup", "speedup_ci_low", "speedup_ci_high",
     "compress_seconds", "executor", "host", "versions",
 )
