@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from unified.measure.macs import count_macs
 from unified.measure.onnx_inspect import compute_op_summary, inspect_onnx, optimized_op_counts
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ __all__ = [
     "MEASURE_KEYS",
     "HarnessSettings",
     "ReferenceFigures",
+    "artifact_format",
     "latency_feed",
     "make_session",
     "measure",
@@ -38,10 +40,13 @@ MEASURE_KEYS: tuple[str, ...] = (
     "rel_l2",
     "onnx_bytes",
     "native_bytes",
+    "deploy_bytes",
+    "deploy_format",
     "gzip_bytes",
     "size_ratio",
-    "native_ratio",
     "gzip_ratio",
+    "macs",
+    "macs_ratio",
     "parameters",
     "sparsity",
     "max_distinct_values",
@@ -80,6 +85,7 @@ class ReferenceFigures:
     onnx_bytes: int
     gzip_bytes: int
     latency_ms_p50: float | None
+    macs: int | None = None
 
 
 def make_session(path: str | Path, threads: int) -> onnxruntime.InferenceSession:
@@ -195,6 +201,14 @@ def measure_latency(
     return float(p50), float(p90)
 
 
+def artifact_format(path: Path | None) -> str | None:
+    """What kind of file an artifact is: its suffix (".pt", ".tflite", ".mlpackage"), or its
+    name when it has none."""
+    if path is None:
+        return None
+    return path.suffix or path.name
+
+
 def path_bytes(path: str | Path) -> int:
     """Returns the size of a file, or the total size of all files under a directory."""
     path = Path(path)
@@ -222,6 +236,7 @@ def measure(
     onnx_path: str | Path,
     *,
     native_path: Path | None,
+    deploy_path: Path | None = None,
     test_x: np.ndarray,
     test_y: np.ndarray | None,
     reference: ReferenceFigures | None,
@@ -230,7 +245,9 @@ def measure(
     """Returns the harness figures (keys: MEASURE_KEYS) of one ONNX model; None = not computable.
 
     With reference=None (measuring the reference itself) the reference-relative fields are None.
-    Values are plain Python types so the dict goes straight into results.jsonl.
+    Ratios of the native and deployable artifacts need the backend's own fp32 artifact: the
+    runner sets them (unified.run.aggregate). Values are plain Python types so the dict goes
+    straight into results.jsonl.
     """
     stats = inspect_onnx(onnx_path)
     session = make_session(onnx_path, settings.threads)
@@ -268,6 +285,8 @@ def measure(
         p50, p90 = measure_latency(session, test_x[:1], settings.warmup, settings.runs)
 
     native_bytes = None if native_path is None else path_bytes(native_path)
+    deploy_bytes = None if deploy_path is None else path_bytes(deploy_path)
+    macs = count_macs(onnx_path)
     ref_accuracy = None if reference is None else reference.accuracy
     ref_bytes = None if reference is None else reference.onnx_bytes
     result: dict[str, Any] = {
@@ -279,10 +298,13 @@ def measure(
         "rel_l2": rel_l2,
         "onnx_bytes": stats.onnx_bytes,
         "native_bytes": native_bytes,
+        "deploy_bytes": deploy_bytes,
+        "deploy_format": artifact_format(deploy_path),
         "gzip_bytes": stats.gzip_bytes,
         "size_ratio": _ratio(ref_bytes, stats.onnx_bytes),
-        "native_ratio": _ratio(ref_bytes, native_bytes),
         "gzip_ratio": _ratio(None if reference is None else reference.gzip_bytes, stats.gzip_bytes),
+        "macs": macs,
+        "macs_ratio": _ratio(None if reference is None else reference.macs, macs),
         "parameters": stats.parameters,
         "sparsity": stats.sparsity,
         "max_distinct_values": stats.max_distinct_values,
