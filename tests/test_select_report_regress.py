@@ -60,11 +60,11 @@ def test_select_names_winners_front_and_every_backend(tiny_run: tuple[Path, Path
 def test_constraints_exclude_with_reason() -> None:
     rows = [
         {"recipe": "a", "backend": "x", "status": "ok", "accuracy": 0.9, "accuracy_drop": 0.05,
-         "agreement": 0.9, "onnx_bytes": 10, "latency_ms_p50": 1.0},
+         "agreement": 0.9, "deploy_ratio": 16.0, "latency_ms_p50": 1.0},
         {"recipe": "b", "backend": "y", "status": "ok", "accuracy": 0.95, "accuracy_drop": 0.0,
-         "agreement": 1.0, "onnx_bytes": 40, "latency_ms_p50": 2.0},
+         "agreement": 1.0, "deploy_ratio": 4.0, "latency_ms_p50": 2.0},
         {"recipe": "c", "backend": "y", "status": "ok", "accuracy": 0.94, "accuracy_drop": 0.01,
-         "agreement": 1.0, "onnx_bytes": 50, "latency_ms_p50": 3.0},
+         "agreement": 1.0, "deploy_ratio": 3.2, "latency_ms_p50": 3.0},
     ]
     rec = recommend(rows, SelectSpec(max_accuracy_drop=0.01, minimize=("size",)))
     assert rec.winners["size"]["recipe"] == "b"
@@ -77,7 +77,7 @@ def test_speedups_whose_intervals_overlap_are_ties() -> None:
     def row(recipe: str, p50: float, ci: tuple[float, float], accuracy: float,
             size: int) -> dict[str, Any]:
         return {"model": "m", "recipe": recipe, "backend": "b", "status": "ok",
-                "accuracy": accuracy, "accuracy_drop": 0.0, "onnx_bytes": size,
+                "accuracy": accuracy, "accuracy_drop": 0.0, "deploy_ratio": 40 / size,
                 "latency_ms_p50": p50, "speedup": sum(ci) / 2, "speedup_ci_low": ci[0],
                 "speedup_ci_high": ci[1]}
 
