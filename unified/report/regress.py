@@ -11,17 +11,11 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from unified.spec.errors import SqueezelabError
+from unified.spec.tolerances import TOLERANCES
 
 BASELINE_FIELDS = ("status", "accuracy", "accuracy_std", "agreement", "agreement_std",
                    "repeats", "onnx_bytes", "native_bytes", "deploy_bytes", "size_ratio",
                    "deploy_ratio", "macs", "sparsity", "max_distinct_values", "latency_ms_p50")
-# metric → (record field, how a worse value is measured)
-TOLERANCES = {
-    "accuracy": "absolute drop of accuracy",
-    "agreement": "absolute drop of agreement",
-    "size_ratio": "relative fall of size_ratio",
-    "latency": "relative rise of latency_ms_p50",
-}
 GOOD_STATUSES = ("ok", "approximated")
 
 
