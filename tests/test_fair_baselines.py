@@ -126,3 +126,15 @@ def test_a_row_without_its_fp32_artifact_says_why() -> None:
     aggregate(rows, auxiliary, {"": 0.95})
     assert rows[1]["native_ratio"] is None
     assert any("no fp32 artifact of pytorch" in n for n in rows[1]["notes"])
+
+
+def test_the_baselines_section_lists_what_each_yardstick_measures() -> None:
+    from unified.report.baselines import fp32_rows, matched_rows
+
+    rows, auxiliary = _rows()
+    rows.append({**rows[2], "backend": "onnxruntime", "status": "unsupported"})
+    aggregate(rows, auxiliary, {"": 0.95})
+    ((model, name, status, accuracy, drop, seeds, users),) = matched_rows(rows)
+    assert (model, name, status, seeds, users) == ("", "fp32+ft1", "ok", "2", "prune @ pytorch")
+    assert accuracy.startswith("0.9750 ± ") and drop.startswith("-0.0250 ± ")
+    assert fp32_rows(rows, auxiliary) == [["", "pytorch", "–", "1.0", "1.0", "fp32"]]

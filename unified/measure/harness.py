@@ -232,6 +232,25 @@ def _top1(logits: np.ndarray) -> np.ndarray:
     return np.argmax(logits.reshape(logits.shape[0], -1), axis=1)
 
 
+def _against_reference(logits: np.ndarray, predicted: np.ndarray,
+                       reference: ReferenceFigures | None) -> tuple[float | None, float | None]:
+    """Top-1 agreement with the reference's logits and the relative L2 distance from them."""
+    if reference is None:
+        return None, None
+    ref = np.asarray(reference.logits, dtype=np.float32).reshape(len(reference.logits), -1)
+    if ref.shape != logits.shape:
+        raise ValueError(
+            f"reference logits have shape {list(ref.shape)}, this model gives "
+            f"{list(logits.shape)}: they must come from the same test rows and classes"
+        )
+    agreement = float(np.mean(predicted == _top1(ref)))
+    ref_norm = float(np.linalg.norm(ref.astype(np.float64)))
+    if ref_norm == 0:
+        return agreement, None
+    diff = logits.astype(np.float64) - ref.astype(np.float64)
+    return agreement, float(np.linalg.norm(diff)) / ref_norm
+
+
 def measure(
     onnx_path: str | Path,
     *,
@@ -261,20 +280,7 @@ def measure(
             raise ValueError(f"{labels.shape[0]} labels for {predicted.shape[0]} test rows")
         accuracy = float(np.mean(predicted == labels))
 
-    agreement: float | None = None
-    rel_l2: float | None = None
-    if reference is not None:
-        ref = np.asarray(reference.logits, dtype=np.float32).reshape(len(reference.logits), -1)
-        if ref.shape != logits.shape:
-            raise ValueError(
-                f"reference logits have shape {list(ref.shape)}, this model gives "
-                f"{list(logits.shape)}: they must come from the same test rows and classes"
-            )
-        agreement = float(np.mean(predicted == _top1(ref)))
-        ref_norm = float(np.linalg.norm(ref.astype(np.float64)))
-        if ref_norm > 0:
-            diff = logits.astype(np.float64) - ref.astype(np.float64)
-            rel_l2 = float(np.linalg.norm(diff)) / ref_norm
+    agreement, rel_l2 = _against_reference(logits, predicted, reference)
 
     ort_ops = {op: n for op, n in optimized_op_counts(onnx_path, settings.threads).items() if n}
     quantized_ops, float_ops = compute_op_summary(ort_ops)

@@ -44,14 +44,15 @@ def fp32_rows(records: Sequence[dict[str, Any]],
 
 
 def matched_rows(records: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """model, baseline, accuracy ± std, its drop against the reference, seeds, the rows
-    whose accuracy_drop is against it."""
+    """model, baseline, accuracy ± std, its drop against the reference, seeds, the measured
+    rows whose accuracy_drop is against it."""
     out = []
     for r in records:
         if r.get("role") != "baseline":
             continue
         users = [f"{o['recipe']} @ {o['backend']}" for o in records
-                 if o.get("matched_baseline") == r["recipe"] and o.get("model") == r["model"]]
+                 if o.get("matched_baseline") == r["recipe"] and o.get("model") == r["model"]
+                 and o["status"] in MEASURED]
         out.append([str(r["model"]), str(r["recipe"]), r["status"], _pm(r, "accuracy"),
                     _pm(r, "accuracy_drop", "+"), str(r.get("repeats") or "–"),
                     ", ".join(users) or "–"])

@@ -65,10 +65,11 @@ def _cell(value: Any, fmt: str) -> str:
 
 
 def record_cell(record: dict[str, Any], name: str, fmt: str, log: bool = False) -> str:
-    """One cell of a row: mean ± std for a figure repeated with several seeds (three
-    digits in a log, to fit)."""
+    """One cell of a row: mean ± std for a figure repeated with several seeds (in a log,
+    three digits and only on the quality column — accuracy, else agreement — to fit)."""
     value, std = record.get(name), record.get(SPREAD.get(name, ""))
-    if std is None or value is None:
+    quality = "accuracy" if record.get("accuracy") is not None else "agreement"
+    if std is None or value is None or (log and name != quality):
         return _cell(value, fmt)
     sign = "+" if name == "accuracy_drop" else ""
     if log:  # 0.962±.004
