@@ -40,13 +40,14 @@ class TorchResult:
     model: nn.Module
     onnx_path: Path | None = None  # set when the torch model itself is the ONNX (qat)
     native_path: Path | None = None
+    deploy_path: Path | None = None  # the .mlpackage
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
     def artifacts(self, ctx: JobContext) -> Artifacts:
         assert self.onnx_path is not None
         return Artifacts(onnx_path=self.onnx_path, native_path=self.native_path,
-                         notes=self.notes, details=self.details)
+                         deploy_path=self.deploy_path, notes=self.notes, details=self.details)
 
 
 def _excluded(model: nn.Module, names: tuple[str, ...],
@@ -259,6 +260,7 @@ def quantize_qat(ctx: JobContext, model: nn.Module, step: QuantizeStep,
         package = ctx.workdir / "model.mlpackage"
         convert(final, ctx.input_shape, fp16=False).save(str(package))
         result.native_path = weight_file(package)
+        result.deploy_path = package
         result.notes.append("native_bytes is the weight file of the mlpackage converted from "
                             "the finalized LinearQuantizer model")
     except Exception as exc:  # the ONNX stands; say why there is no mlpackage

@@ -20,18 +20,44 @@ from unified.run.reference import degenerate as reference_degenerate
 from unified.run.reference import load_summary
 from unified.run.results import new_record
 from unified.spec.scenario import Scenario
+from unified.spec.steps import Recipe
 
 
 @dataclass(frozen=True)
 class Job:
+    """One recipe on one backend. ``repeat`` > 0: the same job again with another seed
+    (evaluate.repeats); ``hidden``: a job whose record is no row of the table (a backend's
+    fp32 native baseline when no recipe is empty; repeats are folded into their row)."""
+
     recipe: str
     backend: str
     model: str = ""  # the model's label when a scenario compares several models
+    repeat: int = 0
+    hidden: bool = False
 
     @property
     def label(self) -> str:
         prefix = f"{self.model}: " if self.model else ""
-        return f"{prefix}{self.recipe} @ {self.backend}"
+        suffix = f" (repeat {self.repeat + 1})" if self.repeat else ""
+        if self.hidden and not self.repeat:
+            suffix = " (fp32 native baseline)"
+        return f"{prefix}{self.recipe} @ {self.backend}{suffix}"
+
+    @property
+    def is_row(self) -> bool:
+        """Whether its record is a row of results.jsonl (else: auxiliary.jsonl)."""
+        return not self.hidden and self.repeat == 0
+
+
+def job_from_spec(spec: dict[str, Any]) -> tuple[Scenario, Job]:
+    """The scenario and job of a job.json (unified.run.expand.job_spec wrote it): a baseline's
+    recipe, absent from the user's recipes, is added from its steps."""
+    scenario = Scenario.model_validate(spec["scenario"])
+    name = spec["recipe"]
+    if name not in scenario.recipes and spec.get("steps") is not None:
+        recipes = {**scenario.recipes, name: Recipe.model_validate(spec["steps"])}
+        scenario = scenario.model_copy(update={"recipes": recipes})
+    return scenario, Job(name, spec["backend"], repeat=int(spec.get("repeat") or 0))
 
 
 def harness_settings(scenario: Scenario) -> HarnessSettings:
@@ -54,7 +80,16 @@ def reference_figures(ref: ReferenceArtifacts) -> ReferenceFigures:
         onnx_bytes=summary["onnx_bytes"],
         gzip_bytes=summary["gzip_bytes"],
         latency_ms_p50=None,  # latency comes from the paired pass, never from a job
+        macs=summary.get("macs"),
     )
+
+
+def resampled_calibration(data: DataSplits, seed: int, size: int) -> DataSplits:
+    """The splits with another calibration sample of the same size drawn from the train
+    split with ``seed``: what a repeat of a calibrated job varies (train and test stay)."""
+    size = min(size, len(data.train_x))
+    rows = np.sort(np.random.default_rng([seed, 1]).permutation(len(data.train_x))[:size])
+    return replace(data, calib_x=np.ascontiguousarray(data.train_x[rows]))
 
 
 def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts,
@@ -64,6 +99,8 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
 
     adapter = get_adapter(job.backend)
     data = data if data is not None else DataSplits.load(ref.data)
+    if job.repeat:  # another seed: another calibration sample too
+        data = resampled_calibration(data, scenario.seed, len(data.calib_x))
     recipe = scenario.recipes[job.recipe]
     ctx = JobContext(scenario=scenario, recipe_name=job.recipe, recipe=recipe,
                      backend=job.backend, workdir=workdir, reference=ref, data=data,
@@ -71,11 +108,13 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
     start = time.perf_counter()
     result = adapter.compress(ctx)
     compressed = time.perf_counter()
+    artifacts = result.artifacts
+    deploy = artifacts.deploy_path or artifacts.native_path
     figures, logits = measure_outputs(
-        result.artifacts.onnx_path, native_path=result.artifacts.native_path,
+        artifacts.onnx_path, native_path=artifacts.native_path, deploy_path=deploy,
         test_x=data.test_x, test_y=data.test_y, reference=reference_figures(ref),
         settings=deterministic_settings(scenario))
-    layers = check_layers(ctx, result.artifacts.onnx_path)
+    layers = check_layers(ctx, artifacts.onnx_path)
     write_json(workdir / "layers.json", layers.data)
     for message in layers.deviations:
         ctx.deviate(message)
@@ -117,6 +156,7 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
         layers_targeted=len(layers.targeted),
         layers_changed=None if layers.changed is None else len(layers.changed),
         onnx_file=_relative(result.artifacts.onnx_path, workdir),
+        deploy_file=None if deploy is None else _relative(deploy, workdir),
         timings=timings,
         **figures,
     )

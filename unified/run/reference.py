@@ -15,6 +15,7 @@ import numpy as np
 
 from unified.context import ReferenceArtifacts
 from unified.run.cache import reference_content_digest, reference_key
+from unified.run.threads import torch_threads
 from unified.spec.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,10 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
     if spec.weights == "train":
         assert data.train_y is not None  # the scenario validator guarantees labels
         log.info("training the reference model for %d epochs", scenario.budget.train_epochs)
-        train(model, data.train_x, data.train_y, scenario.budget,
-              epochs=scenario.budget.train_epochs, lr=scenario.budget.lr, seed=scenario.seed)
+        with torch_threads():  # like every job: figures independent of the machine's cores
+            train(model, data.train_x, data.train_y, scenario.budget,
+                  epochs=scenario.budget.train_epochs, lr=scenario.budget.lr,
+                  seed=scenario.seed)
         trained = True
         if spec.recalibrate_batchnorm:
             from unified.torchkit.models import recalibrate_batchnorm
