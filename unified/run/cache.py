@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import unified
+from unified.run.storage import atomic_write
 from unified.spec.scenario import DataSpec, ModelSpec, Scenario
 from unified.spec.steps import stable_hash
 
@@ -138,7 +139,7 @@ def reference_content_digest(folder: Path) -> str:
     names = ("weights.pt", "data.npz", "model.onnx")
     digest = files_digest([folder / n for n in names if (folder / n).is_file()], folder)
     with contextlib.suppress(OSError):  # a read-only cache still gives the digest
-        stored.write_text(digest)
+        atomic_write(stored, digest.encode())
     return digest
 
 
@@ -155,9 +156,11 @@ def job_key(scenario: Scenario, recipe: str, backend: str, reference_digest: str
         "imported": imported.model_dump(mode="json") if imported else None,
         "backend": backend,
         "budget": scenario.budget.model_dump(mode="json"),
-        # latency warm-up and runs only steer the driver's latency pass, never a cached figure
+        # latency warm-up and runs only steer the driver's latency pass, never a cached figure;
+        # the timeout and the memory limit only decide whether a row finishes
         "evaluate": scenario.evaluate.model_dump(
-            mode="json", exclude={"timeout": True, "latency": {"warmup", "runs"}}),
+            mode="json", exclude={"timeout": True, "memory_limit": True,
+                                  "latency": {"warmup", "runs"}}),
         "seed": scenario.seed,
         "versions": {**versions(CORE_LIBRARIES), **backend_versions},
         "squeezelab": unified.__version__,
