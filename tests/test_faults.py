@@ -224,6 +224,41 @@ def test_a_full_disk_is_one_line_naming_the_file_and_corrupts_nothing(
         assert second[recipe]["timings"] == first[recipe]["timings"]
 
 
+FULL_CACHE_SCRIPT = """
+set -u
+mount -t tmpfs -o size=4m tmpfs "$DISK"
+mkdir -p "$DISK/cache/reference"
+cp -a "$REFERENCE" "$DISK/cache/reference/"
+cat /dev/zero >"$DISK/filler" 2>/dev/null
+"$@" >"$SAVED/run.out" 2>"$SAVED/run.err"
+echo $? >"$SAVED/run.rc"
+ls -A "$DISK/cache/jobs" >"$SAVED/jobs.txt" 2>/dev/null
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs unshare -rm to mount a small tmpfs")
+def test_a_full_cache_disk_costs_a_warning_per_row_never_a_row(
+        tmp_path: Path, tiny_reference: Any) -> None:
+    """The cache is a full 4 MB tmpfs holding the reference: the rows are computed and kept,
+    none is stored, and nothing half-written is left in the cache."""
+    scenario = write_scenario(tmp_path, QUICK, ["onnxruntime"])
+    disk, saved, out = tmp_path / "disk", tmp_path / "saved", tmp_path / "run"
+    disk.mkdir()
+    saved.mkdir()
+    command = run_command(scenario, out, disk / "cache")
+    subprocess.run(["unshare", "-rm", "sh", "-c", FULL_CACHE_SCRIPT, "sh", *command],
+                   cwd=tmp_path, env=cli_env(DISK=str(disk), SAVED=str(saved),
+                                             REFERENCE=str(tiny_reference.folder)),
+                   check=True, timeout=900)
+    assert (saved / "run.rc").read_text().strip() == "0", (saved / "run.err").read_text()
+    assert sorted((saved / "run.err").read_text().splitlines()) == [
+        f"squeezelab: warning: {recipe} @ onnxruntime not stored in the cache {disk / 'cache'}: "
+        "No space left on device" for recipe in sorted(QUICK)]
+    assert (saved / "jobs.txt").read_text() == ""  # no entry, no temp folder
+    assert {r["status"] for r in rows(out / "results.jsonl").values()} == {"ok"}
+
+
 # -- the cache ----------------------------------------------------------------------------
 
 

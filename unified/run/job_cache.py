@@ -26,7 +26,7 @@ from unified.run.entries import (
 from unified.run.job import write_json
 from unified.run.locks import file_lock, lock_path
 from unified.run.results import STATUSES
-from unified.run.storage import os_reason
+from unified.run.storage import copy_tree, os_reason
 
 STORED_STATUSES = tuple(s for s in STATUSES if s not in ("failed", "timeout"))
 
@@ -78,7 +78,7 @@ class JobCache:
                 write_json(tmp / "record.json", record)
                 write_manifest(tmp)
                 tmp.rename(folder)
-        except OSError as exc:  # shutil.Error too
+        except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             self.warn(f"{label} not stored in the cache {self.cache_dir}: {os_reason(exc)}")
 
@@ -103,7 +103,7 @@ def _copy_folder(source: Path, target: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         if source.is_dir():
-            shutil.copytree(source, tmp)
+            copy_tree(source, tmp)
         else:
             tmp.mkdir(parents=True)
         if target.exists():

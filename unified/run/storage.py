@@ -72,12 +72,25 @@ def _name(exc: BaseException, path: Path) -> None:
         exc.filename = str(path)
 
 
+def copy_tree(source: Path, target: Path) -> None:
+    """Copy the folder ``source`` to the new folder ``target``, stopping at the first error.
+    Unlike shutil.copytree, which gathers every file's error into one shutil.Error of strings,
+    this raises the OSError itself, naming the file it could not write."""
+    target.mkdir(parents=True)
+    for item in sorted(source.iterdir()):
+        if item.is_dir() and not item.is_symlink():
+            copy_tree(item, target / item.name)
+            continue
+        try:
+            shutil.copy2(item, target / item.name)
+        except OSError as exc:
+            if exc.filename2:  # a failed copy names both files: the one written is the second
+                exc.filename, exc.filename2 = exc.filename2, None
+            raise
+
+
 def storage_problem(exc: BaseException) -> str | None:
     """'<file>: No space left on device' for a storage fault, None for anything else."""
-    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
-        # copytree collects (src, dst, why) per file: the first one says it
-        first = exc.args[0][0] if exc.args[0] else None
-        return f"{first[1]}: {first[2]}" if first else None
     if not isinstance(exc, OSError) or exc.errno not in STORAGE_ERRNOS:
         return None
     reason = exc.strerror or str(exc)
@@ -85,7 +98,5 @@ def storage_problem(exc: BaseException) -> str | None:
 
 
 def os_reason(exc: OSError) -> str:
-    """The strerror of ``exc`` ('No space left on device'), also from shutil.Error."""
-    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
-        return str(exc.args[0][0][-1]) if exc.args[0] else str(exc)
+    """The strerror of ``exc``: 'No space left on device'."""
     return exc.strerror or str(exc)
