@@ -105,7 +105,7 @@ def test_a_cache_that_cannot_be_written_costs_no_row(
     real = shutil.copy2
 
     def full_disk(src: Path, dst: Path, *args: Any, **kwargs: Any) -> Any:
-        # a file of a cache entry being built: cache/jobs/.<key>.../.artifacts.../<file>
+        # a file of a cache entry being built, in a dot-folder of a dot-folder under jobs
         if "jobs" in Path(dst).parts and Path(dst).parent.parent.name.startswith("."):
             raise OSError(errno.ENOSPC, "No space left on device", str(src), None, str(dst))
         return real(src, dst, *args, **kwargs)
