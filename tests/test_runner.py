@@ -102,20 +102,22 @@ def test_a_cache_that_cannot_be_written_costs_no_row(
 
     from unified.run import runner
 
-    real = shutil.copytree
+    real = shutil.copy2
 
     def full_disk(src: Path, dst: Path, *args: Any, **kwargs: Any) -> Any:
-        if "jobs" in Path(dst).parts and Path(dst).parent.name.startswith("."):  # the cache
-            raise OSError(errno.ENOSPC, "No space left on device")
+        # a file of a cache entry being built, in a dot-folder of a dot-folder under jobs
+        if "jobs" in Path(dst).parts and Path(dst).parent.parent.name.startswith("."):
+            raise OSError(errno.ENOSPC, "No space left on device", str(src), None, str(dst))
         return real(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(runner.shutil, "copytree", full_disk)
+    monkeypatch.setattr(runner.shutil, "copy2", full_disk)
     scenario = tiny_scenario({"fp32": []}, ["onnxruntime"])
     (record,) = Runner(scenario, RunOptions(out=tmp_path / "run",
                                             cache_dir=tmp_path / "cache")).run()
     assert record["status"] == "ok"
     assert len(read_records(tmp_path / "run" / "results.jsonl")) == 1
-    assert not list((tmp_path / "cache" / "jobs").iterdir())  # nothing half-written
+    jobs = tmp_path / "cache" / "jobs"
+    assert not jobs.exists() or not list(jobs.iterdir())  # nothing half-written
     err = capsys.readouterr().err
     assert "fp32 @ onnxruntime not stored in the cache" in err
     assert err.rstrip().endswith("No space left on device")

@@ -376,6 +376,8 @@ def _run_with_progress(scenario: Any, options: Any) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors → one line each, exit 2."""
+    from unified.run.signals import RunStopped
+
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
@@ -391,6 +393,9 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         _fail(exc.lines())
+    except RunStopped as exc:  # Ctrl-C, SIGTERM, a full disk: what was kept, how to resume
+        sys.stderr.write(f"squeezelab: {exc.message}\n")
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("squeezelab: interrupted\n")
         sys.exit(130)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import unified
+from unified.run.storage import atomic_write
 from unified.run.threads import JOB_THREADS
 from unified.spec.scenario import DataSpec, ModelSpec, Scenario
 from unified.spec.steps import DistillStep, Recipe, stable_hash
@@ -170,7 +171,7 @@ def reference_content_digest(folder: Path) -> str:
     names = ("weights.pt", "data.npz", "model.onnx")
     digest = files_digest([folder / n for n in names if (folder / n).is_file()], folder)
     with contextlib.suppress(OSError):  # a read-only cache still gives the digest
-        stored.write_text(digest)
+        atomic_write(stored, digest.encode())
     return digest
 
 
@@ -198,9 +199,10 @@ def job_key(scenario: Scenario, recipe: str, backend: str, reference_digest: str
         "backend": backend,
         "budget": scenario.budget.model_dump(mode="json"),
         # latency warm-up and runs only steer the driver's latency pass, never a cached figure;
-        # repeats only say how many seeds run: each seed's job has its own key
+        # repeats only say how many seeds run: each seed's job has its own key; the timeout
+        # and the memory limit only decide whether a row finishes
         "evaluate": scenario.evaluate.model_dump(
-            mode="json", exclude={"timeout": True, "repeats": True,
+            mode="json", exclude={"timeout": True, "repeats": True, "memory_limit": True,
                                   "latency": {"warmup", "runs"}}),
         "seed": scenario.seed,
         "job_threads": JOB_THREADS,  # fixed (unified.run.threads); keyed to be explicit

@@ -52,7 +52,12 @@ class Outcome:
     seconds: float
     host: str
     code: int | None = None  # the worker's exit code or -signal, when it ended
-    reason: str | None = None
+    reason: str | None = None  # the worker died or was lost: how
+    error: str | None = None  # the job failed: its reason, as the worker reported it
+
+    @property
+    def succeeded(self) -> bool:
+        return self.ended == "exited" and self.code == 0 and self.reason is None
 
 
 OnStart = Callable[[Task, str], None]  # the task and where it runs (for progress)
@@ -67,6 +72,11 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Stop every worker (called before the latency pass: nothing else may run)."""
+
+    def stop(self) -> None:
+        """Called from any thread when the run must end now (Ctrl-C, a full disk): start no
+        more tasks, kill the running ones, report no outcome of a task this kills; ``run``
+        then returns (or re-raises what stopped it) once its threads have ended."""
 
 
 def hostname() -> str:

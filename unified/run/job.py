@@ -19,6 +19,7 @@ from unified.run.layers import check_layers, resolve_targets
 from unified.run.reference import degenerate as reference_degenerate
 from unified.run.reference import load_summary
 from unified.run.results import new_record
+from unified.run.storage import atomic_write
 from unified.spec.scenario import Scenario
 from unified.spec.steps import Recipe
 
@@ -189,9 +190,8 @@ def _relative(path: Path, folder: Path) -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
+    """Write ``obj`` as JSON at once: a reader never sees half a file."""
+    atomic_write(path, json.dumps(obj, indent=2, default=str).encode())
 
 
 def format_traceback(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ from unified.data.splits import DataSplits
 from unified.measure.latency import PairedSettings, Timing, onnx_candidate, paired_latency
 from unified.run.job import harness_settings
 from unified.run.results import LATENCY_FIELDS
+from unified.run.storage import atomic_write
 from unified.spec.scenario import Scenario
 
 MEASURED = ("ok", "approximated")
@@ -75,4 +76,4 @@ def update_reference_summary(path: Path, timing: Timing) -> None:
     """The run folder's reference.json gets the reference's latency from this run's pass."""
     summary = json.loads(path.read_text())
     summary.update(latency_ms_p50=timing.latency_ms_p50, latency_ms_p90=timing.latency_ms_p90)
-    path.write_text(json.dumps(summary, indent=2))
+    atomic_write(path, json.dumps(summary, indent=2).encode())

@@ -34,6 +34,8 @@ from unified.run.executor import (
     signal_text,
 )
 
+STOP_JOIN_SECONDS = 30.0  # how long a stopping run waits for a slot's callback to end
+
 
 class WorkerGone(Exception):
     """The worker died or overran while starting; the message says how."""
@@ -52,18 +54,27 @@ class WarmWorker:
     _reply: IO[bytes] | None = None
     _buffer: bytes = b""
     _ended: bool = False  # killed or closed: its process group is never signalled again
+    _stopped: bool = False  # the run is stopping: never start, kill if started
+    _guard: threading.Lock = field(default_factory=threading.Lock)
 
     def spawn(self) -> None:
         """Start the process; it sets itself up while the caller does other work."""
         read_fd, write_fd = os.pipe()
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "unified.run.worker", "--serve", self.backend,
-                 str(write_fd)],
-                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                pass_fds=(write_fd,), start_new_session=True)
-        os.close(write_fd)  # ours closed: EOF on the pipe when the worker dies
+        try:
+            self.log.parent.mkdir(parents=True, exist_ok=True)
+            with self._guard, self.log.open("ab") as log:
+                if self._stopped:
+                    raise WorkerGone("the run is stopping")
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "unified.run.worker", "--serve", self.backend,
+                     str(write_fd)],
+                    stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                    pass_fds=(write_fd,), start_new_session=True)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)  # ours closed: EOF on the pipe when the worker dies
         self._reply = os.fdopen(read_fd, "rb", buffering=0)
         self.spawned_at = time.time()
 
@@ -100,7 +111,9 @@ class WarmWorker:
             self.kill()
             return Outcome("timeout", seconds, hostname())
         if "done" in message:
-            return Outcome("exited", seconds, hostname(), code=0 if message["ok"] else 1)
+            ok = bool(message["ok"])
+            return Outcome("exited", seconds, hostname(), code=0 if ok else 1,
+                           error=None if ok else message.get("reason"))
         code = self.kill()
         return Outcome("exited", seconds, hostname(), code=code,
                        reason=signal_text(code) if code else "the worker exited mid-job")
@@ -135,6 +148,15 @@ class WarmWorker:
         except (subprocess.TimeoutExpired, OSError):
             pass
         self.kill()
+
+    def terminate(self) -> None:
+        """Kill the worker's process group now, from any thread (the run is stopping); the
+        thread using the worker sees it die, and no new process is started."""
+        with self._guard:
+            self._stopped = True
+            if self.proc is not None and not self._ended and self.proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
 
     def kill(self) -> int:
         """Kill the worker's process group; return its exit code (negative: the signal)."""
@@ -177,6 +199,8 @@ class LocalExecutor:
     _all: list[WarmWorker] = field(default_factory=list)  # every worker started
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _count: int = 0
+    _stopping: bool = False
+    _failure: BaseException | None = None
 
     def prestart(self, backends: Sequence[str]) -> None:
         """Start workers for ``backends`` now (e.g. while the reference trains): their
@@ -194,10 +218,26 @@ class LocalExecutor:
         threads = [threading.Thread(target=self._slot, args=(queues, serving, on_start, on_done),
                                     name=f"squeezelab-slot-{i}", daemon=True)
                    for i in range(min(self.slots, len(tasks)))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        except BaseException:  # Ctrl-C or SIGTERM in this (the main) thread
+            self.stop()
+            for thread in threads:
+                if thread.ident is not None:
+                    thread.join(timeout=STOP_JOIN_SECONDS)
+            raise
+        if self._failure is not None:
+            raise self._failure  # what a slot's callback raised (e.g. a full disk)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            workers = list(self._all)
+        for worker in workers:
+            worker.terminate()
 
     def close(self) -> None:
         """Stop every worker: idle ones finish, busy ones (the run was interrupted) are
@@ -217,6 +257,8 @@ class LocalExecutor:
     def _next(self, queues: dict[str, deque[Task]], serving: dict[str, int],
               current: str | None) -> Task | None:
         with self._lock:
+            if self._stopping:
+                return None
             if current is not None and queues[current]:
                 return queues[current].popleft()
             if current is not None:
@@ -232,6 +274,20 @@ class LocalExecutor:
     def _slot(self, queues: dict[str, deque[Task]], serving: dict[str, int],
               on_start: OnStart, on_done: OnDone) -> None:
         worker: WarmWorker | None = None
+        try:
+            worker = self._serve(queues, serving, on_start, on_done)
+        except BaseException as exc:  # a callback failed: stop the run, re-raise in run()
+            with self._lock:
+                self._failure = self._failure or exc
+            self.stop()
+        finally:
+            if worker is not None:
+                worker.close()
+
+    def _serve(self, queues: dict[str, deque[Task]], serving: dict[str, int],
+               on_start: OnStart, on_done: OnDone) -> WarmWorker | None:
+        """Run tasks until none is left; return the worker still open."""
+        worker: WarmWorker | None = None
         backend: str | None = None
         while (task := self._next(queues, serving, backend)) is not None:
             backend = task.backend
@@ -242,7 +298,8 @@ class LocalExecutor:
                 try:
                     worker = self._ready_worker(backend, task.timeout)
                 except WorkerGone as exc:
-                    on_done(task, Outcome("lost", 0.0, hostname(), reason=str(exc)))
+                    self._report(on_done, task, Outcome("lost", 0.0, hostname(),
+                                                        reason=str(exc)))
                     continue
             assert worker.proc is not None
             on_start(task, f"worker {worker.proc.pid}")
@@ -254,9 +311,15 @@ class LocalExecutor:
                 # mid-build) must not reach the next job, so that one gets a fresh worker
                 worker.close()
                 worker = None
-            on_done(task, outcome)
-        if worker is not None:
-            worker.close()
+            self._report(on_done, task, outcome)
+        return worker
+
+    def _report(self, on_done: OnDone, task: Task, outcome: Outcome) -> None:
+        """Pass the outcome on, unless the run is stopping and this is what stopping did
+        (a killed worker is not the job's fault: its row stays to be computed)."""
+        if self._stopping and not outcome.succeeded:
+            return
+        on_done(task, outcome)
 
     def _new_worker(self, backend: str) -> WarmWorker:
         with self._lock:
@@ -266,6 +329,8 @@ class LocalExecutor:
                             self.log_dir / f"{backend}-{count}.log")
         with self._lock:
             self._all.append(worker)
+            if self._stopping:  # stop() did not see it: it must never start
+                worker.terminate()
         return worker
 
     def _ready_worker(self, backend: str, timeout: float) -> WarmWorker:

@@ -14,6 +14,7 @@ started: nothing phones home.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -116,26 +117,49 @@ class RayExecutor:
         self.extra_paths = list(extra_paths)
         self._remote: Any = ray.remote(num_cpus=1, max_retries=0)(job_task)
         self._shipped: dict[str, Any] = {}
+        self._running: dict[int, Any] = {}  # the stream of each task in flight
+        self._stopping = False
 
     def run(self, tasks: Sequence[Task], on_start: OnStart, on_done: OnDone) -> None:
         pending: queue.Queue[Task] = queue.Queue()
         for task in tasks:
             pending.put(task)
+        failure: list[BaseException] = []
 
         def slot() -> None:
-            while True:
-                try:
-                    task = pending.get_nowait()
-                except queue.Empty:
-                    return
-                on_done(task, self._run_one(task, on_start))
+            try:
+                while not self._stopping:
+                    try:
+                        task = pending.get_nowait()
+                    except queue.Empty:
+                        return
+                    outcome = self._run_one(task, on_start)
+                    if not self._stopping or outcome.succeeded:
+                        on_done(task, outcome)
+            except BaseException as exc:  # a callback failed: stop, re-raise in run()
+                failure.append(exc)
+                self.stop()
 
         threads = [threading.Thread(target=slot, daemon=True)
                    for _ in range(min(self.slots, len(tasks)))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        except BaseException:  # Ctrl-C or SIGTERM in the main thread
+            self.stop()
+            raise
+        if failure:
+            raise failure[0]
+
+    def stop(self) -> None:
+        """Start no more tasks; cancel the running ones (force: their worker process, and
+        with it the job's process, which dies with its parent)."""
+        self._stopping = True
+        for stream in list(self._running.values()):
+            with contextlib.suppress(Exception):
+                self._ray.cancel(stream, force=True)
 
     def _reference(self, folder: Path) -> tuple[str, list[Any]]:
         from unified.run.cache import reference_content_digest
@@ -153,11 +177,14 @@ class RayExecutor:
         try:
             stream = self._remote.remote(spec, digest, shipped, task.timeout, task.threads,
                                          self.extra_paths)
+            self._running[id(task)] = stream
             where = ray.get(next(stream))
             on_start(task, f"Ray node {where['node'][:12]} ({where['host']})")
             result = ray.get(next(stream))
         except (ray.exceptions.RayError, StopIteration) as exc:
             return Outcome("lost", 0.0, where.get("host", "?"), reason=_lost(where, exc))
+        finally:
+            self._running.pop(id(task), None)
         _untar(result["tar"], task.folder)
         return Outcome(result["ended"], result["seconds"], result["host"], code=result["code"])
 

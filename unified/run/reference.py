@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ import numpy as np
 
 from unified.context import ReferenceArtifacts
 from unified.run.cache import reference_content_digest, reference_key
+from unified.run.entries import discard, manifest_problem, remove_stale, warn, write_manifest
+from unified.run.locks import file_lock, lock_path
+from unified.run.storage import atomic_write
 from unified.run.threads import torch_threads
 from unified.spec.scenario import Scenario
 
@@ -25,24 +29,39 @@ def load_summary(ref: ReferenceArtifacts) -> dict[str, Any]:
     return dict(json.loads(ref.summary.read_text()))
 
 
-def prepare_reference(scenario: Scenario, cache_dir: Path) -> ReferenceArtifacts:
-    """Return the cached reference for ``scenario``, building it first if needed."""
-    folder = cache_dir / "reference" / reference_key(scenario)
+def prepare_reference(scenario: Scenario, cache_dir: Path,
+                      on_wait: Callable[[str], None] | None = None) -> ReferenceArtifacts:
+    """Return the cached reference for ``scenario``, building it first if needed.
+
+    One run builds a reference at a time (a lock per reference key): another run that needs
+    the same one waits (``on_wait`` gets the lock's path) and then uses it. A cached
+    reference whose files do not match its manifest is discarded with a warning and rebuilt.
+    """
+    key = reference_key(scenario)
+    folder = cache_dir / "reference" / key
     ref = ReferenceArtifacts(folder)
-    if ref.summary.is_file():
+    if folder.is_dir() and manifest_problem(folder) is None:
         return ref
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=folder.parent))
-    try:
-        _build(scenario, ReferenceArtifacts(tmp))
-        reference_content_digest(tmp)
-        if folder.exists():  # another process won the race; theirs is as good
-            shutil.rmtree(tmp)
-        else:
+    lock = lock_path(cache_dir, "reference", key)
+    with file_lock(lock, on_wait=(lambda: on_wait(str(lock))) if on_wait else None):
+        if folder.exists():
+            problem = manifest_problem(folder)
+            if problem is None:
+                return ref  # built by another run while this one waited
+            warn(f"cached reference {folder} is corrupt ({problem}); building it again")
+            discard(folder)
+        remove_stale(folder.parent, f".building-{key}-")
+        remove_stale(folder.parent, f".trash-{key}-")
+        tmp = folder.parent / f".building-{key}-{os.getpid()}"
+        tmp.mkdir(parents=True)
+        try:
+            _build(scenario, ReferenceArtifacts(tmp))
+            reference_content_digest(tmp)
+            write_manifest(tmp)
             tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return ref
 
 
@@ -114,7 +133,7 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
         "reference_degenerate_reason": degenerate,
         **figures,
     }
-    ref.summary.write_text(json.dumps(summary, indent=2))
+    atomic_write(ref.summary, json.dumps(summary, indent=2).encode())
 
 
 def write_inventory(model: Any, ref: ReferenceArtifacts, input_shape: tuple[int, int, int]) -> None:

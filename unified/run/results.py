@@ -6,10 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from unified.run.storage import append_line, atomic_write
 
 STATUSES = ("ok", "approximated", "unsupported", "failed", "timeout")
 
@@ -52,37 +53,31 @@ def new_record(
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line atomically (one write on an O_APPEND descriptor, then fsync)."""
-    line = (json.dumps(record, sort_keys=False, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Append one JSON line: one write, synced; a write that fails half-way (a full disk) is
+    undone, so the file never ends in a torn line (unified.run.storage)."""
+    append_line(path, (json.dumps(record, sort_keys=False, default=str) + "\n").encode())
 
 
 def rewrite_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """Replace results.jsonl at once (temp file, fsync, rename): after the latency pass."""
+    """Replace results.jsonl at once (temp file, fsync, rename): after the latency pass, and
+    when a resumed run drops the rows it will compute again."""
     data = "".join(json.dumps(r, sort_keys=False, default=str) + "\n" for r in records)
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    atomic_write(path, data.encode())
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a results.jsonl; a torn last line (crash mid-write) is skipped."""
+    """Records of a results.jsonl. A line that is not a JSON object (torn by a crash
+    mid-write, or garbage) is skipped."""
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
             continue
+        if isinstance(record, dict) and {"recipe", "backend", "status"} <= set(record):
+            out.append(record)
     return out
 
 
@@ -95,6 +90,4 @@ def write_csv(path: Path, records: Iterable[dict[str, Any]]) -> None:
         row = dict(record)
         row["notes"] = " | ".join(record.get("notes") or [])
         writer.writerow(row)
-    tmp = path.with_suffix(".csv.tmp")
-    tmp.write_text(buf.getvalue())
-    tmp.replace(path)
+    atomic_write(path, buf.getvalue().encode())

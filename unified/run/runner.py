@@ -16,7 +16,6 @@ import functools
 import json
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -29,10 +28,13 @@ from adapters.registry import get_adapter
 from unified.context import ReferenceArtifacts
 from unified.run.aggregate import aggregate, fp32_summary
 from unified.run.cache import job_key, reference_identity, reference_key
+from unified.run.entries import read_json_object, warn
 from unified.run.executor import Executor, Outcome, Task, signal_text, worker_env
 from unified.run.expand import all_recipes, expand, job_scenario, job_spec, recipe_of, tag
 from unified.run.job import Job, write_json
+from unified.run.job_cache import JobCache
 from unified.run.latency_pass import MEASURED, time_rows, update_reference_summary
+from unified.run.locks import Busy, run_folder_lock
 from unified.run.reference import load_summary, prepare_reference
 from unified.run.results import (
     append_record,
@@ -41,9 +43,19 @@ from unified.run.results import (
     rewrite_records,
     write_csv,
 )
+from unified.run.signals import (
+    EXIT_BUSY,
+    EXIT_STORAGE,
+    Interrupted,
+    RunStopped,
+    signals_ignored,
+    stop_signals,
+)
+from unified.run.storage import atomic_write, storage_problem
 from unified.run.threads import JOB_THREADS
 from unified.spec.baselines import MATCHED_BACKEND
 from unified.spec.scenario import Scenario
+from unified.spec.sizes import format_size
 from unified.spec.steps import Recipe
 
 PENDING_STATUSES = ("failed", "timeout")  # not cached: a rerun tries them again
@@ -79,17 +91,6 @@ class Progress:
     on_stage: Callable[[str], None] = lambda _msg: None
     on_start: Callable[[Job, str], None] = lambda _job, _where: None
     on_done: Callable[[Job, dict[str, Any]], None] = lambda _job, _rec: None
-
-
-def _warn(message: str) -> None:
-    print(f"squeezelab: warning: {message}", file=sys.stderr)
-
-
-def _os_reason(exc: OSError) -> str:
-    """'No space left on device', also from shutil.Error's list of (src, dst, why)."""
-    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
-        return str(exc.args[0][0][-1]) if exc.args[0] else str(exc)
-    return exc.strerror or str(exc)
 
 
 def _runnable(job: Job, recipe: Recipe) -> bool:
@@ -157,6 +158,8 @@ class Runner:
         # repeats and hidden fp32 baselines: folded into the rows, not rows themselves
         self.auxiliary_path = self.out / "auxiliary.jsonl"
         self._lock = threading.Lock()
+        self.cache = JobCache(options.cache_dir, warn)
+        self._total = 0
         self.records: list[dict[str, Any]] = []
         self.auxiliary: list[dict[str, Any]] = []
         self.timings: dict[str, Any] = {"executor": options.executor,
@@ -165,18 +168,42 @@ class Runner:
     # -- public ---------------------------------------------------------------------------
 
     def run(self) -> list[dict[str, Any]]:
-        """Run every model × recipe × backend; return the records in scenario order."""
-        start = time.monotonic()
+        """Run every model × recipe × backend; return the records in scenario order.
+
+        Raises RunStopped when the run ends early (Ctrl-C, SIGTERM, a file it cannot write,
+        the run folder in use): every row finished by then is in results.jsonl, and the same
+        run folder given again resumes.
+        """
         views = self.scenario.views()
         multi = len(views) > 1
         planned = [(view, job, self._plan(view, job))
                    for view in views for job in expand_jobs(view, self.options, multi)]
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            with run_folder_lock(self.out), stop_signals():
+                return self._run(views, planned, multi)
+        except Busy as exc:
+            raise RunStopped(f"error: {exc}", EXIT_BUSY) from None
+        except Interrupted as exc:
+            raise RunStopped(self._kept(f"interrupted ({exc.name})", "to resume, run the "
+                                        f"same command with --out {self.out}"),
+                             exc.exit_code) from None
+        except OSError as exc:
+            problem = storage_problem(exc)
+            if problem is None:
+                raise
+            raise RunStopped(self._kept(f"error: cannot write {problem}", "once it can be "
+                                        f"written, run the same command with --out {self.out}"
+                                        " to resume"), EXIT_STORAGE) from None
+
+    def _run(self, views: list[Scenario],
+             planned: list[tuple[Scenario, Job, Plan | dict[str, Any]]],
+             multi: bool) -> list[dict[str, Any]]:
+        start = time.monotonic()
+        self._total = len(planned)
         # with several models, `model` is only the first of them: leave it out
         write_json(self.out / "scenario.json", self.scenario.model_dump(
             mode="json", exclude={"model"} if self.scenario.models else None))
-        done = {r.get("job_key"): r for path in (self.results_path, self.auxiliary_path)
-                for r in read_records(path) if r.get("status") not in PENDING_STATUSES}
+        done = self._resume()
         executor = make_executor(self.options)
         references: dict[str, ReferenceArtifacts] = {}
         try:
@@ -192,8 +219,12 @@ class Runner:
             executor.run([task for _, task in tasks], self._started,
                          lambda task, outcome: self._ended(by_task[id(task)], task, outcome))
             self.timings["phase1_seconds"] = round(time.monotonic() - phase1, 3)
-        finally:
-            executor.close()
+        except BaseException:
+            with signals_ignored():  # a second Ctrl-C must not cut the clean-up short
+                executor.stop()
+                executor.close()
+            raise
+        executor.close()
         self.timings["worker_starts"] = [vars(s) for s in getattr(executor, "starts", [])]
         self._aggregate(views, references, multi)
         self._latency_pass(views, references, multi)
@@ -203,6 +234,27 @@ class Runner:
         self.timings["wall_seconds"] = round(time.monotonic() - start, 3)
         write_json(self.out / "timings.json", self.timings)
         return self.records
+
+    def _resume(self) -> dict[Any, dict[str, Any]]:
+        """The rows (and repeats, hidden baselines) of an earlier run in this folder that are
+        kept: finished ones, once each. results.jsonl and auxiliary.jsonl are rewritten with
+        just those, so that a row computed again never appears twice and a torn line (a
+        machine that crashed mid-write) is gone before anything is appended after it."""
+        done: dict[Any, dict[str, Any]] = {}
+        for path in (self.results_path, self.auxiliary_path):
+            if not path.exists():
+                continue
+            kept = {r["job_key"]: r for r in read_records(path)
+                    if r.get("job_key") and r.get("status") not in PENDING_STATUSES}
+            rewrite_records(path, kept.values())
+            done.update(kept)
+        return done
+
+    def _kept(self, what: str, how: str) -> str:
+        """The one line of a run that stopped early: what happened, what was kept, how to
+        go on."""
+        return (f"{what}; {len(self.records)} of {self._total} rows kept in "
+                f"{self.results_path}; {how}")
 
     # -- phase 1 --------------------------------------------------------------------------
 
@@ -225,11 +277,13 @@ class Runner:
     def _reference(self, view: Scenario, multi: bool) -> ReferenceArtifacts:
         self.progress.on_stage(f"reference model {view.model.label}")
         start = time.monotonic()
-        ref = prepare_reference(view, self.options.cache_dir)
+        ref = prepare_reference(view, self.options.cache_dir, on_wait=lambda lock: (
+            self.progress.on_stage(f"reference model {view.model.label}: waiting for another "
+                                   f"run building it (lock {lock})")))
         self.timings.setdefault("reference_seconds", {})[view.model.label] = round(
             time.monotonic() - start, 3)
         name = f"reference-{_safe(view.model.label)}.json" if multi else "reference.json"
-        shutil.copy(ref.summary, self.out / name)
+        atomic_write(self.out / name, ref.summary.read_bytes())
         return ref
 
     def _classify(self, view: Scenario, ref: ReferenceArtifacts,
@@ -308,7 +362,7 @@ class Runner:
         record["job_key"] = task.key
         self._finish(task.job, record)  # the row first: it must survive a failing cache write
         if record["status"] not in PENDING_STATUSES:
-            self._store_in_cache(task.job, task.key, task.folder, record)
+            self.cache.store(task.key, task.job.label, task.folder, record)
 
     def _outcome_record(self, view: Scenario, task: Task, outcome: Outcome) -> dict[str, Any]:
         """Turn every way a job can end into a record."""
@@ -326,64 +380,27 @@ class Runner:
             record.update(where)
             record.setdefault("timings", {})["job"] = seconds
             return record
-        error_file = folder / "error.json"
-        if error_file.is_file():
-            reason = json.loads(error_file.read_text())["reason"]
-        else:
+        error = read_json_object(folder / "error.json") or {}
+        reason = error.get("reason") or outcome.error
+        if not isinstance(reason, str):
             reason = outcome.reason or signal_text(outcome.code or 0)
+            limit = view.evaluate.memory_limit
+            if limit is not None and (outcome.code or 0) < 0:  # e.g. std::bad_alloc → abort
+                reason += f" under evaluate.memory_limit {format_size(limit)}"
         return self._record(view, job, "failed", reason=f"{reason} {log}",
                             compress_seconds=seconds,
                             versions=get_adapter(job.backend).capabilities.versions(), **where)
 
     # -- the cache ------------------------------------------------------------------------
 
-    def _cache_dir(self, key: str) -> Path:
-        return self.options.cache_dir / "jobs" / key
-
     def _from_cache(self, view: Scenario, job: Job, key: str) -> dict[str, Any] | None:
         if not self.options.use_cache:
             return None
-        folder = self._cache_dir(key)
-        record_file = folder / "record.json"
-        if not record_file.is_file():
-            return None
-        record: dict[str, Any] = json.loads(record_file.read_text())
-        target = self._job_dir(job) / "artifacts"
-        if (folder / "artifacts").is_dir() and not target.exists():
-            try:
-                shutil.copytree(folder / "artifacts", target)
-            except OSError as exc:  # e.g. a full disk: run the job instead
-                shutil.rmtree(target, ignore_errors=True)
-                _warn(f"cached {job.label} not reused: {_os_reason(exc)}")
-                return None
-        record.update(scenario=view.name, model=view.model.label, recipe=job.recipe,
-                      cached=True)
+        record = self.cache.load(key, job.label, self._job_dir(job) / "artifacts")
+        if record is not None:
+            record.update(scenario=view.name, model=view.model.label, recipe=job.recipe,
+                          cached=True)
         return record
-
-    def _store_in_cache(self, job: Job, key: str, job_dir: Path,
-                        record: dict[str, Any]) -> None:
-        """Best effort: the row is already in results.jsonl; a cache that cannot be written
-        (a full disk, a read-only folder) costs a rerun next time, never this run."""
-        folder = self._cache_dir(key)
-        if folder.exists():
-            return
-        tmp = folder.parent / f".{key}.{os.getpid()}.{threading.get_ident()}"
-        try:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            if (job_dir / "artifacts").is_dir():
-                shutil.copytree(job_dir / "artifacts", tmp / "artifacts")
-            tmp.mkdir(parents=True, exist_ok=True)
-            write_json(tmp / "record.json", record)
-        except OSError as exc:  # shutil.Error too
-            shutil.rmtree(tmp, ignore_errors=True)
-            _warn(f"{job.label} not stored in the cache {self.options.cache_dir}: "
-                  f"{_os_reason(exc)}")
-            return
-        try:
-            tmp.rename(folder)
-        except OSError:  # a concurrent run stored it first
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def _keep(self, job: Job, record: dict[str, Any]) -> None:
         with self._lock:

@@ -37,6 +37,7 @@ import unified  # noqa: F401  (environment defaults before any toolkit import)
 from adapters.registry import get_adapter
 from unified.context import ReferenceArtifacts
 from unified.run.failure import failure_reason
+from unified.run.guards import is_memory_error, memory_reason, set_memory_limit, watch_parent
 from unified.run.job import execute, format_traceback, job_from_spec, write_json
 
 
@@ -135,14 +136,18 @@ def _timed(part: str, function: Any) -> Any:
     return timed
 
 
-def run_job(folder: Path) -> bool:
-    """Run the job described by ``folder/job.json``; True when ``record.json`` was written."""
+def run_job(folder: Path) -> tuple[bool, str | None]:
+    """Run the job described by ``folder/job.json``. Returns whether ``record.json`` was
+    written and, for a failure, its reason (also in ``error.json`` when that can be
+    written: on a full disk the reason only travels back through the reply)."""
+    limit = None
     try:
         spec = json.loads((folder / "job.json").read_text())
         scenario, job = job_from_spec(spec)
         threads = spec.get("torch_threads")
         # torch imported later by the job takes its thread count from OMP_NUM_THREADS
         reset_process(scenario.seed, int(threads) if threads else None)
+        set_memory_limit(scenario.evaluate.memory_limit)
         profiling = os.environ.get("SQUEEZELAB_PROFILE") == "1"
         if profiling:
             _profile()
@@ -151,12 +156,19 @@ def run_job(folder: Path) -> bool:
                          ReferenceArtifacts(Path(spec["reference"])))
         if profiling:
             record["timings"].update({k: round(v, 3) for k, v in _spent.items()})
+        write_json(folder / "record.json", record)
+        return True, None
     except Exception as exc:
-        write_json(folder / "error.json",
-                   {"reason": failure_reason(exc), "traceback": format_traceback(exc)})
-        return False
-    write_json(folder / "record.json", record)
-    return True
+        set_memory_limit(None)  # what follows must not fail for the job's lack of memory
+        reason = failure_reason(exc)
+        if limit is not None and is_memory_error(exc):
+            reason = memory_reason(limit, reason)
+        with contextlib.suppress(OSError):
+            write_json(folder / "error.json",
+                       {"reason": reason, "traceback": format_traceback(exc)})
+        return False, reason
+    finally:
+        set_memory_limit(None)  # the reply and the next job's set-up are not the job's
 
 
 @contextlib.contextmanager
@@ -172,8 +184,9 @@ def output_to(path: Path) -> Iterator[None]:
         os.dup2(fd, 2)
         yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        with contextlib.suppress(OSError):  # a full disk: what could not be logged is lost
+            sys.stdout.flush()
+            sys.stderr.flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for handle in (fd, *saved):
@@ -199,13 +212,17 @@ def serve(backend: str, reply_fd: int) -> int:
         folder = Path(line.strip())
         if not line.strip():
             continue
-        with output_to(folder / "worker.log"):
-            ok = run_job(folder)
-        _reply(reply_fd, {"done": str(folder), "ok": ok})
+        try:
+            with output_to(folder / "worker.log"):
+                ok, reason = run_job(folder)
+        except OSError as exc:  # the log cannot be opened: a full disk, a removed folder
+            ok, reason = False, f"{folder / 'worker.log'}: {exc.strerror or exc}"
+        _reply(reply_fd, {"done": str(folder), "ok": ok, "reason": reason})
     return 0
 
 
 def main(argv: list[str]) -> int:
+    watch_parent()  # a run killed with SIGKILL must not leave this worker running
     if argv[:1] == ["--serve"]:
         return serve(argv[1], int(argv[2]))
     folder = Path(argv[0])
@@ -215,7 +232,7 @@ def main(argv: list[str]) -> int:
         write_json(folder / "error.json",
                    {"reason": failure_reason(exc), "traceback": format_traceback(exc)})
         return 1
-    return 0 if run_job(folder) else 1
+    return 0 if run_job(folder)[0] else 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from unified.spec.backends import backend_names
 from unified.spec.baselines import BASELINE_PREFIX
 from unified.spec.errors import closest, did_you_mean
+from unified.spec.sizes import format_size, parse_size
 from unified.spec.steps import TRAINING_STEPS, Recipe
 
 SCENARIO_VERSION = 1
@@ -220,6 +221,9 @@ class LatencySettings(_Strict):
     threads: int = Field(1, ge=1)
 
 
+MIN_MEMORY_LIMIT = 64 * 2**20  # below this no worker can even import numpy
+
+
 class EvaluateSpec(_Strict):
     latency: LatencySettings = LatencySettings()
     timeout: float = Field(1800, gt=0, description="seconds one job may take")
@@ -228,6 +232,22 @@ class EvaluateSpec(_Strict):
         description="run each trained or calibrated job (and its matched fp32+ft baseline) "
                     "with this many seeds derived from the scenario's seed; the row reports "
                     "the mean and standard deviation of accuracy and agreement")
+    memory_limit: int | None = Field(
+        None, json_schema_extra={"anyOf": [{"type": "integer"}, {"type": "string"},
+                                           {"type": "null"}]},
+        description="data memory one worker process may use, e.g. 4GB, 512MB, 2GiB or bytes "
+                    "(RLIMIT_DATA); a job that needs more is a failed row")
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int | None:
+        if value is None:
+            return None
+        size = parse_size(value)
+        if size < MIN_MEMORY_LIMIT:
+            raise ValueError(f"must be at least {format_size(MIN_MEMORY_LIMIT)} "
+                             "(a worker needs that much to start)")
+        return size
 
 
 class SelectSpec(_Strict):
