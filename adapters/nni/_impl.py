@@ -283,11 +283,16 @@ def _training_follows(steps: list[Step], index: int) -> bool:
 def run(ctx: JobContext) -> Artifacts:
     """Run every step; write model.onnx and the native .pt (state_dict) in ctx.workdir."""
     from adapters.nni import _impl_prune, _impl_quant
+    from adapters.nni._impl_layers import register_layer_subclasses
 
     steps = ctx.recipe.steps
     training.set_seed(ctx.seed)
     state = State(model=ctx.reference_model())
     state.details["parameters_fp32"] = count_parameters(state.model)
+    registered = register_layer_subclasses(state.model)
+    if registered:
+        ctx.note(f"NNI settings registered for layer subclasses ({', '.join(registered)}): "
+                 "NNI looks settings up by class name")
     onnx_path = ctx.workdir / "model.onnx"
     several = sum(isinstance(s, PruneStep) for s in steps) > 1
     done: set[int] = set()

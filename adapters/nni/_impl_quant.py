@@ -43,6 +43,7 @@ from adapters.nni._impl import (
     target_modules,
     traced_optimizer_class,
 )
+from adapters.nni._impl_layers import uncalled_layers
 from unified.context import JobContext
 from unified.spec.steps import (
     BinarizeStep,
@@ -54,6 +55,7 @@ from unified.spec.steps import (
 )
 from unified.torchkit import training
 from unified.torchkit.export import export_onnx
+from unified.torchkit.fxtrace import trace_layers
 
 INT8_MIN, INT8_MAX = -127, 127  # NNI's symmetric int8 range
 
@@ -63,7 +65,7 @@ INT8_MIN, INT8_MAX = -127, 127  # NNI's symmetric int8 range
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv, bn) module names where the BN consumes only that conv's output (torch.fx)."""
-    graph = torch.fx.symbolic_trace(model).graph
+    graph = trace_layers(model)  # conv subclasses stay call_module nodes
     modules = dict(model.named_modules())
     pairs = []
     for node in graph.nodes:
@@ -323,6 +325,12 @@ def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
         ctx.note(f"BatchNorm folded into {len(pairs)} conv(s) before NNI's quantizer, so the "
                  "per-channel weight scales are those of the exported (BN-folded) weights")
     selected = target_modules(model, step.targets)
+    uncalled = uncalled_layers(model, list(selected), ctx.input_shape)
+    if uncalled:
+        ctx.note(f"not quantized: {', '.join(uncalled)} (their parent uses the weight without "
+                 "calling the layer, e.g. nn.MultiheadAttention's out_proj, so NNI's wrapper "
+                 "never observes them)")
+        selected = {n: m for n, m in selected.items() if n not in uncalled}
     if not selected:
         raise ValueError("the quantize step's targets select no conv/linear module")
     names = list(selected)
