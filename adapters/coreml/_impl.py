@@ -26,7 +26,9 @@ from adapters.coreml._impl_ct import ct, ct_model_utils, cto, milproto_load
 from unified.context import JobContext
 from unified.spec.errors import ExportMismatch
 from unified.spec.steps import ClusterStep, PruneStep, QuantizeStep, Step, targets_of
+from unified.torchkit.attention import decompose_attention
 from unified.torchkit.export import export_onnx
+from unified.torchkit.fxtrace import static_shapes, trace_layers
 from unified.torchkit.targets import targeted
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ def fold_bn(model: nn.Module) -> tuple[nn.Module, int]:
 
     model = copy.deepcopy(model).eval()
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        graph = trace_layers(model)  # conv subclasses stay call_module nodes
     except Exception:  # untraceable model: nothing folded, the read-back check will tell
         return model, sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     modules = dict(model.named_modules())
@@ -104,7 +106,13 @@ def convert(model: nn.Module, input_shape: tuple[int, ...], fp16: bool) -> ct.mo
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model.eval(), torch.zeros(1, *input_shape))
+        example = torch.zeros(1, *input_shape)
+        # the program has one input shape: sizes read in forward are its constants
+        # (coremltools cannot convert the aten::Int of a traced x.size(0))
+        # check_trace off: its second trace can name float modules (nn.MultiheadAttention)
+        # differently and fail on that alone; the read-back check compares the weights
+        traced = torch.jit.trace(static_shapes(model.eval(), example), example,
+                                 check_trace=False)
         return ct.convert(
             traced,
             inputs=[ct.TensorType(name="input", shape=(1, *input_shape))],
@@ -425,6 +433,11 @@ def compress(ctx: JobContext, routes: list[str]) -> Artifacts:
     model, left = fold_bn(ctx.reference_model())
     if left:
         ctx.note(f"{left} BatchNorm layers could not be folded into a conv")
+    attention = decompose_attention(model)
+    if attention:  # its projections become linear layers Core ML compresses and reads back
+        ctx.note(f"nn.MultiheadAttention ({', '.join(attention)}) computed with separate q/k/v/"
+                 "out nn.Linear projections (the same function): Core ML compresses and the "
+                 "read-back matches each projection")
     details: dict[str, Any] = {}
     torch_result = None
     if TORCH in routes or (steps and routes[0] == TRAIN):
