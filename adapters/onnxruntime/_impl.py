@@ -208,14 +208,25 @@ class ArrayReader(CalibrationDataReader):
 
 def preprocess(source: Path, out: Path, ctx: JobContext) -> Path:
     """quant_pre_process: symbolic shape inference + ORT basic graph optimization (what
-    onnxruntime recommends before quantizing); without the optimization if that fails."""
+    onnxruntime recommends before quantizing); without the optimization if that fails, and
+    with ONNX's own shape inference when the symbolic one fails (its Reshape rule asserts a
+    literal shape rank, which a reshape to a computed shape, e.g. inside
+    nn.MultiheadAttention, does not have)."""
     try:
         quant_pre_process(str(source), str(out), skip_optimization=False)
         ctx.note("quant_pre_process: shape inference + graph optimization before quantizing")
+        return out
     except Exception as exc:  # a toolkit failure: retry the documented way
+        first = exc
+    try:
         quant_pre_process(str(source), str(out), skip_optimization=True)
-        ctx.note(f"quant_pre_process: graph optimization failed ({type(exc).__name__}: "
-                 f"{exc}); shape inference only")
+        ctx.note(f"quant_pre_process: graph optimization failed ({type(first).__name__}: "
+                 f"{first}); shape inference only")
+    except Exception as exc:
+        quant_pre_process(str(source), str(out), skip_optimization=True,
+                          skip_symbolic_shape=True)
+        ctx.note(f"quant_pre_process: symbolic shape inference failed ({type(exc).__name__} "
+                 "in onnxruntime's symbolic_shape_infer); ONNX shape inference only")
     return out
 
 
