@@ -85,7 +85,9 @@ def short(reason: str | None, width: int = 150) -> str:
 def print_table(records: list[dict[str, Any]]) -> None:
     models = list(dict.fromkeys(r["model"] for r in records))
     backends = [b for b in BACKENDS if any(r["backend"] == b for r in records)]
-    recipes = list(dict.fromkeys(r["recipe"] for r in records))
+    order = list(RECIPES)
+    recipes = sorted(dict.fromkeys(r["recipe"] for r in records),
+                     key=lambda r: order.index(r) if r in order else len(order))
     cell = {(r["model"], r["backend"], r["recipe"]): r for r in records}
     print(f"one letter per recipe ({', '.join(recipes)}): o ok, a approximated, "
           "u unsupported, F failed, T timeout, . not run\n")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unified.data.splits import DataSplits
+from unified.spec.model_summary import ModelSummary
 from unified.spec.scenario import Budget, Scenario
 from unified.spec.steps import Recipe
 
@@ -40,6 +41,10 @@ class ReferenceArtifacts:
     def summary(self) -> Path:  # reference.json: accuracy, bytes, latency ...
         return self.folder / "reference.json"
 
+    @property
+    def model_summary(self) -> Path:  # model_summary.json: layer types, parameters (planning)
+        return self.folder / "model_summary.json"
+
 
 @dataclass
 class JobContext:
@@ -56,6 +61,8 @@ class JobContext:
     # the recipe's (Distiller) LR schedulers: None while no training loop asked for them,
     # True once one followed them, False when they could not run (noted)
     lr_schedule_applied: bool | None = None
+    # the reference model's structure, for Adapter.plan (None: not known)
+    model_summary: ModelSummary | None = None
 
     @property
     def budget(self) -> Budget:

@@ -65,7 +65,10 @@ INT8_MIN, INT8_MAX = -127, 127  # NNI's symmetric int8 range
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv, bn) module names where the BN consumes only that conv's output (torch.fx)."""
-    graph = trace_layers(model)  # conv subclasses stay call_module nodes
+    try:
+        graph = trace_layers(model)  # conv subclasses stay call_module nodes
+    except Exception:  # not traceable by torch.fx: nothing folded (scales of the raw weights)
+        return []
     modules = dict(model.named_modules())
     pairs = []
     for node in graph.nodes:

@@ -193,6 +193,57 @@ def _scalar_ops_as_modules(traced: fx.GraphModule) -> list[str]:
     return moved
 
 
+def _float_for_export(mapping: Any) -> None:
+    """Ops the TorchScript ONNX exporter cannot export quantized stay float: matmul of two
+    activations (no quantized::matmul), a BatchNorm that no conv absorbs (DenseNet's
+    pre-activation BN → ReLU: no quantized::batch_norm2d(_relu); see :func:`_kept_float`),
+    permute and a functional layer_norm after it (a quantized transpose feeding a quantized
+    op: 'expected the output of onnx::Transpose to be a quantized tensor', ConvNeXt's
+    LayerNorm2d)."""
+    for kind in (ScalarArithmetic, FloatBatchNorm, torch.matmul, torch.permute, "permute",
+                 F.layer_norm):
+        mapping.set_object_type(kind, None)
+
+
+class FloatBatchNorm(nn.Module):
+    """An eval-mode BatchNorm2d torch.ao leaves in float (its qconfig is None): same buffers,
+    same names, ``F.batch_norm``."""
+
+    running_mean: torch.Tensor  # buffers, registered in __init__
+    running_var: torch.Tensor
+
+    def __init__(self, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps = bn.weight, bn.bias, bn.eps
+        self.register_buffer("running_mean", bn.running_mean)
+        self.register_buffer("running_var", bn.running_var)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            False, 0.0, self.eps)
+
+
+def _kept_float(source: nn.Module, traced: fx.GraphModule, rewrite: bool = False) -> list[str]:
+    """What is kept float for the exporter in this model, for the note; with ``rewrite``, each
+    BatchNorm no conv absorbs becomes a :class:`FloatBatchNorm` in ``traced``."""
+    modules = dict(source.named_modules())
+    kept = []
+    for node in traced.graph.nodes:
+        if node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.BatchNorm2d):
+            src = node.args[0]
+            if not (isinstance(src, fx.Node) and src.op == "call_module" and isinstance(
+                    modules.get(str(src.target)), nn.Conv2d)):
+                kept.append("BatchNorm2d after a non-conv")
+                if rewrite:
+                    bn = modules[str(node.target)]
+                    traced.add_submodule(str(node.target), FloatBatchNorm(bn))  # type: ignore[arg-type]
+        elif node.target in (torch.permute, "permute", F.layer_norm):
+            kept.append("permute / layer_norm")
+        elif node.target is torch.matmul:
+            kept.append("matmul")
+    return list(dict.fromkeys(kept))
+
+
 def quantizable_copy(model: nn.Module, example: torch.Tensor, mapping: Any,
                      selected: set[str]) -> tuple[nn.Module, list[str]]:
     """A copy of ``model`` (an ``fx.GraphModule`` traced as ``prepare_fx`` traces it) that
@@ -209,8 +260,7 @@ def quantizable_copy(model: nn.Module, example: torch.Tensor, mapping: Any,
 
     from unified.torchkit.attention import decompose_attention
 
-    # no quantized::matmul symbolic in the TorchScript ONNX exporter
-    mapping.set_object_type(ScalarArithmetic, None).set_object_type(torch.matmul, None)
+    _float_for_export(mapping)
     source = copy.deepcopy(model).eval()
     attention = decompose_attention(source)
     try:
@@ -226,11 +276,16 @@ def quantizable_copy(model: nn.Module, example: torch.Tensor, mapping: Any,
     layers = layers_as_base_modules(source, traced)
     moved = _scalar_ops_as_modules(traced)
     relu6 = _relu6_as_hardtanh(traced.graph)
-    if not (moved or layers or relu6 or attention):
+    kept = _kept_float(source, traced, rewrite=True)
+    if not (moved or layers or relu6 or attention or kept):
         return model, []
     traced.graph.lint()
     traced.recompile()
     notes = _notes(source, layers, moved)
+    if kept:
+        notes.append(f"kept float: {', '.join(kept)} (the TorchScript ONNX exporter has no "
+                     "quantized form of them: quantized::batch_norm2d, a transpose feeding a "
+                     "quantized op)")
     if attention:
         notes.append(f"nn.MultiheadAttention ({', '.join(attention)}) computed with separate "
                      "q/k/v/out nn.Linear projections (the same function), which torch.ao "

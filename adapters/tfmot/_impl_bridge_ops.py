@@ -42,7 +42,7 @@ from nobuco.trace.trace import Tracer
 # the batch size the bridge traces with: a leading size equal to it is taken for the batch
 TRACE_BATCH = 5
 MODULE_NAMES: dict[int, str] = {}  # id(module) → torch module name
-WEIGHT_OWNERS: dict[int, str] = {}  # id(weight parameter) → torch module name
+WEIGHT_OWNERS: dict[tuple[int, tuple[int, ...]], str] = {}  # weight values → module name
 _USED: set[str] = set()
 
 
@@ -54,7 +54,12 @@ def begin(model: nn.Module) -> None:
             MODULE_NAMES[id(module)] = name
             weight = getattr(module, "weight", None)
             if isinstance(weight, torch.Tensor):
-                WEIGHT_OWNERS[id(weight)] = name
+                WEIGHT_OWNERS[_key(weight)] = name
+
+
+def _key(weight: torch.Tensor) -> tuple[int, tuple[int, ...]]:
+    """A weight by its values (nobuco hands converters a copy, not the Parameter)."""
+    return hash(weight.detach().cpu().numpy().tobytes()), tuple(weight.shape)
 
 
 def end() -> None:
@@ -131,7 +136,7 @@ def _convert_f_conv2d(input: torch.Tensor, weight: torch.Tensor,
                       dilation: Any = 1, groups: int = 1) -> Any:
     """F.conv2d with a module's own weight is that module's conv: name it after the module."""
     func = conv_layer(weight, bias, stride, padding, dilation, groups, input.shape[1],
-                      WEIGHT_OWNERS.get(id(weight)))
+                      WEIGHT_OWNERS.get(_key(weight)))
     if func is None:
         return _ORIG_F_CONV.convert_func(input, weight, bias, stride, padding, dilation, groups)
     return func
@@ -264,12 +269,13 @@ def _sizes(shape: tuple[Any, ...]) -> list[Any]:
 
 
 def _batch_free(input: torch.Tensor, sizes: list[Any]) -> tuple[int, ...] | None:
-    """The sizes after the batch when ``sizes`` keeps ``input``'s leading (batch) size."""
+    """The sizes after the batch when ``sizes`` keeps ``input``'s leading (batch) size, with
+    a -1 resolved (TFLite needs static channel counts)."""
     if len(sizes) < 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
         return None
     if input.dim() < 1 or input.shape[0] != TRACE_BATCH or sizes[0] != TRACE_BATCH:
         return None
-    return tuple(sizes[1:])
+    return tuple(int(s) for s in input.reshape(sizes).shape[1:])
 
 
 def _reshape_converter(original: Any) -> Callable[..., Any]:

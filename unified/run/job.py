@@ -17,6 +17,7 @@ import numpy as np
 from unified.context import JobContext, ReferenceArtifacts
 from unified.data.splits import DataSplits
 from unified.measure.harness import HarnessSettings, ReferenceFigures, measure
+from unified.run.model_info import model_summary
 from unified.run.reference import load_summary
 from unified.run.results import new_record
 from unified.spec.scenario import Scenario
@@ -59,7 +60,8 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
     data = data if data is not None else DataSplits.load(ref.data)
     ctx = JobContext(scenario=scenario, recipe_name=job.recipe,
                      recipe=scenario.recipes[job.recipe], backend=job.backend,
-                     workdir=workdir, reference=ref, data=data)
+                     workdir=workdir, reference=ref, data=data,
+                     model_summary=model_summary(scenario, ref))
     result = adapter.compress(ctx)
     with measurement_lock():
         figures = measure(result.artifacts.onnx_path, native_path=result.artifacts.native_path,

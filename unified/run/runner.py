@@ -28,8 +28,10 @@ from adapters.registry import get_adapter
 from unified.context import ReferenceArtifacts
 from unified.run.cache import job_key, reference_content_digest
 from unified.run.job import Job, write_json
+from unified.run.model_info import model_summary
 from unified.run.reference import prepare_reference
 from unified.run.results import append_record, new_record, read_records, write_csv
+from unified.spec.model_summary import ModelSummary
 from unified.spec.scenario import Scenario
 
 PENDING_STATUSES = ("failed", "timeout")  # not cached: a rerun tries them again
@@ -146,7 +148,10 @@ class Runner:
             name = f"reference-{_safe(view.model.label)}.json" if multi else "reference.json"
             shutil.copy(ref.summary, self.out / name)
             ref_digest = reference_content_digest(ref.folder)
+            summary = model_summary(view, ref)
             for _, job, plan in (p for p in planned if p[0] is view):
+                if not isinstance(plan, dict):  # again, with what the model is made of
+                    plan = self._plan(view, job, summary)
                 key = job_key(view, job.recipe, job.backend, ref_digest,
                               get_adapter(job.backend).capabilities.versions())
                 if key in done:  # resume: already in this run folder
@@ -176,11 +181,13 @@ class Runner:
 
     # -- steps ----------------------------------------------------------------------------
 
-    def _plan(self, view: Scenario, job: Job) -> Plan | dict[str, Any]:
-        """The adapter's plan, or a finished record when the job cannot run at all."""
+    def _plan(self, view: Scenario, job: Job,
+              summary: ModelSummary | None = None) -> Plan | dict[str, Any]:
+        """The adapter's plan (with the model's summary once the reference exists), or a
+        finished record when the job cannot run at all."""
         adapter = get_adapter(job.backend)
         caps = adapter.capabilities
-        plan = adapter.plan(view.recipes[job.recipe])
+        plan = adapter.plan(view.recipes[job.recipe], summary)
         if plan.status == "unsupported":
             return self._record(view, job, "unsupported", reason=plan.reason, notes=plan.notes,
                                 versions=caps.versions(),
