@@ -10,6 +10,7 @@ into a job. Plain data: importing this module imports no torch.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ class ModelSummary:
                    fx_error=data.get("fx_error"))
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # concurrent writers
         tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True))
         tmp.replace(path)
 
