@@ -133,7 +133,7 @@ def test_nni_int8_and_prune_conv_subclass(run_block: Run, tmp_path: Path) -> Non
 
 def test_nni_int8_attention_leaves_unobserved_projection(run_block: Run) -> None:
     record = run_block("tiny_vit", "nni", INT8)
-    assert record["status"] == "ok"
+    assert record["status"] == "approximated"  # the plan's model rule: attention stays float
     assert any("blocks.0.attention.out_proj" in n and "not quantized" in n
                for n in record["notes"])
 
