@@ -166,6 +166,17 @@ def test_coreml_converts_shape_arithmetic_and_attention(run_block: Run, factory:
 # --- onnxruntime ----------------------------------------------------------------------------
 
 
+def test_onnxruntime_int8_shared_bias(run_block: Run, tmp_path: Path) -> None:
+    """BN folding leaves convs sharing one (zero) bias initializer; quantize_static's own copy
+    of it could take another tensor's name: each conv gets its own first."""
+    record = run_block("shuffle_net", "onnxruntime", INT8)
+    assert record["status"] == "ok"
+    assert record["ort_ops"].get("QLinearConv", 0) == 7
+    graph = onnx.load(str(tmp_path / "onnxruntime" / "preprocessed.onnx")).graph
+    biases = [n.input[2] for n in graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    assert len(biases) == len(set(biases)) == 7
+
+
 def test_onnxruntime_int8_attention(run_block: Run) -> None:
     record = run_block("tiny_vit", "onnxruntime", INT8)
     assert record["status"] == "ok"
