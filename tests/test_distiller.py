@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import re
 import textwrap
@@ -21,6 +20,7 @@ from unified.distiller.schedule import (
     to_yaml_recipe,
 )
 from unified.spec.errors import SpecError
+from unified.spec.names import matches_any, name_matches
 from unified.spec.steps import (
     Granularity,
     PruneCriterion,
@@ -298,8 +298,10 @@ def test_every_problem_is_listed_with_its_line(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_distiller_schedule(path)
     text = "\n".join(info.value.problems)
-    assert f"{path}:6: pruners.agp.weight: AutomatedGradualPruner does not accept" in text
-    assert f"{path}:2: pruners.agp: AutomatedGradualPruner needs the argument 'weights'" in text
+    # a misspelt required argument is one problem, not "does not accept" + "needs"
+    assert (f"{path}:6: pruners.agp.weight: AutomatedGradualPruner does not accept the "
+            "argument 'weight'; did you mean 'weights'?") in text
+    assert "needs the argument 'weights'" not in text
     assert f"{path}:10: pruners.agp2.final_sparsity: must exceed initial_sparsity" in text
     assert f"{path}:17: quantizers: Distiller supports one quantizer" in text
     assert f"{path}:26: policies[1].epochs: AGP pruner 'listed' needs starting_epoch" in text
@@ -439,12 +441,6 @@ def _distiller_owner(name: str, keys: list[str]) -> str | None:
     return next((k for k in keys if re.match(f"^{k}$", name)), None)
 
 
-def _matches(name: str, pattern: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.fullmatch(pattern[3:], name) is not None
-    return fnmatch.fnmatchcase(name, pattern)
-
-
 def test_overrides_first_match_wins(tmp_path: Path) -> None:
     path = _write(tmp_path, """
         quantizers:
@@ -468,8 +464,8 @@ def test_overrides_first_match_wins(tmp_path: Path) -> None:
              "layer2.0.downsample.0", "fc", "layer3.0.downsample.0.conv"]
     for name in names:
         owner = _distiller_owner(name, keys)
-        in_step = any(_matches(name, p) for p in step.targets.include) and not any(
-            _matches(name, p) for p in step.targets.exclude)
+        in_step = any(name_matches(name, p) for p in step.targets.include) and not any(
+            name_matches(name, p) for p in step.targets.exclude)
         assert in_step == (owner in quantized), name
     assert any("'.*'" in n and "bits_weights=8" in n for n in recipe.notes)
 
@@ -579,7 +575,7 @@ def test_overrides_literal_name_beats_earlier_regex(tmp_path: Path) -> None:
     keys = [".*conv.*", "layer1.conv"]
     for name in ("layer1.conv", "layer2.conv", "fc", "conv1"):
         owner = _distiller_owner(name, keys)
-        excluded = any(_matches(name, p) for p in step.targets.exclude)
+        excluded = any(name_matches(name, p) for p in step.targets.exclude)
         assert excluded == (owner == ".*conv.*"), name
 
 
@@ -668,7 +664,7 @@ def test_real_post_training_null_defaults_and_regex_overrides() -> None:
     for name in ("conv1", "fc", "layer1.0.conv1", "layer3.1.conv2", "layer4.1.conv2",
                  "layer4.1.conv1", "layer2.0.downsample.0", "layer2.0.relu1"):
         owner = _distiller_owner(name, keys)
-        assert any(_matches(name, p) for p in step.targets.include) == (owner in quantized), name
+        assert matches_any(name, step.targets.include) == (owner in quantized), name
     assert any("mode: weights SYMMETRIC, activations ASYMMETRIC_UNSIGNED" in n
                for n in recipe.notes)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,14 @@ from unified.measure.harness import (
     measure_latency,
     path_bytes,
     run_model,
+)
+from unified.measure.latency import (
+    Candidate,
+    PairedSettings,
+    median_interval,
+    onnx_candidate,
+    paired_latency,
+    rounds_for,
 )
 
 FAST = HarnessSettings(threads=1, warmup=1, runs=5, batch_size=8)
@@ -168,3 +177,79 @@ def test_path_bytes_of_a_file_and_a_directory(tmp_path: Path) -> None:
     assert path_bytes(package / "Manifest.json") == 17
     with pytest.raises(FileNotFoundError):
         path_bytes(tmp_path / "missing.tflite")
+
+
+# -- the paired latency pass (unified.measure.latency) ---------------------------------------
+
+
+class FakeClock:
+    """A clock that moves only when a fake model "runs": timings become exact."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fake(clock: FakeClock, key: str, seconds: float, log: list[str]) -> Candidate:
+    def call() -> None:
+        clock.now += seconds
+        log.append(key)
+
+    return Candidate(key, lambda: call)
+
+
+def test_paired_latency_interleaves_and_takes_the_ratio_of_neighbours() -> None:
+    clock, log = FakeClock(), []
+    ref = _fake(clock, "A", 0.002, log)
+    fast, slow = _fake(clock, "B", 0.001, log), _fake(clock, "C", 0.004, log)
+    settings = PairedSettings(warmup=1, rounds=3, block=2, switch_warmup=0)
+    out = paired_latency(ref, [fast, slow], settings, clock=clock)
+    timed = log[3:]  # after one warm-up call each
+    assert len(timed) == 3 * (3 * 2 + 2 * 2)  # per round: 3 reference blocks, 2 others
+    for start in range(0, len(timed), 10):  # every round: A, one, A, the other, A
+        blocks = [timed[i] for i in range(start, start + 10, 2)]
+        assert blocks[0] == blocks[2] == blocks[4] == "A"
+        assert sorted(blocks[1::2]) == ["B", "C"]
+    assert (out["B"].speedup, out["B"].speedup_ci_low, out["B"].speedup_ci_high) == (2, 2, 2)
+    assert out["C"].speedup == pytest.approx(0.5)
+    assert out["B"].latency_ms_p50 == pytest.approx(1.0)
+    assert out["A"].latency_ms_p50 == pytest.approx(2.0) and out["A"].speedup is None
+    assert out["B"].rounds == 3
+
+
+def test_paired_latency_goes_on_without_a_model_that_cannot_run() -> None:
+    clock, log = FakeClock(), []
+
+    def broken() -> Callable[[], object]:
+        raise RuntimeError("no session for you")
+
+    out = paired_latency(_fake(clock, "A", 0.002, log),
+                         [Candidate("bad", broken), _fake(clock, "B", 0.001, log)],
+                         PairedSettings(warmup=0, rounds=2, block=1), clock=clock, max_open=1)
+    assert out["bad"].error == "RuntimeError: no session for you"
+    assert out["bad"].latency_ms_p50 is None
+    assert out["B"].speedup == pytest.approx(2.0)
+
+
+def test_median_interval_is_a_bootstrap_over_rounds() -> None:
+    rng = np.random.default_rng(0)
+    median, low, high = median_interval([1.0, 1.1, 0.9, 1.05, 0.95, 3.0], 2000, 0.95, rng)
+    assert median == pytest.approx(1.025)
+    assert low <= 1.0 <= high  # no measurable difference: one outlier round cannot make one
+    median, low, high = median_interval([2.0, 2.1, 1.9, 2.05, 1.95], 2000, 0.95, rng)
+    assert 1.0 < low <= median <= high
+    assert rounds_for(200) == 20 and rounds_for(50) == 5 and rounds_for(3) == 3
+
+
+def test_paired_latency_on_real_sessions(identity_path: Path, tmp_path: Path) -> None:
+    qdq = build.save(build.qdq_conv(RNG.integers(-100, 100, size=(10, 4, 5, 5)), 0,
+                                    np.arange(10)), tmp_path / "qdq.onnx")
+    x = RNG.uniform(-1, 1, size=(2, 4, 8, 8)).astype(np.float32)
+    out = paired_latency(onnx_candidate("ref", qdq, x, 1), [onnx_candidate("same", qdq, x, 1)],
+                         PairedSettings.from_runs(warmup=2, runs=20))
+    same = out["same"]
+    assert same.error is None and same.rounds == 5
+    assert 0 < same.latency_ms_p50 <= same.latency_ms_p90
+    assert 0 < same.speedup_ci_low <= same.speedup <= same.speedup_ci_high

@@ -15,7 +15,7 @@ from tiny import TINY_SCENARIO
 
 from unified.report.html import RunFolder, markdown_summary
 from unified.report.regress import compare, make_baseline
-from unified.report.select import pareto_front, recommend
+from unified.report.select import dominates, pareto_front, recommend
 from unified.spec.scenario import SelectSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,13 +50,8 @@ def test_select_names_winners_front_and_every_backend(tiny_run: tuple[Path, Path
     assert rec.winners["size"]["recipe"] == "int8"  # int8 is the smallest ONNX
     assert "pruned @ onnxruntime" in rec.excluded  # unsupported rows are excluded
     assert set(rec.backend_verdicts) == {"onnxruntime", "pytorch"}
-    for row in rec.pareto:  # nobody on the front is dominated
-        assert not any(
-            o["accuracy"] >= row["accuracy"] and o["onnx_bytes"] <= row["onnx_bytes"]
-            and o["latency_ms_p50"] <= row["latency_ms_p50"] and o is not row
-            and (o["accuracy"], o["onnx_bytes"], o["latency_ms_p50"])
-            != (row["accuracy"], row["onnx_bytes"], row["latency_ms_p50"])
-            for o in rec.feasible)
+    for row in rec.pareto:  # nobody on the front is dominated (latency ties by interval)
+        assert not any(dominates(o, row) for o in rec.feasible if o is not row)
     result = squeezelab("select", str(tiny_run[1]))
     assert result.returncode == 0 and "best size:" in result.stdout
     assert "pytorch:" in result.stdout and "onnxruntime:" in result.stdout
@@ -76,6 +71,30 @@ def test_constraints_exclude_with_reason() -> None:
     assert "accuracy drop 0.05 violates the limit 0.01" in rec.excluded["a @ x"]
     assert rec.backend_verdicts["x"].startswith("excluded")
     assert [r["recipe"] for r in pareto_front(rows)] == ["a", "b"]  # c is dominated by b
+
+
+def test_speedups_whose_intervals_overlap_are_ties() -> None:
+    def row(recipe: str, p50: float, ci: tuple[float, float], accuracy: float,
+            size: int) -> dict[str, Any]:
+        return {"model": "m", "recipe": recipe, "backend": "b", "status": "ok",
+                "accuracy": accuracy, "accuracy_drop": 0.0, "onnx_bytes": size,
+                "latency_ms_p50": p50, "speedup": sum(ci) / 2, "speedup_ci_low": ci[0],
+                "speedup_ci_high": ci[1]}
+
+    fast = row("fast", 0.95, (1.9, 2.1), 0.90, 10)
+    accurate = row("accurate", 1.00, (2.0, 2.2), 0.95, 20)  # overlaps fast: a tie
+    slow = row("slow", 2.00, (0.95, 1.05), 0.99, 40)
+    rec = recommend([fast, accurate, slow], SelectSpec(minimize=("latency",)))
+    assert rec.winners["latency"] is accurate  # tied with fast, more accurate
+    assert rec.ties["latency"] == [fast]
+    assert "tied (speedup intervals overlap" in rec.lines()[0]
+    # fast is smaller, accurate more accurate, slow most accurate: a tie on latency
+    # dominates nobody, so all three are on the front; without the intervals, slow is
+    # only beaten on latency and size, never on accuracy, and stays too
+    assert pareto_front([fast, accurate, slow]) == [fast, accurate, slow]
+    worse = row("worse", 0.97, (1.95, 2.05), 0.90, 30)  # ties fast, bigger, same accuracy
+    assert dominates(fast, worse) and not dominates(worse, fast)
+    assert worse not in pareto_front([fast, worse])
 
 
 def test_report_is_self_contained_html(tiny_run: tuple[Path, Path]) -> None:
@@ -161,18 +180,21 @@ def test_several_models_report_select_and_regress(tmp_path: Path, cache_dir: Pat
 
 
 def test_epoch_tables_put_each_backend_beside_the_schedule() -> None:
+    from unified.context import EpochEntry
     from unified.report.epoch_table import epoch_tables, markdown
 
     def record(backend: str, log: list[dict[str, Any]]) -> dict[str, Any]:
         return {"model": "m", "recipe": "agp", "backend": backend, "epoch_log": log}
 
+    def entry(step: int, kind: str, epoch: int, sparsity: float,
+              target: float | None) -> dict[str, Any]:
+        return EpochEntry(step, kind, epoch, sparsity, target).as_record()
+
     records = [
-        # pytorch logs step numbers; one prune step, so one table
-        record("pytorch", [{"step": 1, "kind": "prune", "epoch": e, "target": t, "sparsity": s}
-                           for e, t, s in [(0, 0.05, 0.05), (1, 0.48, 0.479)]]),
-        record("nni", [{"epoch": 0, "target": 0.05, "sparsity": 0.0},
-                       {"epoch": 1, "target": 0.48, "sparsity": 0.48},
-                       {"epoch": 2, "sparsity": 0.48, "phase": "finetune"}]),  # no target
+        # one prune step, so one table; the finetune step after it has no target
+        record("pytorch", [entry(1, "prune", 0, 0.05, 0.05), entry(1, "prune", 1, 0.479, 0.48)]),
+        record("nni", [entry(1, "prune", 0, 0.0, 0.05), entry(1, "prune", 1, 0.48, 0.48),
+                       entry(2, "finetune", 0, 0.48, None)]),
         record("onnxruntime", []),
     ]
     (table,) = epoch_tables(records)
@@ -182,3 +204,17 @@ def test_epoch_tables_put_each_backend_beside_the_schedule() -> None:
     assert [row[0] for row in table.rows()] == ["Distiller target", "pytorch", "nni"]
     text = "\n".join(markdown([table]))
     assert "| nni | 0.0000 | 0.4800 | 0.0500 |" in text
+
+
+def test_concurrent_prune_steps_get_one_epoch_table_each() -> None:
+    from unified.context import EpochEntry
+    from unified.report.epoch_table import epoch_tables
+
+    log = [EpochEntry(step, "prune", epoch, 0.1 * step + 0.01 * epoch,
+                      0.1 * step + 0.012 * epoch).as_record()
+           for epoch in range(3) for step in (1, 2)]
+    tables = epoch_tables([{"model": "m", "recipe": "agp", "backend": "tfmot", "epoch_log": log}])
+    assert [(t.step, t.epochs) for t in tables] == [(1, [0, 1, 2]), (2, [0, 1, 2])]
+    assert tables[1].target[2] == pytest.approx(0.224)
+    assert tables[1].deviation("tfmot") == pytest.approx(0.004)
+    assert tables[0].title == "m / agp, step 1"

@@ -19,6 +19,14 @@ TINY_SCENARIO: dict[str, Any] = {
 }
 
 
+def micro_student(num_classes: int, input_shape: tuple[int, int, int]) -> Any:
+    """A distillation student smaller than convnet-tiny (the tiny reference): no residual
+    block. Named in recipes as ``python:tiny:micro_student``."""
+    from unified.torchkit.nets import ConvNet
+
+    return ConvNet(num_classes, input_shape, width=8, residual=False)
+
+
 def tiny_scenario(recipes: dict[str, list[Any]], backends: list[str],
                   **overrides: Any) -> Scenario:
     data = {**TINY_SCENARIO, "recipes": recipes, "backends": backends, **overrides}
@@ -62,7 +70,7 @@ def concurrent_agp() -> tuple[list[dict[str, Any]], dict[int, list[float]]]:
 def assert_runs_concurrently(record: dict[str, Any], expected: dict[int, list[float]]) -> None:
     """One training loop: every epoch logs every step, each within 0.01 of Distiller."""
     epochs = len(next(iter(expected.values())))
-    log = [e for e in record["epoch_log"] if e.get("kind") == "prune"]
+    log = [e for e in record["epoch_log"] if e["kind"] == "prune"]
     assert [(e["epoch"], e["step"]) for e in log] == \
         [(e, s) for e in range(epochs) for s in sorted(expected)]
     for entry in log:

@@ -9,21 +9,22 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 import unified
-from unified.spec.errors import SqueezelabError
+from unified.spec.errors import SpecError, SqueezelabError, did_you_mean, one_line, summarize
 
 EXIT_USAGE = 2
 
 
 def _fail(lines: list[str]) -> NoReturn:
     for line in lines:
-        # plain write: never wrapped to the terminal width
-        sys.stderr.write(f"squeezelab: error: {line}\n")
+        # plain write: never wrapped to the terminal width; one problem is one line
+        sys.stderr.write(f"squeezelab: error: {one_line(line, 1000)}\n")
     sys.exit(EXIT_USAGE)
 
 
@@ -73,40 +74,55 @@ def list_backends() -> None:
     console.print(matrix_table())
 
 
+def _executor_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--jobs, --executor and --ray-address, shared by run and regress."""
+    command = click.option(
+        "--ray-address", default=None, metavar="ADDR",
+        help="With --executor ray: join this cluster (default: start a local one).")(command)
+    command = click.option(
+        "--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+        help="Where jobs run: warm local worker processes, or tasks on a Ray cluster "
+             "(pip install 'squeezelab[ray]'). Latency is timed afterwards on this "
+             "machine either way.")(command)
+    return click.option(
+        "--jobs", "-j", type=click.IntRange(min=1), default=None,
+        help="Jobs at once (default: the number of cores; with ray: the cluster's CPUs).")(
+        command)
+
+
 @cli.command()
 @click.argument("scenario_file", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder (default: runs/<scenario>-<timestamp>).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
               help="Cache shared by all runs (default: ~/.cache/squeezelab).")
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1,
-              help="Worker processes in parallel (latency is still measured one at a time).")
+@_executor_options
 @click.option("--timeout", type=click.FloatRange(min=1), default=None,
               help="Seconds one job may take (default: the scenario's evaluate.timeout).")
 @click.option("--backend", "backends", multiple=True, help="Only these backends.")
 @click.option("--recipe", "recipes", multiple=True, help="Only these recipes.")
 @click.option("--no-cache", is_flag=True, help="Recompute every job.")
-def run(scenario_file: Path, out: Path | None, cache_dir: Path | None, jobs: int,
-        timeout: float | None, backends: tuple[str, ...], recipes: tuple[str, ...],
-        no_cache: bool) -> None:
+def run(scenario_file: Path, out: Path | None, cache_dir: Path | None, jobs: int | None,
+        executor: str, ray_address: str | None, timeout: float | None,
+        backends: tuple[str, ...], recipes: tuple[str, ...], no_cache: bool) -> None:
     """Run every recipe of SCENARIO_FILE on every backend and print the table."""
+    from unified.load.checks import export_model_import_path
     from unified.load.scenario_file import load_scenario
     from unified.run.runner import RunOptions, default_cache_dir
 
     scenario = load_scenario(scenario_file)
+    export_model_import_path(scenario, scenario_file.parent)
     _check_filter("--backend", backends, scenario.backends)
     _check_filter("--recipe", recipes, tuple(scenario.recipes))
+    _check_executor(executor, ray_address)
     if out is None:
         out = Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     options = RunOptions(out=out, cache_dir=cache_dir or default_cache_dir(), jobs=jobs,
                          timeout=timeout, backends=backends, recipes=recipes,
-                         use_cache=not no_cache)
-    records = _run_with_progress(scenario, options)
-    from unified.report.table import results_table
-
-    console = wide_console()
-    console.print(results_table(records, title=f"{scenario.name}"))
-    console.print(f"run folder: {out}  (results.jsonl, results.csv)")
+                         use_cache=not no_cache, executor=executor, ray_address=ray_address)
+    records = _run_naming_the_file(scenario_file, scenario, options)
+    _print_results(records, scenario.name)
+    click.echo(f"run folder: {out}  (results.jsonl, results.csv)")
 
 
 @cli.command()
@@ -146,6 +162,24 @@ def report(run_dir: Path) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--markdown", "as_markdown", is_flag=True, help="Print Markdown instead.")
+def coverage(run_dir: Path, as_markdown: bool) -> None:
+    """Rows of RUN_DIR by model × backend (ok / approximated / unsupported / failed) and the
+    failure causes grouped."""
+    from unified.report import coverage as cov
+    from unified.report.html import RunFolder
+
+    result = cov.coverage(RunFolder(run_dir).records)
+    if as_markdown:
+        click.echo(cov.markdown(result), nl=False)
+        return
+    console = wide_console()
+    for table in cov.rich_tables(result):
+        console.print(table)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
 def baseline(run_dir: Path, output: Path) -> None:
     """Record a finished run as a regression baseline."""
@@ -168,15 +202,18 @@ def baseline(run_dir: Path, output: Path) -> None:
 @click.option("--junit", type=click.Path(path_type=Path), default=None)
 @click.option("--out", type=click.Path(path_type=Path), default=None)
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1)
+@_executor_options
 def regress(scenario_file: Path, baseline_file: Path | None, tolerances: tuple[str, ...],
-            junit: Path | None, out: Path | None, cache_dir: Path | None, jobs: int) -> None:
+            junit: Path | None, out: Path | None, cache_dir: Path | None, jobs: int | None,
+            executor: str, ray_address: str | None) -> None:
     """Rerun SCENARIO_FILE and compare with a baseline; exit 1 on any regression."""
+    from unified.load.checks import export_model_import_path, tolerance_problems
     from unified.load.scenario_file import load_scenario
     from unified.report.regress import compare, load_baseline, write_junit
     from unified.run.runner import RunOptions, default_cache_dir
 
     scenario = load_scenario(scenario_file)
+    export_model_import_path(scenario, scenario_file.parent)
     if baseline_file is None:
         if scenario.regress.baseline is None:
             raise SqueezelabError(f"{scenario_file}: regress.baseline is not set; "
@@ -192,10 +229,15 @@ def regress(scenario_file: Path, baseline_file: Path | None, tolerances: tuple[s
             raise SqueezelabError(f"--tolerance {item!r}: expected METRIC=NUMBER") from None
         if not sep:
             raise SqueezelabError(f"--tolerance {item!r}: expected METRIC=NUMBER")
+        problems = tolerance_problems({metric: tolerance[metric]})
+        if problems:
+            raise SqueezelabError(f"--tolerance {item!r}: {problems[0][1]}")
     if out is None:
         out = Path("runs") / f"{scenario.name}-regress-{time.strftime('%Y%m%d-%H%M%S')}"
-    options = RunOptions(out=out, cache_dir=cache_dir or default_cache_dir(), jobs=jobs)
-    records = _run_with_progress(scenario, options)
+    _check_executor(executor, ray_address)
+    options = RunOptions(out=out, cache_dir=cache_dir or default_cache_dir(), jobs=jobs,
+                         executor=executor, ray_address=ray_address)
+    records = _run_naming_the_file(scenario_file, scenario, options)
     findings = compare(records, base, tolerance)
     if junit is not None:
         write_junit(junit, records, findings, f"squeezelab.{scenario.name}")
@@ -228,17 +270,72 @@ def wide_console() -> Any:
 def _check_filter(option: str, given: tuple[str, ...], allowed: tuple[str, ...]) -> None:
     bad = [g for g in given if g not in allowed]
     if bad:
-        raise SqueezelabError(f"{option} {bad[0]!r} is not in the scenario; "
-                              f"allowed: {', '.join(allowed)}")
+        raise SqueezelabError(f"{option} {bad[0]!r} is not in the scenario (allowed: "
+                              f"{', '.join(allowed)}){did_you_mean(bad[0], allowed)}")
+
+
+def _run_naming_the_file(scenario_file: Path, scenario: Any,
+                         options: Any) -> list[dict[str, Any]]:
+    """The run; a user error only the run finds (the checks found none) names the file."""
+    try:
+        return _run_with_progress(scenario, options)
+    except SqueezelabError as exc:
+        named = [line if line.startswith(str(scenario_file)) else f"{scenario_file}: {line}"
+                 for line in exc.lines()]
+        raise SpecError(named) from None
+
+
+def _check_executor(executor: str, ray_address: str | None) -> None:
+    if ray_address is not None and executor != "ray":
+        raise SqueezelabError("--ray-address needs --executor ray")
+
+
+def _print_results(records: list[dict[str, Any]], title: str) -> None:
+    """The table; in a log (stdout not a terminal) 120 columns wide, then the notes."""
+    from rich.console import Console
+
+    from unified.report.table import LOG_WIDTH, legend, notes_lines, results_table
+
+    console = Console()
+    if console.is_terminal:
+        console.print(results_table(records, title=title))
+        for line in legend(records):
+            console.print(line, highlight=False)
+        return
+    console = Console(width=LOG_WIDTH)
+    models = list(dict.fromkeys(str(r["model"]) for r in records))
+    for model in models:  # one table per model: no model column to squeeze in
+        mine = [r for r in records if str(r["model"]) == model] if len(models) > 1 else records
+        console.print(results_table(mine, title=f"{title}: {model}" if len(models) > 1
+                                    else title, log=True))
+    for line in legend(records, log=True):
+        console.print(line, highlight=False)
+    notes = notes_lines(records)
+    if notes:
+        click.echo("\nreasons and notes:")
+        for line in notes:
+            click.echo(line)
 
 
 def _run_with_progress(scenario: Any, options: Any) -> list[dict[str, Any]]:
+    """Run with progress: on a terminal a bar, with a line above it per finished job; in a
+    log the same lines, one per finished job, and one per stage (nothing redrawn)."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from unified.report.table import job_line
     from unified.run.runner import Progress as Callbacks
     from unified.run.runner import Runner, count_jobs
 
     total = count_jobs(scenario, options)
+    done = [0]
+    if not Console().is_terminal:
+        def log_done(job: Any, record: dict[str, Any]) -> None:
+            done[0] += 1
+            click.echo(job_line(job.label, record, done[0], total))
+
+        callbacks = Callbacks(lambda msg: click.echo(f"-- {msg}"), on_done=log_done)
+        return Runner(scenario, options, callbacks).run()
     running: list[str] = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), transient=False) as bar:
@@ -247,18 +344,25 @@ def _run_with_progress(scenario: Any, options: Any) -> list[dict[str, Any]]:
         def on_stage(msg: str) -> None:
             bar.update(task, description=msg)
 
-        def on_start(job: Any) -> None:
+        def on_start(job: Any, _where: str) -> None:
             running.append(job.label)
             bar.update(task, description=f"running {', '.join(running)}")
 
         def on_done(job: Any, record: dict[str, Any]) -> None:
             if job.label in running:
                 running.remove(job.label)
+            done[0] += 1
+            bar.console.print(job_line(job.label, record, done[0], total), highlight=False,
+                              markup=False)
             bar.advance(task)
             bar.update(task, description=f"running {', '.join(running)}" if running
-                       else f"{job.label}: {record['status']}")
+                       else "waiting")
 
-        records = Runner(scenario, options, Callbacks(on_stage, on_start, on_done)).run()
+        try:
+            records = Runner(scenario, options, Callbacks(on_stage, on_start, on_done)).run()
+        except BaseException:
+            bar.live.transient = True  # leaving, the bar is erased: the error line stands alone
+            raise
         bar.update(task, description="done")
     return records
 
@@ -286,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             raise
-        sys.stderr.write(f"squeezelab: internal error: {type(exc).__name__}: {exc} "
+        sys.stderr.write(f"squeezelab: internal error: {summarize(exc, 300)} "
                          "(run with --debug for the traceback)\n")
         sys.exit(1)
 

@@ -200,68 +200,86 @@ def _palette_kind(step: Step) -> str | None:
 
 def check_steps(steps: list[Step]) -> list[tuple[int, Verdict]]:
     """Cross-step rules of this adapter (see :meth:`CoremlAdapter.check_recipe`)."""
-    out: list[tuple[int, Verdict]] = []
     route = routes(steps)
+    out = _check_one_torch_stage(steps, route)
     seen_coreml: dict[str, int] = {}
-    torch_steps = [i for i, r in enumerate(route) if r == TORCH]
-    if len(torch_steps) > 1:
-        # one optimize.torch compression per recipe; consecutive prune steps are one
-        together = set(prune_run(steps, torch_steps[0])) or {torch_steps[0]}
-        for i in torch_steps[1:]:
-            if i not in together:
-                out.append((i, unsupported(
-                    "this adapter runs one training-time (optimize.torch) compression per "
-                    "recipe (consecutive prune steps count as one)")))
     for i, step in enumerate(steps):
-        r = route[i]
-        if r == TRAIN and step.kind == "finetune":
-            before = [route[j] for j in range(i)]
-            if COREML in before:
-                out.append((i, unsupported(
-                    "after a post-training optimize.coreml step the weights live in the "
-                    "mlpackage and cannot be trained; put the finetune right after a prune or "
-                    "cluster step (then optimize.torch trains)")))
-            continue
-        if r == TORCH and COREML in route[:i]:
-            out.append((i, unsupported(
-                "a training-time (optimize.torch) step cannot follow a post-training "
-                "optimize.coreml step")))
-        if r == COREML and any(
-            isinstance(steps[j], QuantizeStep) and route[j] == TORCH for j in range(i)
-        ):
-            out.append((i, unsupported(
-                "a LinearQuantizer (qat) model is exported as fake-quant; no optimize.coreml "
-                "step after it")))
+        out.extend(_check_order(i, steps, route))
         if isinstance(step, QuantizeStep):
-            out.extend(_check_quantize(i, step, r))
+            out.extend(_check_quantize(i, step, route[i]))
         if isinstance(step, ClusterStep):
-            out.extend(_check_cluster(i, step, r))
+            out.extend(_check_cluster(i, step, route[i]))
         if isinstance(step, PruneStep) and step.structure == "n:m" and step.n and step.m:
             implied = (step.m - step.n) / step.m
             if abs(implied - step.sparsity) > 1e-6:
                 out.append((i, approximated(
                     f"n:m {step.n}:{step.m} prunes {implied:.2f} of each block; "
                     f"sparsity {step.sparsity} is ignored")))
-        if r == COREML:
-            kind = _palette_kind(step)
-            if kind is not None and kind in seen_coreml:
+        if route[i] == COREML:
+            out.extend(_check_joint(i, _palette_kind(step), seen_coreml))
+    return out
+
+
+def _check_one_torch_stage(steps: list[Step], route: list[str]) -> list[tuple[int, Verdict]]:
+    """One optimize.torch compression per recipe; consecutive prune steps are one."""
+    out: list[tuple[int, Verdict]] = []
+    torch_steps = [i for i, r in enumerate(route) if r == TORCH]
+    if len(torch_steps) > 1:
+        together = set(prune_run(steps, torch_steps[0])) or {torch_steps[0]}
+        for i in torch_steps[1:]:
+            if i not in together:
                 out.append((i, unsupported(
-                    f"two post-training {kind} steps in one recipe: coremltools compresses a "
-                    "weight once per kind")))
-            if kind == "cluster" and "linear" in seen_coreml:
-                out.append((i, unsupported(
-                    "coremltools cannot palettize weights that are already linearly quantized "
-                    "(joint compression goes prune → palettize → quantize)")))
-            if kind == "prune" and ({"linear", "cluster"} & set(seen_coreml)):
-                out.append((i, unsupported(
-                    "coremltools joint compression prunes first: put prune before "
-                    "palettize / quantize")))
-            if kind == "linear" and "cluster" in seen_coreml:
-                out.append((i, approximated(
-                    "joint compression: linear quantization applies to the palettization LUT "
-                    "entries (constexpr_blockwise_shift_scale on the LUT), not to the weights")))
-            if kind is not None:
-                seen_coreml[kind] = i
+                    "this adapter runs one training-time (optimize.torch) compression per "
+                    "recipe (consecutive prune steps count as one)")))
+    return out
+
+
+def _check_order(i: int, steps: list[Step], route: list[str]) -> list[tuple[int, Verdict]]:
+    """What may not follow a post-training (optimize.coreml) or a qat step."""
+    r, step = route[i], steps[i]
+    if r == TRAIN and step.kind == "finetune":
+        if COREML in route[:i]:
+            return [(i, unsupported(
+                "after a post-training optimize.coreml step the weights live in the "
+                "mlpackage and cannot be trained; put the finetune right after a prune or "
+                "cluster step (then optimize.torch trains)"))]
+        return []
+    out: list[tuple[int, Verdict]] = []
+    if r == TORCH and COREML in route[:i]:
+        out.append((i, unsupported(
+            "a training-time (optimize.torch) step cannot follow a post-training "
+            "optimize.coreml step")))
+    if r == COREML and any(
+        isinstance(steps[j], QuantizeStep) and route[j] == TORCH for j in range(i)
+    ):
+        out.append((i, unsupported(
+            "a LinearQuantizer (qat) model is exported as fake-quant; no optimize.coreml "
+            "step after it")))
+    return out
+
+
+def _check_joint(i: int, kind: str | None, seen: dict[str, int]) -> list[tuple[int, Verdict]]:
+    """coremltools' joint compression order (prune → palettize → quantize, each kind once);
+    records this post-training step's kind in ``seen``."""
+    out: list[tuple[int, Verdict]] = []
+    if kind is not None and kind in seen:
+        out.append((i, unsupported(
+            f"two post-training {kind} steps in one recipe: coremltools compresses a "
+            "weight once per kind")))
+    if kind == "cluster" and "linear" in seen:
+        out.append((i, unsupported(
+            "coremltools cannot palettize weights that are already linearly quantized "
+            "(joint compression goes prune → palettize → quantize)")))
+    if kind == "prune" and ({"linear", "cluster"} & set(seen)):
+        out.append((i, unsupported(
+            "coremltools joint compression prunes first: put prune before "
+            "palettize / quantize")))
+    if kind == "linear" and "cluster" in seen:
+        out.append((i, approximated(
+            "joint compression: linear quantization applies to the palettization LUT "
+            "entries (constexpr_blockwise_shift_scale on the LUT), not to the weights")))
+    if kind is not None:
+        seen[kind] = i
     return out
 
 
@@ -287,8 +305,6 @@ def _check_quantize(i: int, step: QuantizeStep, route: str) -> list[tuple[int, V
         out.append((i, unsupported(
             "2/1-bit weights are done as uniform palettization, which has no per-block "
             "granularity (only per tensor or per grouped channel)")))
-    if step.weights == 16 and step.granularity != "per_channel":
-        pass  # granularity is meaningless for float16
     return out
 
 

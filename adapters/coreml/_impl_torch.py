@@ -19,12 +19,7 @@ from torch import nn
 
 from adapters.base import Artifacts
 from adapters.coreml import TORCH, TRAIN
-from adapters.coreml._impl import (
-    convert,
-    layers_in_order,
-    targeted,
-    weight_file,
-)
+from adapters.coreml._impl_common import convert, layers_in_order, weight_file
 from unified.context import JobContext
 from unified.spec.schedules import sparsity_at_epoch
 from unified.spec.steps import (
@@ -54,14 +49,10 @@ class TorchResult:
                          notes=self.notes, details=self.details)
 
 
-def _excluded(model: nn.Module, step: Step, input_shape: tuple[int, ...]) -> dict[str, None]:
+def _excluded(model: nn.Module, names: tuple[str, ...],
+              input_shape: tuple[int, ...]) -> dict[str, None]:
     """module_name_configs entries (None = leave alone) for layers the targets leave out."""
-    targets = getattr(step, "targets", None)
-    out: dict[str, None] = {}
-    for name, module in layers_in_order(model, input_shape):
-        if targets is not None and not targeted(name, module, targets):
-            out[name] = None
-    return out
+    return {name: None for name, _ in layers_in_order(model, input_shape) if name not in names}
 
 
 def _finetune_epochs(ctx: JobContext, steps: list[Step], index: int) -> int:
@@ -149,14 +140,16 @@ def prune(ctx: JobContext, model: nn.Module, steps: list[tuple[int, PruneStep]],
     for index, step in steps:
         config, step_epochs, how = _module_config(step)
         epochs = max(epochs, step_epochs)
-        for name, module in layer_names.items():
-            if targeted(name, module, step.targets):
+        for name, _module in layer_names.items():
+            if name in ctx.layers_for(index):
                 if name in owner:
                     ctx.note(f"layer {name} is targeted by steps {owner[name] + 1} and "
                              f"{index + 1}: step {index + 1}'s config applies")
                 configs[name], owner[name] = config, index
         ctx.note(f"step {index + 1} (prune): optimize.torch MagnitudePruner ({how}); each layer "
                  "pruned to the target (local)")
+    for index, _ in steps:
+        ctx.report_changed(index, [name for name, i in owner.items() if i == index])
     epochs += extra_epochs
     pruner = MagnitudePruner(model, MagnitudePrunerConfig(module_name_configs=configs))
     model = pruner.prepare(inplace=True)
@@ -175,14 +168,10 @@ def prune(ctx: JobContext, model: nn.Module, steps: list[tuple[int, PruneStep]],
 
     def on_epoch_end(epoch: int) -> None:
         for index, step in steps:
-            entry: dict[str, Any] = {"epoch": epoch, "sparsity": round(_sparsity(layers[index]),
-                                                                        4)}
-            if len(steps) > 1:  # numbered like the other backends' concurrent steps
-                entry.update(step=index + 1, kind="prune")
+            target = None
             if step.schedule is not None and step.structure != "n:m":
-                entry["target"] = round(sparsity_at_epoch(step.schedule, step.sparsity, epoch),
-                                        4)
-            ctx.epoch_log.append(entry)
+                target = sparsity_at_epoch(step.schedule, step.sparsity, epoch)
+            ctx.log_epoch(index, "prune", epoch, sparsity=_sparsity(layers[index]), target=target)
 
     if epochs == 0:  # prune without training: apply the final sparsity once
         pruner.step()
@@ -215,7 +204,7 @@ def palettize(ctx: JobContext, model: nn.Module, step: ClusterStep, epochs: int)
                                               **gran)
     config = DKMPalettizerConfig(
         global_config=module_config,
-        module_name_configs=_excluded(model, step, ctx.input_shape),  # type: ignore[arg-type]
+        module_name_configs=_excluded(model, ctx.layers_for(step), ctx.input_shape),  # type: ignore[arg-type]
     )
     palettizer = DKMPalettizer(model, config)
     model = palettizer.prepare(inplace=True)
@@ -244,7 +233,7 @@ def quantize_qat(ctx: JobContext, model: nn.Module, step: QuantizeStep,
     )
     config = LinearQuantizerConfig(
         global_config=module_config,
-        module_name_configs=_excluded(model, step, ctx.input_shape),  # type: ignore[arg-type]
+        module_name_configs=_excluded(model, ctx.layers_for(step), ctx.input_shape),  # type: ignore[arg-type]
     )
     quantizer = LinearQuantizer(model, config)
     example = (torch.zeros(1, *ctx.input_shape),)

@@ -1,7 +1,7 @@
 """NNI pruning: one pruner per prune step (LevelPruner, L1/L2 norm, FPGM, Taylor), AGP and
-linear schedules (AGPPruner / LinearPruner on the shared training loop), several concurrent
-prune steps as one norm pruner, and ModelSpeedup for structured masks (real channel removal,
-Distiller's thinning)."""
+linear schedules (AGPPruner / LinearPruner on the shared training loop), and ModelSpeedup for
+structured masks (real channel removal, Distiller's thinning). Several concurrent prune steps
+are in ``_impl_prune_several``."""
 
 from __future__ import annotations
 
@@ -22,42 +22,37 @@ from nni.compression.speedup import ModelSpeedup
 from nni.compression.utils import TorchEvaluator
 from torch import nn
 
-from adapters.nni._impl import (
+from adapters.nni._impl_common import (
     Masks,
     State,
     apply_masks,
-    finetune,
     make_evaluator,
     mask_sparsity,
-    output_layer,
-    steps_per_epoch,
-    target_modules,
-    train_labels,
 )
 from unified.context import JobContext
 from unified.spec.steps import (
-    FinetuneStep,
     PruneCriterion,
     PruneScope,
     PruneStep,
     PruneStructure,
     ScheduleCurve,
-    Targets,
 )
 from unified.torchkit import training
 from unified.torchkit.models import count_parameters
+from unified.torchkit.targets import layer_inventory
 
 
 def _prune_config(ctx: JobContext, model: nn.Module, step: PruneStep) -> list[dict[str, Any]]:
-    selected = target_modules(model, step.targets)
+    selected = {name: model.get_submodule(name) for name in ctx.layers_for(step)}
+    layers = [layer.name for layer in layer_inventory(model, ctx.input_shape)]
     if step.structure is PruneStructure.channel:
-        head = output_layer(model)
-        if head in selected:
+        head = layers[-1]
+        if head in selected:  # named in include: the resolved targets keep it
             del selected[head]
-            ctx.note(f"NNI channel pruning skips the output layer {head!r} "
-                     "(its output channels are the classes)")
+            ctx.deviate(f"NNI channel pruning leaves out the output layer {head!r}: "
+                        "ModelSpeedup cannot remove the model's outputs (the classes)")
     if step.structure is PruneStructure.input_channel:
-        _input_channel_targets(ctx, model, selected)
+        _input_channel_targets(ctx, layers[0], selected)
     if not selected:
         raise ValueError("the prune step's targets select no conv/linear module")
     config: dict[str, Any] = {"op_names": list(selected), "sparse_ratio": step.sparsity}
@@ -70,22 +65,21 @@ def _prune_config(ctx: JobContext, model: nn.Module, step: PruneStep) -> list[di
     return [config]
 
 
-def _input_channel_targets(ctx: JobContext, model: nn.Module,
+def _input_channel_targets(ctx: JobContext, first: str,
                            selected: dict[str, nn.Module]) -> None:
-    """Input-channel pruning leaves out the input layer (its channels are the image's: speedup
-    would change the model's input) and depthwise convs (one input channel per filter)."""
-    first = next(iter(target_modules(model, Targets())), None)
+    """Input-channel pruning cannot take the input layer (its channels are the image's:
+    speedup would change the model's input); the resolved targets keep it only when the
+    recipe names it."""
     if first in selected:
         del selected[first]
-        ctx.note(f"NNI input-channel pruning skips the input layer {first!r} (its input "
-                 "channels are the image's)")
-    depthwise = [n for n, m in selected.items()
-                 if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
-    for name in depthwise:
-        del selected[name]
-    if depthwise:
-        ctx.note(f"NNI input-channel pruning skips depthwise convs {', '.join(depthwise)} (one "
-                 "input channel per filter)")
+        ctx.deviate(f"NNI input-channel pruning leaves out the input layer {first!r}: "
+                    "ModelSpeedup would change the model's input (the image's channels)")
+
+
+def pruned_names(masks: Masks) -> list[str]:
+    """The modules whose weight mask has zeros."""
+    return [name for name, targets in masks.items()
+            if "weight" in targets and bool((targets["weight"] == 0).any())]
 
 
 def _basic_pruner(ctx: JobContext, model: nn.Module, step: PruneStep,
@@ -101,14 +95,15 @@ def _basic_pruner(ctx: JobContext, model: nn.Module, step: PruneStep,
         return FPGMPruner(model, config_list)
     if criterion is PruneCriterion.taylor:
         assert evaluator is not None
-        taylor_steps = min(steps_per_epoch(ctx), 20)
+        taylor_steps = min(ctx.steps_per_epoch, 20)
         ctx.note(f"NNI TaylorPruner collected first-order importance over {taylor_steps} training "
                  "steps (the optimizer updates the weights during them)")
         return TaylorPruner(model, config_list, evaluator, training_steps=taylor_steps)
     raise ValueError(f"criterion {criterion.value} has no NNI pruner")
 
 
-def prune(ctx: JobContext, state: State, step: PruneStep, training_follows: bool) -> None:
+def prune(ctx: JobContext, state: State, index: int, step: PruneStep,
+          training_follows: bool) -> None:
     """Prune with NNI; for channel structure run ModelSpeedup and fine-tune."""
     model = state.model
     config_list = _prune_config(ctx, model, step)
@@ -123,8 +118,9 @@ def prune(ctx: JobContext, state: State, step: PruneStep, training_follows: bool
         pruner.unwrap_model()
         ctx.note(f"NNI {type(pruner).__name__} pruned {step.sparsity:.0%} {scope} of {names}")
     else:
-        masks = _scheduled_prune(ctx, model, step, config_list, lr)
+        masks = _scheduled_prune(ctx, model, index, step, config_list, lr)
     apply_masks(model, masks)
+    ctx.report_changed(index, pruned_names(masks))
     state.details["mask_sparsity"] = round(mask_sparsity(masks), 4)
     if step.structure is PruneStructure.unstructured:
         state.masks = masks
@@ -133,9 +129,16 @@ def prune(ctx: JobContext, state: State, step: PruneStep, training_follows: bool
     _speedup(ctx, state, masks)
     if not training_follows and ctx.budget.finetune_epochs > 0:
         epochs = ctx.budget.finetune_epochs
-        training.train(model, ctx.data.train_x, train_labels(ctx), ctx.budget, epochs=epochs, lr=lr,
+        training.train(model, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs, lr=lr,
                        seed=ctx.seed)
-        ctx.note(f"fine-tuned the sped-up model for {epochs} epoch(s) (budget finetune_epochs)")
+        ctx.deviate(unasked_finetune(epochs))
+
+
+def unasked_finetune(epochs: int) -> str:
+    """The deviation of NNI's fine-tuning after ModelSpeedup when the recipe asks for none."""
+    return (f"fine-tuned the sped-up model for {epochs} epoch(s) (budget finetune_epochs) "
+            "although the recipe asks for no training: NNI's channel pruning is followed by "
+            "fine-tuning of the smaller model")
 
 
 def _speedup(ctx: JobContext, state: State, masks: Masks) -> None:
@@ -154,23 +157,42 @@ def _speedup(ctx: JobContext, state: State, masks: Masks) -> None:
              "keep the union of their masks")
 
 
-def _scheduled_prune(ctx: JobContext, model: nn.Module, step: PruneStep,
+def _schedule_pruner(ctx: JobContext, step: PruneStep, basic: Any, interval: int,
+                     total_times: int, evaluator: TorchEvaluator) -> Any:
+    """NNI's AGPPruner (initial ratio set to Distiller's) or LinearPruner around ``basic``."""
+    schedule = step.schedule
+    assert schedule is not None
+    if schedule.curve is ScheduleCurve.agp:
+        pruner: Any = AGPPruner(basic, interval, total_times, evaluator)
+        # NNI's AGP: sparse = final * (1 - (1 - r0) * (1 - t/T)^3); r0 = initial / final gives
+        # Distiller's final + (initial - final) * (1 - t/T)^3
+        pruner._initial_ratio = schedule.initial_sparsity / step.sparsity
+    else:
+        pruner = LinearPruner(basic, interval, total_times, evaluator)
+        if schedule.initial_sparsity > 0:
+            ctx.deviate("NNI LinearPruner ramps from 0, not from initial_sparsity "
+                     f"{schedule.initial_sparsity} (its formula with an initial ratio does not "
+                     "reach the final sparsity)")
+    return pruner
+
+
+def _scheduled_prune(ctx: JobContext, model: nn.Module, index: int, step: PruneStep,
                      config_list: list[dict[str, Any]], lr: float) -> Masks:
     from unified.spec.schedules import agp_span, sparsity_at_epoch
 
     schedule = step.schedule
     assert schedule is not None
-    labels = train_labels(ctx)
+    labels = ctx.data.labels
     start, end, freq = schedule.start_epoch, schedule.end_epoch, schedule.frequency
     rates = ctx.learning_rates(lr, end)
     if start > 0:  # Distiller trains without a mask before start_epoch; NNI starts at once
         training.train(model, ctx.data.train_x, labels, ctx.budget, epochs=start, lr=lr,
                        seed=ctx.seed, learning_rates=rates)
         for epoch in range(start):
-            ctx.epoch_log.append({"epoch": epoch, "sparsity": 0.0, "target": 0.0})
+            ctx.log_epoch(index, "prune", epoch, sparsity=0.0, target=0.0)
     span = agp_span(start=start, end=end, frequency=freq)
     total_times = span // freq
-    interval = steps_per_epoch(ctx) * freq
+    interval = ctx.steps_per_epoch * freq
     holder: dict[str, Any] = {}
 
     def epoch_start(epoch: int) -> None:
@@ -183,27 +205,14 @@ def _scheduled_prune(ctx: JobContext, model: nn.Module, step: PruneStep,
     def epoch_end(epoch: int) -> None:
         # the mask this epoch trained with (NNI's end-of-interval update is for the next one)
         absolute = start + epoch
-        ctx.epoch_log.append({
-            "epoch": absolute,
-            "sparsity": round(holder["during"], 4),
-            "target": round(sparsity_at_epoch(schedule, step.sparsity, absolute), 4),
-        })
+        ctx.log_epoch(index, "prune", absolute, sparsity=holder["during"],
+                      target=sparsity_at_epoch(schedule, step.sparsity, absolute))
 
     evaluator = make_evaluator(ctx, model, lr=lr, on_epoch_start=epoch_start,
                                on_epoch_end=epoch_end,
                                learning_rates=rates[start:] if rates else None)
     basic = _basic_pruner(ctx, model, step, config_list, evaluator)
-    if schedule.curve is ScheduleCurve.agp:
-        pruner: Any = AGPPruner(basic, interval, total_times, evaluator)
-        # NNI's AGP: sparse = final * (1 - (1 - r0) * (1 - t/T)^3); r0 = initial / final gives
-        # Distiller's final + (initial - final) * (1 - t/T)^3
-        pruner._initial_ratio = schedule.initial_sparsity / step.sparsity
-    else:
-        pruner = LinearPruner(basic, interval, total_times, evaluator)
-        if schedule.initial_sparsity > 0:
-            ctx.note("NNI LinearPruner ramps from 0, not from initial_sparsity "
-                     f"{schedule.initial_sparsity} (its formula with an initial ratio does not "
-                     "reach the final sparsity)")
+    pruner = _schedule_pruner(ctx, step, basic, interval, total_times, evaluator)
     holder["pruner"] = pruner
     # Taylor needs gradients from training steps before it can rank anything
     holder["initial_mask"] = pruner._initial_ratio > 0 and not isinstance(basic, TaylorPruner)
@@ -211,7 +220,7 @@ def _scheduled_prune(ctx: JobContext, model: nn.Module, step: PruneStep,
         ctx.note(f"NNI TaylorPruner cannot rank before training: epoch {start} trains unmasked "
                  f"where Distiller masks {schedule.initial_sparsity:.0%}")
     epochs = end - start
-    pruner.compress(max_steps=epochs * steps_per_epoch(ctx), max_epochs=epochs)
+    pruner.compress(max_steps=epochs * ctx.steps_per_epoch, max_epochs=epochs)
     masks = pruner.get_masks()
     pruner.unwrap_model()
     if holder["initial_mask"]:
@@ -222,139 +231,3 @@ def _scheduled_prune(ctx: JobContext, model: nn.Module, step: PruneStep,
              f"over epochs {start}..{end - 1}, mask update every {freq} epoch(s), "
              f"{total_times} updates; {epochs} training epochs at lr {lr}")
     return masks
-
-
-def _several_config(ctx: JobContext, model: nn.Module,
-                    steps: list[tuple[int, PruneStep]]) -> list[dict[str, Any]]:
-    """One NNI config entry per step: its op_names and sparse_ratio; channel steps keep the
-    norm pruner's default granularity (out_channel), unstructured ones are element-wise."""
-    config_list: list[dict[str, Any]] = []
-    for index, step in steps:
-        (entry,) = _prune_config(ctx, model, step)
-        if step.structure is PruneStructure.unstructured:
-            # kernel [1] (padded with 1s in front): one weight per block, metric |w|
-            entry["granularity"] = [1]
-        # input_channel: _prune_config set granularity in_channel
-        if step.schedule is not None:  # nothing is masked before the step's first epoch
-            entry["sparse_ratio"] = _schedule_target(step, step.schedule.start_epoch)
-        if step.scope is PruneScope.global_:
-            entry["global_group_id"] = f"step{index + 1}"
-        config_list.append(entry)
-    return config_list
-
-
-def _schedule_target(step: PruneStep, epoch: int) -> float:
-    from unified.spec.schedules import target_sparsity
-
-    assert step.schedule is not None
-    return target_sparsity(step.schedule, step.sparsity, epoch)
-
-
-def prune_several(ctx: JobContext, state: State, steps: list[tuple[int, PruneStep]],
-                  training_follows: bool) -> None:
-    """Several prune steps together, with Distiller's semantics: one NNI norm pruner over a
-    combined config_list; one training loop of max(end_epoch) epochs in which each step's
-    masks are regenerated by NNI at the start of its own pruning epochs (one-shot steps are
-    pruned once before training); ModelSpeedup when a step prunes channels."""
-    from unified.spec.schedules import pruning_epochs, sparsity_at_epoch
-
-    model = state.model
-    config_list = _several_config(ctx, model, steps)
-    channel = [s for _, s in steps if s.structure is not PruneStructure.unstructured]
-    cls = L2NormPruner if any(s.criterion is PruneCriterion.l2 for s in channel) \
-        else L1NormPruner
-    pruner = cls(model, config_list)  # wraps the model: masks apply in every forward
-    ops = {index: list(entry["op_names"]) for (index, _), entry in zip(steps, config_list,
-                                                                        strict=True)}
-    spaces = pruner._target_spaces  # NNI's per-module, per-target settings (sparse_ratio)
-
-    def regenerate(indices: list[int], epoch: int | None) -> None:
-        for index, step in steps:
-            if index in indices and epoch is not None and step.schedule is not None:
-                for name in ops[index]:
-                    for space in spaces[name].values():
-                        space.sparse_ratio = _schedule_target(step, epoch)
-        masks = pruner.generate_masks()
-        # only these steps' modules: the others keep their masks until their next epoch
-        wanted = {name for i in indices for name in ops[i]}
-        pruner.update_masks({k: v for k, v in masks.items() if k in wanted})
-
-    one_shot = [i for i, s in steps if s.schedule is None]
-    if one_shot:
-        regenerate(one_shot, None)
-    scheduled = [(i, s) for i, s in steps if s.schedule is not None]
-    lr = ctx.budget.effective_finetune_lr
-    epochs = max((s.schedule.end_epoch for _, s in scheduled), default=0)  # type: ignore[union-attr]
-
-    def on_epoch_start(epoch: int) -> None:
-        due = [i for i, s in scheduled if epoch in pruning_epochs(s.schedule)]  # type: ignore[arg-type]
-        if due:
-            regenerate(due, epoch)
-
-    def log_epoch(epoch: int) -> None:
-        masks = pruner.get_masks()
-        for index, step in steps:
-            mine = {k: v for k, v in masks.items() if k in ops[index]}
-            target = (sparsity_at_epoch(step.schedule, step.sparsity, epoch)
-                      if step.schedule is not None else step.sparsity)
-            ctx.epoch_log.append({"step": index + 1, "kind": "prune", "epoch": epoch,
-                                  "target": round(target, 6),
-                                  "sparsity": round(mask_sparsity(mine), 6)})
-
-    if epochs:
-        rates = ctx.learning_rates(lr, epochs)
-        training.train(model, ctx.data.train_x, train_labels(ctx), ctx.budget, epochs=epochs,
-                       lr=lr, seed=ctx.seed, on_epoch_start=on_epoch_start,
-                       on_epoch_end=log_epoch, learning_rates=rates)
-        model.eval()
-    masks = pruner.get_masks()
-    pruner.unwrap_model()
-    apply_masks(model, masks)
-    state.details["mask_sparsity"] = round(mask_sparsity(masks), 4)
-    for index, step in steps:
-        how = (f"{step.schedule.curve.value} schedule {step.schedule.initial_sparsity:g} -> "
-               f"{step.sparsity:g} at the start of epochs {step.schedule.start_epoch}.."
-               f"{step.schedule.end_epoch - 1} every {step.schedule.frequency}"
-               if step.schedule is not None else f"one-shot {step.sparsity:g}")
-        grain = {PruneStructure.channel: "output channels",
-                 PruneStructure.input_channel: "input channels"}.get(step.structure, "weights")
-        ctx.note(f"step {index + 1} (prune): NNI {cls.__name__} on {grain} of "
-                 f"{', '.join(ops[index])}, {how}")
-    if epochs:
-        ctx.note(f"steps {', '.join(str(i + 1) for i, _ in steps)} ran concurrently in one "
-                 f"training loop of {epochs} epoch(s) at lr {lr:g} (Distiller semantics)")
-    imported = ctx.scenario.imported.get(ctx.recipe_name)
-    thinning = imported is not None and bool(imported.thinning)
-    if not channel:
-        state.masks = masks
-        if thinning:
-            ctx.note("Distiller thinning requested, but no step prunes channels: nothing to "
-                     "remove (unstructured zeros stay in place)")
-        return
-    unstructured = {name for i, s in steps if s.structure is PruneStructure.unstructured
-                    for name in ops[i]}
-    _speedup(ctx, state, masks)
-    if thinning:
-        ctx.note("Distiller thinning (FilterRemover/ChannelRemover) carried out by NNI "
-                 "ModelSpeedup: the all-zero filters are physically removed")
-    kept = _masks_still_fitting(model, {k: v for k, v in masks.items() if k in unstructured})
-    state.masks = kept or None
-    if not training_follows and ctx.budget.finetune_epochs > 0:
-        finetune(ctx, state, FinetuneStep(epochs=ctx.budget.finetune_epochs))
-        ctx.note(f"fine-tuned the sped-up model for {ctx.budget.finetune_epochs} epoch(s) "
-                 "(budget finetune_epochs)")
-
-
-def _masks_still_fitting(model: nn.Module, masks: Masks) -> Masks:
-    """The unstructured masks whose layer kept its weight shape through ModelSpeedup (a
-    layer fed by removed channels is narrower: its zeros were copied, its mask no longer
-    fits and following training may regrow them)."""
-    modules = dict(model.named_modules())
-    out: Masks = {}
-    for name, targets in masks.items():
-        weight = getattr(modules.get(name), "weight", None)
-        mask = targets.get("weight")
-        if isinstance(weight, torch.Tensor) and mask is not None and \
-                torch.broadcast_shapes(mask.shape, weight.shape) == weight.shape:
-            out[name] = {"weight": mask}
-    return out

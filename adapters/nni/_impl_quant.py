@@ -1,4 +1,4 @@
-"""NNI quantizers and binarizers, and the QDQ ONNX built from NNI's own scales.
+"""NNI quantizers and binarizers.
 
 NNI 3.0 has no CPU quantized export, so:
 
@@ -6,22 +6,17 @@ NNI 3.0 has no CPU quantized export, so:
   ONNX has no BatchNorm either), so NNI's per-channel weight scales are computed on exactly
   the weights the ONNX carries. NNI trains/calibrates; its fake-quant weights are written back
   into plain float modules, the float model is exported with the shared exporter, and
-  QuantizeLinear/DequantizeLinear are inserted: int8 weights quantized with NNI's weight
-  scales (symmetric, NNI's int8 range [-127, 127]), a uint8 QDQ pair with NNI's activation
-  scale/zero point on the input of every quantized conv/linear, int32 biases at
-  input_scale × weight_scale (what onnxruntime needs to fuse QLinearConv).
+  QuantizeLinear/DequantizeLinear are inserted with NNI's scales (``_impl_qdq``).
 - binarize: BNN / DoReFa 1-bit weights; BatchNorm is NOT folded into the binarized convs (it is
   exported as a per-channel Mul + Add), so each binarized weight keeps exactly two values.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-import onnx
 import torch
 import torch.fx
 from nni.compression.quantization import (
@@ -32,18 +27,20 @@ from nni.compression.quantization import (
     QATQuantizer,
 )
 from nni.compression.utils import TorchEvaluator
-from onnx import helper, numpy_helper
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from adapters.nni._impl import (
+from adapters.nni._impl_common import (
+    PARITY_SAMPLES,
     State,
     cross_entropy_step,
     make_evaluator,
-    target_modules,
+    onnx_logits,
+    torch_logits,
     traced_optimizer_class,
 )
 from adapters.nni._impl_layers import uncalled_layers
+from adapters.nni._impl_qdq import LayerQuant, build_qdq_onnx
+from adapters.nni._impl_qdq_graph import output_plan
 from unified.context import JobContext
 from unified.spec.steps import (
     BinarizeStep,
@@ -55,70 +52,30 @@ from unified.spec.steps import (
 )
 from unified.torchkit import training
 from unified.torchkit.export import export_onnx
-from unified.torchkit.fxtrace import trace_layers
-
-INT8_MIN, INT8_MAX = -127, 127  # NNI's symmetric int8 range
-
+from unified.torchkit.fold import conv_bn_pairs, fold_batchnorm, set_module
 
 # --- BatchNorm handling ----------------------------------------------------------------------
-
-
-def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv, bn) module names where the BN consumes only that conv's output (torch.fx)."""
-    try:
-        graph = trace_layers(model)  # conv subclasses stay call_module nodes
-    except Exception:  # not traceable by torch.fx: nothing folded (scales of the raw weights)
-        return []
-    modules = dict(model.named_modules())
-    pairs = []
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target),
-                                                      nn.BatchNorm2d):
-            continue
-        src = node.args[0]
-        if isinstance(src, torch.fx.Node) and src.op == "call_module" and \
-                isinstance(modules.get(src.target), nn.Conv2d) and len(src.users) == 1:
-            pairs.append((str(src.target), str(node.target)))
-    return pairs
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
-def fold_batchnorm(model: nn.Module) -> list[tuple[str, str]]:
-    """Fold every BN into its conv in place (BN → Identity); returns the folded pairs."""
-    model.eval()
-    pairs = conv_bn_pairs(model)
-    for conv_name, bn_name in pairs:
-        conv = model.get_submodule(conv_name)
-        bn = model.get_submodule(bn_name)
-        fused = fuse_conv_bn_eval(cast(nn.Conv2d, conv), cast(nn.BatchNorm2d, bn))
-        _set_module(model, conv_name, fused)
-        _set_module(model, bn_name, nn.Identity())
-    return pairs
 
 
 class ChannelAffine(nn.Module):
     """An eval-mode BatchNorm as x * scale + shift: exported as Mul + Add, which the ONNX
     exporter does not fold into the preceding conv (it folds a BatchNormalization)."""
 
-    def __init__(self, bn: nn.BatchNorm2d) -> None:
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
         super().__init__()
         assert bn.running_var is not None and bn.running_mean is not None
         var, mean = cast(torch.Tensor, bn.running_var), cast(torch.Tensor, bn.running_mean)
         scale = (bn.weight if bn.weight is not None else 1.0) / torch.sqrt(var + bn.eps)
         shift = (bn.bias if bn.bias is not None else 0.0) - mean * scale
-        self.register_buffer("scale", scale.detach().reshape(1, -1, 1, 1).clone())
-        self.register_buffer("shift", shift.detach().reshape(1, -1, 1, 1).clone())
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
 
     scale: torch.Tensor  # buffers, registered in __init__
     shift: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # per channel, for 1-d and 2-d convs alike
+        return x * self.scale.reshape(shape) + self.shift.reshape(shape)
 
 
 # --- NNI quantizer set-up --------------------------------------------------------------------
@@ -134,14 +91,50 @@ def _weight_setting(step: QuantizeStep) -> dict[str, Any]:
     return {"quant_dtype": "int8", "quant_scheme": "symmetric", "granularity": granularity}
 
 
-def _quant_config(step: QuantizeStep, names: list[str]) -> list[dict[str, Any]]:
+def _output_setting(step: QuantizeStep) -> dict[str, Any]:
+    if step.algorithm is QuantAlgorithm.lsq:  # LSQ has no zero point: signed for signed outputs
+        return {"quant_dtype": "int8", "quant_scheme": "symmetric", "granularity": "default"}
+    return {"quant_dtype": "uint8", "quant_scheme": "affine", "granularity": "default"}
+
+
+def _quant_config(step: QuantizeStep, names: list[str],
+                  outputs: dict[str, str | None]) -> list[dict[str, Any]]:
+    """NNI's config_list: weights and inputs of every layer; also the outputs of the layers
+    ``outputs`` names (``_impl_qdq_graph``), each fused with its ReLU module when it has one."""
     settings: dict[str, Any] = {"weight": _weight_setting(step)}
     if step.activations is not None:
         settings["_input_"] = {"quant_dtype": "uint8", "quant_scheme": "affine",
                                "granularity": "default"}
     # the top-level quant_dtype is required by NNI's schema; target_settings override it
-    return [{"op_names": names, "target_names": list(settings), "target_settings": settings,
-             "quant_dtype": "int8"}]
+    plain = [n for n in names if n not in outputs]
+    config = [{"op_names": plain, "target_names": list(settings), "target_settings": settings,
+               "quant_dtype": "int8"}] if plain else []
+    if outputs:
+        with_output = {**settings, "_output_": _output_setting(step)}
+        entry: dict[str, Any] = {"op_names": list(outputs), "target_names": list(with_output),
+                                 "target_settings": with_output, "quant_dtype": "int8"}
+        fused = [(layer, relu) for layer, relu in outputs.items() if relu is not None]
+        if fused:
+            entry["fuse_names"] = fused
+        config.append(entry)
+    return config
+
+
+def _outputs_to_quantize(ctx: JobContext, model: nn.Module, step: QuantizeStep,
+                         names: list[str]) -> dict[str, str | None]:
+    """Which layers NNI must quantize at the output for onnxruntime to fuse every layer
+    (read from a float export of the BN-folded model)."""
+    if step.activations is None:
+        return {}
+    import onnx
+
+    path = ctx.workdir / "model_plan.onnx"
+    export_onnx(model, path, ctx.input_shape)
+    relus = {name for name, module in model.named_modules() if type(module) is nn.ReLU}
+    try:
+        return output_plan(onnx.load(str(path)), names, relus)
+    finally:
+        path.unlink()
 
 
 def _calibration_evaluator(ctx: JobContext, model: nn.Module) -> TorchEvaluator:
@@ -194,110 +187,11 @@ def _as_array(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-# --- QDQ ONNX --------------------------------------------------------------------------------
-
-
-@dataclass
-class LayerQuant:
-    """What the QDQ ONNX needs for one conv/linear: NNI's scales, on the integer grid of the
-    weights the float model carries."""
-
-    weight_scale: np.ndarray  # (C,) per output channel, or () per tensor
-    input_scale: float | None
-    input_zero_point: int | None
-
-
-def _scale_for_onnx(scale: np.ndarray) -> np.ndarray:
-    flat = np.asarray(scale, dtype=np.float32).reshape(-1)
-    return flat.reshape(()) if flat.size == 1 else flat
-
-
-def build_qdq_onnx(
-    float_path: Path, out_path: Path, layers: dict[str, LayerQuant]
-) -> dict[str, Any]:
-    """Insert QuantizeLinear/DequantizeLinear into the float ONNX for every layer whose weight
-    initializer is ``<module>.weight``; returns what was done (for the record)."""
-    model = onnx.load(str(float_path))
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    new_inits: list[onnx.TensorProto] = []
-    nodes: list[onnx.NodeProto] = []
-    quantized: list[str] = []
-    max_error = 0.0
-    for node in graph.node:
-        module = None
-        if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
-            wname = node.input[1]
-            if wname.endswith(".weight"):
-                module = wname[: -len(".weight")]
-        if node.op_type == "Gemm":
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            if trans_b != 1:
-                module = None  # torch Linear exports transB=1: weight rows = output channels
-        lq = layers.get(module) if module is not None else None
-        if lq is None:
-            nodes.append(node)
-            continue
-        tag = module.replace(".", "_") if module else node.name
-        weight = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
-        w_scale = _scale_for_onnx(lq.weight_scale)
-        bshape = (-1,) + (1,) * (weight.ndim - 1)
-        grid = weight / (w_scale.reshape(bshape) if w_scale.ndim else w_scale)
-        max_error = max(max_error, float(np.abs(grid - np.round(grid)).max()))
-        w_int = np.clip(np.round(grid), INT8_MIN, INT8_MAX).astype(np.int8)
-        w_zp = np.zeros(w_scale.shape, dtype=np.int8)
-        new_inits += [numpy_helper.from_array(w_int, f"{tag}.weight_int8"),
-                      numpy_helper.from_array(w_scale, f"{tag}.weight_scale"),
-                      numpy_helper.from_array(w_zp, f"{tag}.weight_zero_point")]
-        nodes.append(helper.make_node(
-            "DequantizeLinear", [f"{tag}.weight_int8", f"{tag}.weight_scale",
-                                 f"{tag}.weight_zero_point"],
-            [f"{tag}.weight_dq"], name=f"{tag}.weight_DequantizeLinear", axis=0))
-        node.input[1] = f"{tag}.weight_dq"
-        if lq.input_scale is not None and lq.input_zero_point is not None:
-            x_scale = np.asarray(lq.input_scale, dtype=np.float32)
-            x_zp = np.asarray(lq.input_zero_point, dtype=np.uint8)
-            new_inits += [numpy_helper.from_array(x_scale, f"{tag}.input_scale"),
-                          numpy_helper.from_array(x_zp, f"{tag}.input_zero_point")]
-            x = node.input[0]
-            nodes.append(helper.make_node(
-                "QuantizeLinear", [x, f"{tag}.input_scale", f"{tag}.input_zero_point"],
-                [f"{tag}.input_q"], name=f"{tag}.input_QuantizeLinear"))
-            nodes.append(helper.make_node(
-                "DequantizeLinear", [f"{tag}.input_q", f"{tag}.input_scale",
-                                     f"{tag}.input_zero_point"],
-                [f"{tag}.input_dq"], name=f"{tag}.input_DequantizeLinear"))
-            node.input[0] = f"{tag}.input_dq"
-            if len(node.input) > 2 and node.input[2] in inits:
-                bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
-                b_scale = (float(x_scale) * w_scale).astype(np.float32)
-                b_int = np.round(bias / b_scale.astype(np.float64)).astype(np.int32)
-                new_inits += [numpy_helper.from_array(b_int, f"{tag}.bias_int32"),
-                              numpy_helper.from_array(b_scale, f"{tag}.bias_scale"),
-                              numpy_helper.from_array(np.zeros(b_scale.shape, np.int32),
-                                                      f"{tag}.bias_zero_point")]
-                nodes.append(helper.make_node(
-                    "DequantizeLinear", [f"{tag}.bias_int32", f"{tag}.bias_scale",
-                                         f"{tag}.bias_zero_point"],
-                    [f"{tag}.bias_dq"], name=f"{tag}.bias_DequantizeLinear", axis=0))
-                node.input[2] = f"{tag}.bias_dq"
-        nodes.append(node)
-        quantized.append(module or "")
-    used = {i for n in nodes for i in n.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out_path))
-    return {"qdq_layers": quantized, "weight_grid_max_error": round(max_error, 6)}
-
-
 # --- steps -----------------------------------------------------------------------------------
 
 
-def _layer_quant(step: QuantizeStep, calibration: dict[str, Any], name: str) -> LayerQuant:
+def _layer_quant(step: QuantizeStep, calibration: dict[str, Any], name: str,
+                 outputs: dict[str, str | None]) -> LayerQuant:
     targets = calibration[name]
     weight = targets["weight"]
     scale = _as_array(weight["scale"])
@@ -310,15 +204,27 @@ def _layer_quant(step: QuantizeStep, calibration: dict[str, Any], name: str) -> 
         scale = 2 * scale
     elif weight.get("zero_point") is not None and np.abs(_as_array(weight["zero_point"])).max():
         raise ValueError(f"NNI gave {name} an asymmetric weight zero point")
-    act = targets.get("_input_0")
-    if act is None or act.get("scale") is None:
+    act = _activation(step, targets.get("_input_0"))
+    if act is None:
         return LayerQuant(scale, None, None)
+    out = _activation(step, targets.get("_output_0"))
+    return LayerQuant(scale, act[0], act[1],
+                      output_scale=None if out is None else out[0],
+                      output_zero_point=None if out is None else out[1],
+                      output_signed=step.algorithm is QuantAlgorithm.lsq,
+                      output_after=outputs.get(name))
+
+
+def _activation(step: QuantizeStep, act: dict[str, Any] | None) -> tuple[float, int] | None:
+    """(scale, zero point) of one of NNI's activation quantizations, or None."""
+    if act is None or act.get("scale") is None:
+        return None
     zero_point = act.get("zero_point")
     if step.algorithm is QuantAlgorithm.lsq or zero_point is None:
-        act_zero_point = 0  # LSQ quantizes round(clamp(x / s)) with no zero point
+        zp = 0  # LSQ quantizes round(clamp(x / s)) with no zero point
     else:
-        act_zero_point = int(np.round(_as_array(zero_point)).reshape(-1)[0])
-    return LayerQuant(scale, float(_as_array(act["scale"]).reshape(-1)[0]), act_zero_point)
+        zp = int(np.round(_as_array(zero_point)).reshape(-1)[0])
+    return float(_as_array(act["scale"]).reshape(-1)[0]), zp
 
 
 def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path) -> None:
@@ -327,17 +233,17 @@ def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
     if pairs:
         ctx.note(f"BatchNorm folded into {len(pairs)} conv(s) before NNI's quantizer, so the "
                  "per-channel weight scales are those of the exported (BN-folded) weights")
-    selected = target_modules(model, step.targets)
-    uncalled = uncalled_layers(model, list(selected), ctx.input_shape)
+    names = list(ctx.layers_for(step))
+    uncalled = uncalled_layers(model, names, ctx.input_shape)
     if uncalled:
         ctx.note(f"not quantized: {', '.join(uncalled)} (their parent uses the weight without "
                  "calling the layer, e.g. nn.MultiheadAttention's out_proj, so NNI's wrapper "
                  "never observes them)")
-        selected = {n: m for n, m in selected.items() if n not in uncalled}
-    if not selected:
+        names = [n for n in names if n not in uncalled]
+    if not names:
         raise ValueError("the quantize step's targets select no conv/linear module")
-    names = list(selected)
-    config_list = _quant_config(step, names)
+    outputs = _outputs_to_quantize(ctx, model, step, names)
+    config_list = _quant_config(step, names, outputs)
     lr = ctx.budget.effective_finetune_lr
     quantizer: Any
     if step.method is QuantMethod.static:
@@ -356,11 +262,12 @@ def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
         what = f"NNI {cls.__name__} trained {epochs} epoch(s) at lr {lr}"
     calibration = quantizer.get_calibration_config()
     effective = _effective_weights(quantizer)
+    simulated = torch_logits(model, ctx.data.test_x[:PARITY_SAMPLES])  # NNI's own simulation
     quantizer.unwrap_model()
     with torch.no_grad():
         for name, weight in effective.items():
             cast(torch.Tensor, model.get_submodule(name).weight).copy_(weight)
-    layers = {name: _layer_quant(step, calibration, name) for name in names}
+    layers = {name: _layer_quant(step, calibration, name, outputs) for name in names}
     float_path = onnx_path.with_name("model_float.onnx")
     export_onnx(model, float_path, ctx.input_shape)
     done = build_qdq_onnx(float_path, onnx_path, layers)
@@ -369,6 +276,9 @@ def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
     state.model = model
     state.details.update(done)
     state.details["quantized_layers"] = len(layers)
+    ctx.report_changed(step, done["qdq_layers"])
+    ctx.check_parity("torch model under NNI's simulated quantization", simulated,
+                     onnx_logits(onnx_path, ctx.data.test_x[:PARITY_SAMPLES]))
     gran = "per-channel" if step.granularity is Granularity.per_channel else "per-tensor"
     acts = "uint8 affine activations (NNI's scale/zero point on each layer input)" \
         if step.activations is not None else "float activations (weights only)"
@@ -376,19 +286,25 @@ def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
              f"[-127, 127]), {acts}")
     ctx.note("QDQ ONNX built by inserting QuantizeLinear/DequantizeLinear with NNI's scales into "
              "the float export (NNI has no CPU quantized export); biases int32 at "
-             "input_scale × weight_scale")
+             "input_scale × weight_scale; each input quantization repeated up through "
+             "ReLU / max pooling / reshapes to the previous layer's output (exact), so "
+             "onnxruntime fuses every layer")
+    if outputs:
+        fused = [f"{layer} (+{relu})" if relu else layer for layer, relu in outputs.items()]
+        ctx.note(f"NNI also quantizes the outputs of {', '.join(fused)}: they feed a residual "
+                 "add, a branch or the model output, not just the next quantized layer "
+                 "(a ReLU module after a layer is fused into it first, NNI fuse_names)")
     missing = [n for n in names if n not in done["qdq_layers"]]
     if missing:
-        ctx.note(f"no QDQ for {', '.join(missing)}: their weights are not a plain initializer "
-                 "in the export")
+        ctx.deviate(f"no QDQ for {', '.join(missing)}: their weights are not a plain "
+                    "initializer in the export, so they stay float")
 
 
 def binarize(ctx: JobContext, state: State, step: BinarizeStep, onnx_path: Path) -> None:
     model = state.model
-    selected = target_modules(model, step.targets)
-    if not selected:
+    names = list(ctx.layers_for(step))
+    if not names:
         raise ValueError("the binarize step's targets select no conv/linear module")
-    names = list(selected)
     pairs = conv_bn_pairs(model)
     epochs = _training_epochs(ctx, step.epochs, "binarization")
     lr = ctx.budget.effective_finetune_lr
@@ -408,11 +324,12 @@ def binarize(ctx: JobContext, state: State, step: BinarizeStep, onnx_path: Path)
     for conv_name, bn_name in pairs:
         if conv_name in effective:
             bn = model.get_submodule(bn_name)
-            _set_module(model, bn_name, ChannelAffine(bn))  # type: ignore[arg-type]
+            set_module(model, bn_name, ChannelAffine(bn))  # type: ignore[arg-type]
             kept += 1
     export_onnx(model, onnx_path, ctx.input_shape)
     state.onnx_written = True
     distinct = {n: int(torch.unique(w).numel()) for n, w in effective.items()}
+    ctx.report_changed(step, [n for n, count in distinct.items() if count <= 2])
     state.details.update(binarized_layers=len(distinct), distinct_values=distinct)
     ctx.note(f"NNI {type(quantizer).__name__} trained {epochs} epoch(s) at lr {lr} with 1-bit "
              f"weights on {len(names)} layers; the exported weights are NNI's sign values")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from adapters.tfmot._impl import (
+from adapters.tfmot._impl_common import (
     NEVER,
     State,
     keras,
@@ -14,14 +14,13 @@ from adapters.tfmot._impl import (
     rewrap,
     select_layers,
     sparsity_api,
-    steps_per_epoch,
     train,
 )
 from unified.spec.schedules import sparsity_at_epoch
 from unified.spec.steps import PruneStep, PruneStructure, ScheduleCurve
 
 # isort: split
-# after _impl, which imports torch (and triton) before TensorFlow
+# after _impl_common, which imports torch (and triton) before TensorFlow
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 if TYPE_CHECKING:
@@ -37,7 +36,7 @@ def _schedule(step: PruneStep, ctx: JobContext) -> tuple[Any, int, str]:
     = start*spe + 1 puts each update on the first batch of its epoch and PolynomialDecay's
     ``(step - begin) / (end - begin)`` equals Distiller's ``(epoch - start) / span``.
     """
-    spe = steps_per_epoch(ctx)
+    spe = ctx.steps_per_epoch
     sched = step.schedule
     if sched is None:  # one-shot: masks computed once (below), kept while fine-tuning
         return sparsity_api.ConstantSparsity(step.sparsity, begin_step=1, frequency=NEVER), 0, \
@@ -63,10 +62,10 @@ def _step_wrapping(state: State, step: PruneStep, ctx: JobContext
                    ) -> tuple[list[str], dict[str, Any], dict[str, Any], int, str]:
     """The layers a prune step wraps, prune_low_magnitude's arguments (and the Dense-only
     block argument), the epochs its schedule trains, and a description."""
-    layers = select_layers(state.model, step.targets)
+    layers = select_layers(state.model, ctx.layers_for(step))
     depthwise = [ly.name for ly in layers if type(ly).__name__ == "DepthwiseConv2D"]
     if depthwise:
-        ctx.note(f"TF-MOT has no pruning for DepthwiseConv2D: kernels of {', '.join(depthwise)} "
+        ctx.deviate(f"TF-MOT has no pruning for DepthwiseConv2D: kernels of {', '.join(depthwise)} "
                  "left dense")
     names = [ly.name for ly in layers if ly.name not in depthwise]
     if not names:
@@ -121,6 +120,8 @@ def prune(state: State, steps: list[tuple[int, PruneStep]], ctx: JobContext) -> 
     state.model = rewrap(state.model, wrap, set(wrapping))
     state.prune_wrapped = True
     state.pruned = list(wrapping)
+    for index, names in names_of.items():
+        ctx.report_changed(index, names)
     if epochs == 0:
         # One-shot: let TF-MOT compute the masks now (its own magnitude / m-by-n rules), at
         # step 1 where the schedule says "prune"; fine-tuning later keeps them fixed.
@@ -129,21 +130,18 @@ def prune(state: State, steps: list[tuple[int, PruneStep]], ctx: JobContext) -> 
                 layer.pruning_step.assign(1)
                 layer.pruning_obj.conditional_mask_update()
                 layer.pruning_obj.weight_mask_op()
-        ctx.epoch_log.append({"epoch": None, "step": "prune",
-                              "sparsity": round(kernel_sparsity(state.model, state.pruned), 6)})
+        for index, _ in steps:
+            ctx.log_epoch(index, "prune", None,
+                          sparsity=kernel_sparsity(state.model, names_of[index]))
         return
     lr = ctx.budget.effective_finetune_lr
 
     def log(epoch: int) -> None:
         for index, step in steps:
-            entry: dict[str, Any] = {"epoch": epoch, "step": "prune", "sparsity": round(
-                kernel_sparsity(state.model, names_of[index]), 6)}
-            if len(steps) > 1:  # numbered like the torch backends' concurrent steps
-                entry.update(step=index + 1, kind="prune")
-            if step.schedule is not None:
-                entry["target"] = round(sparsity_at_epoch(step.schedule, step.sparsity, epoch),
-                                        6)
-            ctx.epoch_log.append(entry)
+            target = (sparsity_at_epoch(step.schedule, step.sparsity, epoch)
+                      if step.schedule is not None else None)
+            ctx.log_epoch(index, "prune", epoch,
+                          sparsity=kernel_sparsity(state.model, names_of[index]), target=target)
 
     together = (f"steps {', '.join(str(i + 1) for i, _ in steps)} ran concurrently in one "
                 "training loop (Distiller semantics), " if len(steps) > 1 else "")

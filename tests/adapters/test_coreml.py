@@ -1,4 +1,5 @@
-"""coremltools backend on the tiny real model: structure of the ONNX read back from Core ML."""
+"""coremltools backend on the tiny real model: structure of the ONNX read back from Core ML;
+plans are in test_coreml_plan.py (no toolkit needed)."""
 
 from __future__ import annotations
 
@@ -10,76 +11,20 @@ import numpy as np
 import pytest
 from tiny import assert_follows_schedule, assert_runs_concurrently, concurrent_agp, late_agp
 
-from adapters.base import Support
-from adapters.coreml import ADAPTER, CAPABILITIES, routes
-from unified.spec.steps import Recipe
-
 # Not importorskip: importing coremltools here, before the adapter hides tensorflow from it,
 # would load TF next to triton (see adapters/coreml/_impl_ct.py).
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("coremltools") is None,
                                 reason="coremltools is not installed")
 
 
-def plan(steps: list[Any]) -> Any:
-    return ADAPTER.plan(Recipe.model_validate(steps))
-
-
 def onnx_weights(record: dict[str, Any]) -> list[np.ndarray]:
-    from adapters.coreml._impl import onnx_layer_weights
+    from adapters.coreml._impl_post import onnx_layer_weights
 
     package = Path(record["details"]["mlpackage"])
     return onnx_layer_weights(package.parent / "model.onnx")
 
 
-# --- planning (no toolkit) -------------------------------------------------------------------
-
-
-def test_capabilities_are_data() -> None:
-    assert CAPABILITIES.backend == "coreml"
-    assert CAPABILITIES.artifact == ".mlpackage"
-    assert CAPABILITIES.input_framework == "pytorch"
-
-
-def test_plan_activation_quantization_is_weights_only() -> None:
-    static = plan([{"quantize": {"method": "static", "weights": 8, "activations": 8}}])
-    assert static.status == "approximated"
-    assert "macOS" in static.steps[0].verdict.note
-    dynamic = plan([{"quantize": {"method": "dynamic", "weights": 8, "activations": 8}}])
-    assert "weights only" in dynamic.steps[0].verdict.note
-    qat = plan([{"quantize": {"method": "qat", "weights": 8, "activations": 8}}])
-    assert qat.status == "ok"
-
-
-def test_plan_verdicts() -> None:
-    assert plan([{"quantize": {"weights": 2, "activations": None}}]).status == "approximated"
-    assert plan([{"cluster": {"bits": 5}}]).status == "approximated"
-    assert plan([{"cluster": {"bits": 6}}]).status == "ok"
-    assert plan([{"cluster": {"clusters": 512}}]).status == "unsupported"
-    assert plan([{"binarize": {}}]).status == "unsupported"
-    assert plan([{"prune": {"sparsity": 0.5, "structure": "channel"}}]).status == "unsupported"
-    # a finetune after a post-training step cannot train the mlpackage
-    bad = plan([{"quantize": {"weights": 8, "activations": None}}, {"finetune": {}}])
-    assert bad.steps[1].verdict.support is Support.unsupported
-    joint = plan([{"prune": {"sparsity": 0.5}}, {"cluster": {"bits": 2}}])
-    assert joint.status == "ok"
-
-
-def test_routes_follow_the_recipe() -> None:
-    def route(steps: list[Any]) -> list[str]:
-        return routes(Recipe.model_validate(steps).steps)
-
-    assert route([{"quantize": {"method": "qat"}}]) == ["torch"]
-    assert route([{"prune": {"sparsity": 0.5}}]) == ["coreml"]
-    assert route([{"prune": {"sparsity": 0.5}}, {"finetune": {}}]) == ["torch", "train"]
-    assert route([{"prune": {"sparsity": 0.8, "schedule": {"end_epoch": 2}}}]) == ["torch"]
-    assert route([{"cluster": {"bits": 4}}, {"finetune": {}}]) == ["torch", "train"]
-    # consecutive prune steps share one MagnitudePruner: a scheduled one makes all train
-    together = [{"prune": {"sparsity": 0.5}},
-                {"prune": {"sparsity": 0.8, "schedule": {"end_epoch": 2}}}]
-    assert route(together) == ["torch", "torch"]
-    assert plan(together).status == "ok"
-    apart = [*together, {"cluster": {"bits": 4}}, {"finetune": {}}]
-    assert plan(apart).steps[2].verdict.support is Support.unsupported
+# --- training-time helpers ---------------------------------------------------------------
 
 
 def test_agp_update_steps_match_distiller() -> None:

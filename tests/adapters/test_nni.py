@@ -1,61 +1,12 @@
-"""NNI 3.0 backend: plans (no toolkit) and end-to-end runs on the tiny model (real NNI)."""
+"""NNI 3.0 backend: end-to-end runs on the tiny model (real NNI); plans are in
+test_nni_plan.py (no toolkit needed)."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import pytest
 from tiny import assert_follows_schedule, assert_runs_concurrently, concurrent_agp, late_agp
 
-from unified.spec.steps import Recipe
-
 pytest.importorskip("nni")
-
-
-def _plan(steps: list[object]) -> list[str]:
-    from adapters.registry import get_adapter
-
-    plan = get_adapter("nni").plan(Recipe.model_validate(steps))
-    return [s.verdict.support.value for s in plan.steps]
-
-
-def test_adapter_module_imports_nothing_heavy() -> None:
-    code = ("import sys, adapters.nni as a; assert a.ADAPTER.name == 'nni'; "
-            "print(sorted(m for m in ('torch', 'nni', 'onnxruntime') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "[]"
-
-
-@pytest.mark.parametrize(("steps", "expected"), [
-    ([{"prune": {"sparsity": 0.5, "structure": "channel"}}, "finetune"], ["native", "native"]),
-    ([{"prune": {"sparsity": 0.5, "criterion": "l1"}}], ["approximated"]),
-    ([{"prune": {"sparsity": 0.5, "criterion": "level", "structure": "channel"}}],
-     ["unsupported"]),
-    ([{"prune": {"sparsity": 0.5, "criterion": "random"}}], ["unsupported"]),
-    ([{"prune": {"sparsity": 0.5, "structure": "n:m", "n": 2, "m": 4}}], ["unsupported"]),
-    ([{"quantize": {"method": "dynamic"}}], ["unsupported"]),
-    ([{"quantize": {"method": "qat", "algorithm": "pact"}}], ["unsupported"]),
-    ([{"quantize": {"method": "qat", "algorithm": "lsq"}}], ["native"]),
-    ([{"quantize": {"method": "static"}}, "finetune"], ["unsupported", "native"]),
-    ([{"prune": {"sparsity": 0.5}}, {"quantize": {"method": "qat"}}],
-     ["approximated", "unsupported"]),
-    ([{"binarize": {"style": "dorefa"}}], ["unsupported"]),
-    ([{"binarize": {"style": "bnn"}}], ["native"]),
-    ([{"cluster": {"clusters": 16}}], ["unsupported"]),
-    (["finetune", {"distill": {"student": "builtin:convnet-tiny"}}], ["native", "unsupported"]),
-])
-def test_plan_verdicts(steps: list[object], expected: list[str]) -> None:
-    assert _plan(steps) == expected
-
-
-def test_unsupported_steps_carry_a_reason() -> None:
-    from adapters.registry import get_adapter
-
-    plan = get_adapter("nni").plan(Recipe.model_validate([{"cluster": {"clusters": 16}}]))
-    assert plan.status == "unsupported"
-    assert "clustering" in (plan.reason or "")
 
 
 @pytest.mark.slow
@@ -65,7 +16,8 @@ def test_channel_pruning_runs_speedup_and_shrinks(run_recipe) -> None:
     details = record["details"]
     assert details["parameters_after"] < 0.6 * details["parameters_before"]
     assert record["size_ratio"] > 1.5  # the ONNX itself is smaller, not just zeroed
-    assert record["accuracy"] is not None
+    # the smaller model still classifies once fine-tuned (reference about 0.94, chance 0.1)
+    assert record["accuracy_drop"] < 0.2
 
 
 @pytest.mark.slow
@@ -76,7 +28,8 @@ def test_input_channel_pruning_removes_channels_and_their_producers(run_recipe) 
     # the consumers lose input channels and ModelSpeedup thins the producers' filters too
     assert details["parameters_after"] < 0.7 * details["parameters_before"]
     assert record["size_ratio"] > 1.4
-    assert record["accuracy"] is not None
+    assert record["accuracy_drop"] < 0.2  # after the budget's fine-tuning of the smaller model
+    assert any(n.startswith("fine-tuned the sped-up model") for n in record["notes"])
     assert any("skips the input layer 'features.0.0'" in n for n in record["notes"])
 
 
@@ -140,7 +93,9 @@ def test_bnn_binarizes_every_target_weight(run_recipe) -> None:
 
 @pytest.mark.slow
 def test_distill_trains_the_student(run_recipe) -> None:
-    record = run_recipe("nni", [{"distill": {"student": "builtin:convnet-thin", "epochs": 2}}])
+    record = run_recipe("nni", [{"distill": {"student": "python:tiny:micro_student",
+                                             "epochs": 2}}])
     details = record["details"]
-    assert details["student_parameters"] != details["teacher_parameters"]
-    assert record["accuracy"] > 0.2  # better than chance (0.1) after two epochs
+    assert details["student_parameters"] < details["teacher_parameters"]
+    assert details["parameters"] == details["student_parameters"]  # the student is exported
+    assert record["accuracy"] > 0.5  # it learned from the teacher (10 classes: chance 0.1)

@@ -1,9 +1,8 @@
-"""tfmot backend: real TF-MOT / TFLite / tf2onnx on the tiny convnet (no mocks)."""
+"""tfmot backend: real TF-MOT / TFLite / tf2onnx on the tiny convnet (no mocks); plans are
+in test_tfmot_plan.py (no toolkit needed)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,59 +10,10 @@ import pytest
 from tiny import assert_follows_schedule, assert_runs_concurrently, concurrent_agp, late_agp
 
 from adapters.tfmot import ADAPTER
-from unified.spec.steps import Recipe
 
 # find_spec, not importorskip: importing TensorFlow before torch/triton would crash the bridge
 if not ADAPTER.capabilities.available():
     pytest.skip(f"tfmot toolkit missing: {ADAPTER.capabilities.missing()}", allow_module_level=True)
-
-
-def plan(steps: list) -> object:
-    return ADAPTER.plan(Recipe.model_validate(steps))
-
-
-# --- planning: no toolkit import -----------------------------------------------------------
-
-
-def test_import_is_light() -> None:
-    code = ("import sys, adapters.tfmot as a; a.ADAPTER.plan; "
-            "bad = [m for m in ('tensorflow', 'torch', 'tf_keras', 'nobuco') if m in sys.modules]; "
-            "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
-
-
-@pytest.mark.parametrize(
-    ("steps", "status", "words"),
-    [
-        ([{"quantize": {"method": "static"}}], "ok", None),
-        ([{"quantize": {"method": "qat"}}], "ok", None),
-        ([{"prune": {"sparsity": 0.5, "targets": {"op_types": ["conv", "linear"]}}}], "ok", None),
-        ([{"prune": {"sparsity": 0.5}}], "approximated", "DepthwiseConv2D"),
-        ([{"prune": {"sparsity": 0.5, "scope": "global",
-                     "targets": {"op_types": ["conv"]}}}], "approximated", "local"),
-        ([{"prune": {"sparsity": 0.5, "structure": "channel"}}], "unsupported", "channel"),
-        ([{"cluster": {"clusters": 16}}], "approximated", "BatchNorm"),
-        ([{"binarize": {}}], "unsupported", "binarization"),
-        ([{"distill": {"student": "builtin:convnet-thin"}}], "unsupported", "distillation"),
-        ([{"quantize": {"method": "static", "weights": 4}}], "unsupported", "8 bits"),
-        ([{"quantize": {"method": "static"}}, {"finetune": {}}], "unsupported", "last step"),
-        ([{"quantize": {"method": "qat", "granularity": "per_tensor"}}], "unsupported",
-         "per-channel"),
-        ([{"quantize": {"method": "qat"}}, {"prune": {"sparsity": 0.5}}], "unsupported",
-         "before quantize"),
-        ([{"quantize": {"method": "static", "targets": {"op_types": ["conv"]}}}], "unsupported",
-         "whole model"),
-        ([{"prune": {"sparsity": 0.5, "targets": {"op_types": ["conv"]}}}, {"finetune": {}},
-          {"prune": {"sparsity": 0.5, "targets": {"op_types": ["linear"]}}}], "approximated",
-         "no longer enforced"),
-    ],
-)
-def test_plan_verdicts(steps: list, status: str, words: str | None) -> None:
-    result = plan(steps)
-    assert result.status == status, result
-    if words is not None:
-        text = " ".join([result.reason or "", *result.notes])
-        assert words in text, text
 
 
 # --- the bridge ----------------------------------------------------------------------------
@@ -182,7 +132,8 @@ def test_prune_one_shot_and_agp(run_recipe) -> None:
     assert record["status"] == "ok"
     assert abs(record["details"]["pruned_kernel_sparsity"] - 0.5) < 0.01
     assert record["sparsity"] > 0.4  # harness: over every conv/linear weight incl. depthwise
-    assert [e["step"] for e in record["epoch_log"]] == ["prune", "finetune"]
+    assert [(e["step"], e["kind"], e["epoch"]) for e in record["epoch_log"]] == \
+        [(1, "prune", None), (2, "finetune", 0)]
 
     step, expected = late_agp(0.8)
     step["prune"]["targets"] = {"op_types": ["conv", "linear"]}

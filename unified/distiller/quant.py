@@ -1,6 +1,7 @@
-"""Distiller quantizers, LR schedulers, regularizers and extensions (internal to
-:mod:`unified.distiller.schedule`). Argument lists are those of the Distiller / torch
-constructors."""
+"""Distiller quantizers (internal to :mod:`unified.distiller.schedule`): each becomes a
+quantize step, with per-layer overrides as separate steps. Argument lists are those of the
+Distiller constructors. LR schedulers are in ``schedulers``, regularizers and extensions in
+``extensions``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from unified.distiller.parse import (
     Builder,
     ClassSpec,
     Component,
-    LRSchedulerSpec,
     StepWeights,
     check_args,
     is_pattern,
@@ -137,6 +137,9 @@ def _override_bits(b: Builder, path: tuple[Any, ...], body: dict[str, Any], key:
     return True, None if value >= 32 else value
 
 
+_Override = tuple[str, int | None, int | None, dict[str, Any]]  # key, weight/act bits, body
+
+
 def _overrides(
     b: Builder, comp: Component, default_w: int | None, default_a: int | None
 ) -> tuple[list[str], list[str], int | None, int | None] | None:
@@ -154,7 +157,22 @@ def _overrides(
         b.problem(comp.arg_path("overrides"), "must be an ordered mapping of module-name "
                   f"regexes to settings. Got {raw!r} instead")
         return None
-    parsed: list[tuple[str, int | None, int | None, dict[str, Any]]] = []
+    parsed = _parse_overrides(b, comp, raw, default_w, default_a)
+    if parsed is None:
+        return None
+    first = next(((w, a) for _, w, a, _ in parsed if w is not None), (None, None))
+    step_w, step_a = (default_w, default_a) if default_w is not None else first
+    _note_overrides(b, comp, parsed, step_w, step_a)
+    include, exclude = _override_targets(parsed)
+    if default_w is not None:
+        return [], exclude, step_w, step_a
+    return include, [], step_w, step_a
+
+
+def _parse_overrides(b: Builder, comp: Component, raw: dict[Any, Any], default_w: int | None,
+                     default_a: int | None) -> list[_Override] | None:
+    """Each override's key and bit widths (None: float), in order; None after a problem."""
+    parsed: list[_Override] = []
     for key, body in raw.items():
         path = (*comp.arg_path("overrides"), str(key))
         if not isinstance(body, dict):
@@ -174,8 +192,12 @@ def _overrides(
         if not (ok_w and ok_a):
             return None
         parsed.append((str(key), w, a, body))
-    first = next(((w, a) for _, w, a, _ in parsed if w is not None), (None, None))
-    step_w, step_a = (default_w, default_a) if default_w is not None else first
+    return parsed
+
+
+def _note_overrides(b: Builder, comp: Component, parsed: list[_Override],
+                    step_w: int | None, step_a: int | None) -> None:
+    """Notes on the per-layer settings one quantize step cannot express."""
     for key, w, a, body in parsed:
         if w is None and a is not None:
             b.note(comp, f"override '{key}': float weights but {a}-bit activations in Distiller; "
@@ -190,6 +212,11 @@ def _overrides(
             if extra not in ("bits_weights", "bits_activations", "bits_bias"):
                 b.note(comp, f"override '{key}': {extra}={body[extra]!r} not expressible; "
                        "ignored")
+
+
+def _override_targets(parsed: list[_Override]) -> tuple[list[str], list[str]]:
+    """(include, exclude) patterns: the layers whose first matching override quantizes their
+    weights, and those whose first matching override leaves them float."""
     entries = [(key, w is None) for key, w, _, _ in parsed]  # (key, float weights?)
     include: list[str] = []
     exclude: list[str] = []
@@ -198,9 +225,7 @@ def _overrides(
         literals = [k for k, f in entries if f != floats and k != key and not is_pattern(k)]
         pattern = _override_pattern(key, blockers, literals)
         (exclude if floats else include).append(pattern)
-    if default_w is not None:
-        return [], exclude, step_w, step_a
-    return include, [], step_w, step_a
+    return include, exclude
 
 
 def quantizer(kind: _QuantKind) -> Any:
@@ -322,140 +347,3 @@ def translate_quantizer(b: Builder, comp: Component) -> None:
     spec = QUANTIZERS[comp.class_name]
     if check_args(b, comp, spec):
         spec.translate(b, comp)
-
-
-# --- learning-rate schedulers --------------------------------------------------------------
-
-TORCH_LR = "torch.optim.lr_scheduler."
-# name: (required, optional) constructor arguments besides optimizer / last_epoch / verbose
-LR_SCHEDULERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "StepLR": (("step_size",), ("gamma",)),
-    "MultiStepLR": (("milestones",), ("gamma",)),
-    "ConstantLR": ((), ("factor", "total_iters")),
-    "LinearLR": ((), ("start_factor", "end_factor", "total_iters")),
-    "ExponentialLR": (("gamma",), ()),
-    "PolynomialLR": ((), ("total_iters", "power")),
-    "CosineAnnealingLR": (("T_max",), ("eta_min",)),
-    "CosineAnnealingWarmRestarts": (("T_0",), ("T_mult", "eta_min")),
-    "ReduceLROnPlateau": ((), ("mode", "factor", "patience", "threshold", "threshold_mode",
-                               "cooldown", "min_lr", "eps")),
-    "CyclicLR": (("base_lr", "max_lr"), ("step_size_up", "step_size_down", "mode", "gamma",
-                                         "scale_mode", "cycle_momentum", "base_momentum",
-                                         "max_momentum")),
-    "OneCycleLR": (("max_lr",), ("total_steps", "epochs", "steps_per_epoch", "pct_start",
-                                 "anneal_strategy", "cycle_momentum", "base_momentum",
-                                 "max_momentum", "div_factor", "final_div_factor",
-                                 "three_phase")),
-}
-LR_NOT_FROM_YAML = {
-    "LambdaLR": "needs a Python function (lr_lambda), which a YAML file cannot hold",
-    "MultiplicativeLR": "needs a Python function (lr_lambda), which a YAML file cannot hold",
-    "SequentialLR": "takes other scheduler objects, which a YAML file cannot hold",
-    "ChainedScheduler": "takes other scheduler objects, which a YAML file cannot hold",
-}
-# Distiller's own (distiller/learning_rate.py); its PolynomialLR shadows torch's.
-LR_DISTILLER = {
-    "MultiStepMultiGammaLR": (("milestones", "gammas"), ()),
-    "PolynomialLR": (("T_max", "power"), ()),
-}
-
-
-def translate_lr(b: Builder, comp: Component) -> None:
-    name = comp.class_name
-    required: tuple[str, ...]
-    optional: tuple[str, ...]
-    epochs = sorted({e for p in comp.policies for e in p.when.epochs})
-    if name in LR_DISTILLER:
-        required, optional = LR_DISTILLER[name]
-    elif name in LR_NOT_FROM_YAML:
-        b.unsupport(comp, LR_NOT_FROM_YAML[name])
-        return
-    else:
-        required, optional = LR_SCHEDULERS[name]
-    if not check_args(b, comp, ClassSpec(required, optional, translate_lr)):
-        return
-    args = {k: v for k, v in comp.args.items() if k not in ("name", "model", "optimizer")}
-    if name == "MultiStepMultiGammaLR":
-        milestones, gammas = args["milestones"], args["gammas"]
-        if len(milestones) != len(gammas) or list(milestones) != sorted(milestones):
-            b.problem(comp.arg_path("gammas"), f"one gamma per milestone, milestones "
-                      f"increasing. Got milestones {milestones}, gammas {gammas}")
-            return
-        # lr = base * gamma_1 * ... * gamma_k after k milestones: one chainable torch
-        # MultiStepLR per milestone, all on the same optimizer, gives the same rates
-        b.note(comp, "Distiller's MultiStepMultiGammaLR written as one torch MultiStepLR per "
-               "milestone, chained on the same optimizer (same learning rate every epoch)")
-        for milestone, gamma in zip(milestones, gammas, strict=True):
-            b.lr_schedulers.append(LRSchedulerSpec(
-                comp.name, name, TORCH_LR + "MultiStepLR",
-                {"milestones": [milestone], "gamma": gamma}, epochs))
-        return
-    if name == "PolynomialLR":
-        b.note(comp, "Distiller's PolynomialLR(T_max, power) mapped to torch PolynomialLR"
-               "(total_iters=T_max, power)")
-        args = {"total_iters": args["T_max"], "power": args["power"]}
-    if name in ("CyclicLR", "OneCycleLR"):
-        b.note(comp, f"{name} is stepped once per epoch by Distiller (not per batch)")
-    if not epochs:
-        b.note(comp, "defined but no policy steps it")
-    b.lr_schedulers.append(LRSchedulerSpec(comp.name, name, TORCH_LR + name, args, epochs))
-
-
-def is_lr_scheduler(name: str) -> bool:
-    return name in LR_SCHEDULERS or name in LR_NOT_FROM_YAML or name in LR_DISTILLER
-
-
-# --- regularizers and extensions -----------------------------------------------------------
-
-_REG_REASON = "the unified spec has no regularization step (a loss term added during training)"
-REGULARIZERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
-    "L1Regularizer": (("reg_regims",), ("threshold_criteria",),
-                      f"adds an L1 penalty on the weights to the loss; {_REG_REASON}"),
-    "GroupLassoRegularizer": (("reg_regims",), ("threshold_criteria",),
-                              f"adds a group-lasso penalty (structured sparsity by "
-                              f"regularization); {_REG_REASON}"),
-    "GroupVarianceRegularizer": (("reg_regims",), (),
-                                 f"adds a group-variance penalty; {_REG_REASON}"),
-    "DropFilterRegularizer": (("reg_regims",), ("threshold_criteria",),
-                              "drops random filters during training (and distiller.regularization "
-                              "does not export it, so Distiller's config cannot build it); "
-                              + _REG_REASON),
-}
-
-
-def translate_regularizer(b: Builder, comp: Component) -> None:
-    required, optional, reason = REGULARIZERS[comp.class_name]
-    if check_args(b, comp, ClassSpec(required, optional, translate_regularizer)):
-        criteria = comp.args.get("threshold_criteria")
-        if criteria is not None:
-            reason += (f"; with threshold_criteria {criteria} it also zeroes the weights / groups "
-                       "below the threshold after every mini-batch (pruning by regularization)")
-        b.unsupport(comp, reason)
-
-
-THINNING_FUNCS = {
-    "remove_filters": ("filters",),
-    "remove_channels": ("channels",),
-    "contract_model": ("filters", "channels"),
-}
-EXTENSIONS = ("StructureRemover", "FilterRemover", "ChannelRemover")
-
-
-def translate_extension(b: Builder, comp: Component) -> None:
-    spec = ClassSpec(("thinning_func_str", "arch", "dataset"), (), translate_extension)
-    if not check_args(b, comp, spec):
-        return
-    func = comp.args["thinning_func_str"]
-    if not isinstance(func, str) or func not in THINNING_FUNCS:
-        b.unsupport(comp, f"thinning function {func!r} is not one of "
-                    f"{', '.join(THINNING_FUNCS)}")
-        return
-    kinds = THINNING_FUNCS[func]
-    for kind in kinds:
-        if kind not in b.thinning:
-            b.thinning.append(kind)
-    epochs = sorted({e for p in comp.policies for e in p.when.epochs})
-    b.thinning_epochs.update(epochs)
-    b.note(comp, f"thinning requested: {func} physically removes all-zero "
-           f"{' and '.join(kinds)} at epochs {epochs}; whether a backend removes them is up to "
-           "the backend (reported per job)")

@@ -22,9 +22,11 @@ __all__ = [
     "MEASURE_KEYS",
     "HarnessSettings",
     "ReferenceFigures",
+    "latency_feed",
     "make_session",
     "measure",
     "measure_latency",
+    "measure_outputs",
     "path_bytes",
     "run_model",
 ]
@@ -159,21 +161,30 @@ def run_model(
     return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
+def latency_feed(session: onnxruntime.InferenceSession, sample: np.ndarray) -> dict[str, Any]:
+    """The input of one latency call: the first row of `sample`, cast to the input's type.
+
+    A model with a fixed batch larger than one gets the row repeated to that batch: that is
+    the smallest call it can serve.
+    """
+    name, dtype, fixed = _input_spec(session, sample)
+    data = np.ascontiguousarray(sample[:1], dtype=dtype)
+    if fixed is not None and fixed > 1:
+        data = np.ascontiguousarray(np.repeat(data, fixed, axis=0))
+    return {name: data}
+
+
 def measure_latency(
     session: onnxruntime.InferenceSession, sample: np.ndarray, warmup: int, runs: int
 ) -> tuple[float, float]:
     """Returns (p50, p90) milliseconds of one session.run on `sample` (one row), after warmup.
 
-    A model with a fixed batch larger than one gets the row repeated to that batch: that is
-    the smallest call it can serve.
+    One model alone; a speedup comes from `unified.measure.latency.paired_latency`, which
+    times the reference and the candidates interleaved.
     """
     if runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
-    name, dtype, fixed = _input_spec(session, sample)
-    data = np.ascontiguousarray(sample[:1], dtype=dtype)
-    if fixed is not None and fixed > 1:
-        data = np.ascontiguousarray(np.repeat(data, fixed, axis=0))
-    feed = {name: data}
+    feed = latency_feed(session, sample)
     for _ in range(warmup):
         session.run(None, feed)
     times = np.empty(runs, dtype=np.float64)
@@ -222,6 +233,20 @@ def measure(
     With reference=None (measuring the reference itself) the reference-relative fields are None.
     Values are plain Python types so the dict goes straight into results.jsonl.
     """
+    return measure_outputs(onnx_path, native_path=native_path, test_x=test_x, test_y=test_y,
+                           reference=reference, settings=settings)[0]
+
+
+def measure_outputs(
+    onnx_path: str | Path,
+    *,
+    native_path: Path | None,
+    test_x: np.ndarray,
+    test_y: np.ndarray | None,
+    reference: ReferenceFigures | None,
+    settings: HarnessSettings,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """`measure`, and the model's logits on test_x (rows × outputs, float32)."""
     stats = inspect_onnx(onnx_path)
     session = make_session(onnx_path, settings.threads)
     logits = run_model(session, test_x, settings.batch_size)
@@ -285,4 +310,4 @@ def measure(
         "speedup": _ratio(None if reference is None else reference.latency_ms_p50, p50),
     }
     assert tuple(result) == MEASURE_KEYS  # the record's field names are a user contract
-    return result
+    return result, logits

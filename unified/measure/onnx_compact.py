@@ -12,6 +12,7 @@ if it computes the same outputs and onnxruntime runs the same kernels on it.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -89,6 +90,9 @@ _FOLDABLE = {"Constant", "Identity", "ConstantOfShape", "Cast"}
 
 
 GENERATED = ("/", "onnx::")  # the TorchScript exporter's names for its own tensors
+# tf2onnx's names for its own tensors end in a process-wide counter (make_name) whose value,
+# e.g. for folded constants, varies from one process to the next: numbered names too
+NUMBERED = re.compile(r"__\d+(:\d+)?$")
 
 
 def _rename_generated(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> None:
@@ -100,11 +104,17 @@ def _rename_generated(model: onnx.ModelProto, consts: dict[str, np.ndarray]) -> 
     rename: dict[str, str] = {}
 
     def short(name: str) -> str:
-        if name in keep or not name.startswith(GENERATED):
+        if name in keep or not (name.startswith(GENERATED) or NUMBERED.search(name)):
             return name
         return rename.setdefault(name, f"t{len(rename)}")
 
-    initializers = [numpy_helper.from_array(value, short(name)) for name, value in consts.items()]
+    # in order of first use: an exporter's own order of constants may vary between runs
+    first_use: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            first_use.setdefault(name, index)
+    ordered = sorted(consts.items(), key=lambda item: first_use.get(item[0], len(graph.node)))
+    initializers = [numpy_helper.from_array(value, short(name)) for name, value in ordered]
     for node in graph.node:
         node.input[:] = [short(n) if n else n for n in node.input]
         node.output[:] = [short(n) if n else n for n in node.output]

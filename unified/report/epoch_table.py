@@ -1,8 +1,9 @@
 """Scheduled pruning, epoch by epoch: each backend's sparsity beside the schedule's target.
 
-Backends log one ``epoch_log`` entry per training epoch; entries that carry a ``target``
-(the Distiller formula's sparsity for that epoch) belong to a schedule. A recipe with several
-concurrent prune steps logs ``step`` numbers; a single schedule gets one table.
+Backends log one ``epoch_log`` entry per training epoch of each step (``unified.context.
+EpochEntry``: step, kind, epoch, sparsity, target); entries with a ``target`` (the Distiller
+formula's sparsity for that epoch) belong to a schedule. A recipe whose schedules belong to
+several (concurrent) prune steps gets one table per step; a single schedule gets one table.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class EpochTable:
 
 def _schedule_entries(record: dict[str, Any]) -> list[dict[str, Any]]:
     return [e for e in record.get("epoch_log") or []
-            if isinstance(e.get("epoch"), int) and "target" in e and "sparsity" in e]
+            if isinstance(e.get("epoch"), int) and e.get("target") is not None
+            and e.get("sparsity") is not None]
 
 
 def epoch_tables(records: list[dict[str, Any]]) -> list[EpochTable]:

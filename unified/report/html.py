@@ -12,7 +12,7 @@ from typing import Any
 from unified.report.epoch_table import epoch_tables
 from unified.report.epoch_table import markdown as epoch_markdown
 from unified.report.select import Recommendation, recommend
-from unified.report.table import COLUMNS, _cell
+from unified.report.table import COLUMNS, _cell, unlabelled_note
 from unified.run.results import read_records
 from unified.spec.scenario import Scenario
 
@@ -52,31 +52,37 @@ def _plot(records: list[dict[str, Any]], pareto: list[dict[str, Any]], x_field: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in records if r.get(x_field) is not None and r.get("accuracy") is not None]
+    y_field = y_axis(records)
+    rows = [r for r in records if r.get(x_field) is not None and r.get(y_field) is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     backends = sorted({r["backend"] for r in rows})
     markers = "osD^vP*X"
     for i, backend in enumerate(backends):
         mine = [r for r in rows if r["backend"] == backend]
-        ax.scatter([r[x_field] for r in mine], [r["accuracy"] for r in mine],
+        ax.scatter([r[x_field] for r in mine], [r[y_field] for r in mine],
                    marker=markers[i % len(markers)], label=backend, alpha=0.8)
     front = sorted((r for r in pareto if r in rows), key=lambda r: r[x_field])
     if front:
-        ax.plot([r[x_field] for r in front], [r["accuracy"] for r in front], "k--", lw=1,
+        ax.plot([r[x_field] for r in front], [r[y_field] for r in front], "k--", lw=1,
                 label="Pareto front")
     for r in rows:
-        ax.annotate(r["recipe"], (r[x_field], r["accuracy"]), fontsize=6, alpha=0.7)
-    if ref.get("accuracy") is not None:
+        ax.annotate(r["recipe"], (r[x_field], r[y_field]), fontsize=6, alpha=0.7)
+    if y_field == "accuracy" and ref.get("accuracy") is not None:
         ax.axhline(ref["accuracy"], color="grey", lw=0.8, ls=":", label="fp32 reference")
     ax.set_xscale("log")
     ax.set_xlabel(x_label)
-    ax.set_ylabel("top-1 accuracy")
+    ax.set_ylabel("top-1 accuracy" if y_field == "accuracy" else "top-1 agreement with fp32")
     ax.legend(fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def y_axis(records: list[dict[str, Any]]) -> str:
+    """accuracy, or agreement with fp32 when no row has an accuracy (unlabelled data)."""
+    return "accuracy" if any(r.get("accuracy") is not None for r in records) else "agreement"
 
 
 def _table(headers: list[str], rows: list[list[str]], row_classes: list[str] | None = None,
@@ -143,6 +149,8 @@ def html_report(run: RunFolder, extra_sections: list[tuple[str, str]] | None = N
         "<h2>Recommendation</h2><ul>"
         + "".join(f"<li>{html.escape(line)}</li>" for line in rec.lines()) + "</ul>",
         "<h2>Results</h2><p>bold recipe = on the Pareto front (accuracy, size, latency)</p>",
+        *([f"<p><b>{html.escape(note)}</b></p>"] if (note := unlabelled_note(run.records))
+          else []),
         _table(headers, rows, classes, left=4),
         "<h2>Accuracy vs size and latency</h2>",
         f'<img alt="accuracy vs size" src="data:image/png;base64,'
@@ -173,19 +181,42 @@ def markdown_summary(run: RunFolder, rec: Recommendation | None = None) -> str:
     rec = rec or recommend(run.records, run.scenario.select)
     several = len({str(r["model"]) for r in run.records}) > 1
     headers = [*(["model"] if several else []), "recipe", "backend", "status", "acc", "drop",
-               "size×", "p50 ms", "speedup"]
+               "agree", "size×", "p50 ms", "speedup"]
     lines = [f"## squeezelab: {run.scenario.name}", "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in run.records:
         lines.append("| " + " | ".join([
             *([str(r["model"])] if several else []),
             r["recipe"], r["backend"], r["status"], _cell(r.get("accuracy"), "{:.4f}"),
-            _cell(r.get("accuracy_drop"), "{:+.4f}"), _cell(r.get("size_ratio"), "{:.2f}"),
+            _cell(r.get("accuracy_drop"), "{:+.4f}"), _cell(r.get("agreement"), "{:.3f}"),
+            _cell(r.get("size_ratio"), "{:.2f}"),
             _cell(r.get("latency_ms_p50"), "{:.3f}"), _cell(r.get("speedup"), "{:.2f}"),
         ]) + " |")
-    lines += ["", *[f"- {line}" for line in rec.lines()]]
+    note = unlabelled_note(run.records)
+    lines += ["", *([f"_{note}_", ""] if note else []), *[f"- {line}" for line in rec.lines()]]
     lines += epoch_markdown(epoch_tables(run.records))
+    if several or len({r["backend"] for r in run.records}) > 1:
+        from unified.report.coverage import coverage, markdown
+
+        lines += ["", "### Coverage", "", markdown(coverage(run.records))]
     return "\n".join(lines) + "\n"
+
+
+def coverage_section(run: RunFolder) -> tuple[str, str]:
+    """The coverage table (model × backend counts) and the failure causes, as HTML."""
+    from unified.report.coverage import coverage, matrix_rows
+
+    cov = coverage(run.records)
+    headers, rows = matrix_rows(cov)
+    body = _table(headers, [[html.escape(c) for c in row] for row in rows], left=len(headers))
+    for title, groups in (("Failure causes", cov.failures),
+                          ("Unsupported (planned, never started)", cov.unsupported)):
+        if groups:
+            body += f"<h3>{title}</h3>" + _table(
+                ["backend", "rows", "cause", "affected rows"],
+                [[html.escape(g.backend), str(len(g.rows)), html.escape(g.reason),
+                  html.escape(", ".join(g.rows))] for g in groups], left=4)
+    return "Coverage (rows by model × backend; ≈ = approximated)", body
 
 
 def write_report(folder: Path) -> tuple[Path, Path]:
@@ -193,6 +224,6 @@ def write_report(folder: Path) -> tuple[Path, Path]:
 
     run = RunFolder(folder)
     html_path, md_path = folder / "report.html", folder / "summary.md"
-    html_path.write_text(html_report(run, article_sections(run)))
+    html_path.write_text(html_report(run, [*article_sections(run), coverage_section(run)]))
     md_path.write_text(markdown_summary(run))
     return html_path, md_path

@@ -1,5 +1,10 @@
 """Pick the best toolkit: constraints, a winner per objective, the Pareto front, and one
-line for every other backend on why it lost or was excluded."""
+line for every other backend on why it lost or was excluded.
+
+Latency is compared by speedup intervals (the paired latency pass gives each row of a model
+a 95 % interval of its speedup over the fp32 reference): rows of one model whose intervals
+overlap are ties, for the latency winner and for the Pareto front alike.
+"""
 
 from __future__ import annotations
 
@@ -45,23 +50,50 @@ def exclusion(record: dict[str, Any], spec: SelectSpec) -> str | None:
     return None
 
 
+def interval(record: dict[str, Any]) -> tuple[float, float] | None:
+    """A row's speedup interval, or None when it has none."""
+    low, high = record.get("speedup_ci_low"), record.get("speedup_ci_high")
+    return None if low is None or high is None else (float(low), float(high))
+
+
+def latency_order(a: dict[str, Any], b: dict[str, Any]) -> int:
+    """-1 when ``a`` is measurably faster than ``b``, 1 when slower, 0 for a tie: rows of one
+    model whose speedup intervals overlap (rows without intervals compare their p50)."""
+    ia, ib = interval(a), interval(b)
+    if ia is not None and ib is not None and a.get("model") == b.get("model"):
+        if ia[0] > ib[1]:
+            return -1
+        return 1 if ib[0] > ia[1] else 0
+    pa, pb = float(a["latency_ms_p50"]), float(b["latency_ms_p50"])
+    return (pa > pb) - (pa < pb)
+
+
+def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """``a`` is at least as good as ``b`` on accuracy ↑, ONNX bytes ↓ and latency (ties by
+    interval) and better on one of them."""
+    acc_a, acc_b = a.get("accuracy") or 0.0, b.get("accuracy") or 0.0
+    latency = latency_order(a, b)
+    if acc_a < acc_b or a["onnx_bytes"] > b["onnx_bytes"] or latency > 0:
+        return False
+    return acc_a > acc_b or a["onnx_bytes"] < b["onnx_bytes"] or latency < 0
+
+
 def pareto_front(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows not dominated on (accuracy ↑, onnx_bytes ↓, latency ↓)."""
-
-    def key(r: dict[str, Any]) -> tuple[float, float, float]:
-        return (-(r.get("accuracy") or 0.0), float(r["onnx_bytes"]), float(r["latency_ms_p50"]))
-
+    """Rows not dominated on (accuracy ↑, onnx_bytes ↓, latency ↓, ties by interval)."""
     rows = [r for r in records if r["status"] in MEASURED
             and r.get("onnx_bytes") is not None and r.get("latency_ms_p50") is not None]
-    front = []
-    for r in rows:
-        kr = key(r)
-        dominated = any(
-            all(a <= b for a, b in zip(key(o), kr, strict=True)) and key(o) != kr for o in rows
-        )
-        if not dominated:
-            front.append(r)
-    return front
+    return [r for r in rows if not any(dominates(o, r) for o in rows if o is not r)]
+
+
+def _latency_winner(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any],
+                                                                list[dict[str, Any]]]:
+    """The fastest row and the rows tied with it (overlapping speedup intervals); among
+    the tied, the most accurate, then the smallest, wins."""
+    fastest = min(candidates, key=lambda r: r["latency_ms_p50"])
+    tied = [r for r in candidates if latency_order(r, fastest) == 0]
+    tied.sort(key=lambda r: (-(r.get("accuracy") or 0.0), r.get("onnx_bytes") or 0,
+                             r["latency_ms_p50"]))
+    return tied[0], tied[1:]
 
 
 @dataclass
@@ -72,13 +104,22 @@ class Recommendation:
     excluded: dict[str, str]  # row name → reason
     name: Callable[[dict[str, Any]], str] = row_name  # how rows are named
     backend_verdicts: dict[str, str] = field(default_factory=dict)
+    ties: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # objective → rows
 
     def lines(self) -> list[str]:
         out = []
         for objective, row in self.winners.items():
             column, unit = OBJECTIVES[objective]
-            out.append(f"best {objective}: {self.name(row)} ({row[column]:.4g} {unit}, "
-                       f"accuracy drop {_fmt(row.get('accuracy_drop'))})")
+            speed = ""
+            if objective == "latency" and (ci := interval(row)) is not None:
+                speed = f", speedup {row['speedup']:.2f} [{ci[0]:.2f}–{ci[1]:.2f}]"
+            line = (f"best {objective}: {self.name(row)} ({row[column]:.4g} {unit}{speed}, "
+                    f"accuracy drop {_fmt(row.get('accuracy_drop'))})")
+            tied = self.ties.get(objective)
+            if tied:
+                line += ("; tied (speedup intervals overlap; the most accurate wins): "
+                         + ", ".join(self.name(r) for r in tied))
+            out.append(line)
         if not self.winners:
             out.append("no row meets the constraints")
         out.append("Pareto front (accuracy, size, latency): "
@@ -100,13 +141,16 @@ def recommend(records: Sequence[dict[str, Any]], spec: SelectSpec) -> Recommenda
     excluded = {name(r): why for r in records if (why := exclusion(r, spec)) is not None}
     feasible = [r for r in records if name(r) not in excluded]
     winners: dict[str, dict[str, Any]] = {}
+    ties: dict[str, list[dict[str, Any]]] = {}
     for objective in spec.minimize:
         column, _ = OBJECTIVES[objective]
         candidates = [r for r in feasible if r.get(column) is not None]
-        if candidates:
+        if candidates and objective == "latency":
+            winners[objective], ties[objective] = _latency_winner(candidates)
+        elif candidates:
             winners[objective] = min(
                 candidates, key=lambda r: (r[column], -(r.get("accuracy") or 0.0)))
-    rec = Recommendation(winners, pareto_front(records), feasible, excluded, name)
+    rec = Recommendation(winners, pareto_front(records), feasible, excluded, name, ties=ties)
     rec.backend_verdicts = _backend_verdicts(records, rec)
     return rec
 
@@ -134,6 +178,9 @@ def _backend_verdicts(records: Sequence[dict[str, Any]],
                        key=lambda r: r[column], default=None)
             if best is None:
                 parts.append(f"{objective} not measured")
+            elif objective == "latency" and latency_order(best, winner) == 0:
+                parts.append(f"latency: best {rec.name(best)} ties the winner (speedup "
+                             "intervals overlap)")
             elif winner[column]:
                 parts.append(f"{objective}: best {rec.name(best)} is "
                              f"{best[column] / winner[column]:.2f}× the winner's {unit}")

@@ -4,7 +4,7 @@ the same (docs/architecture.md, "The cache key").
 The reference key covers the model (its spec, the weights file's content, a ``python:``
 module's source), the data (its spec, an image folder's content, the dataset package's
 version), the seed, the budget, the library versions and squeezelab's own code. A job key
-covers the reference's *content*, the recipe, the backend, the budget, the harness settings,
+covers the reference's *content*, the recipe, the backend, the budget, the harness threads,
 the versions of every library on the path and the code of the core and of that adapter.
 """
 
@@ -90,6 +90,14 @@ def model_source_digest(model: ModelSpec) -> str | None:
     return file_digest(Path(spec.origin))
 
 
+def _model_versions(model: ModelSpec) -> dict[str, str | None] | None:
+    """Versions of the packages a builtin's architecture or shipped weights come from."""
+    from unified.torchkit.catalog import model_packages
+
+    packages = model_packages(model.source, model.weights)
+    return versions(packages) if packages else None
+
+
 def data_digest(data: DataSpec) -> dict[str, Any]:
     """The data spec, the content of an image folder and the dataset packages' versions."""
     from unified.data.sources import data_packages, source_files
@@ -112,10 +120,11 @@ def reference_key(scenario: Scenario) -> str:
         "weights_digest": file_digest(weights) if weights is not None and weights.is_file()
         else None,
         "model_source": model_source_digest(model),
+        "model_packages": _model_versions(model),
         "data": data_digest(scenario.data),
         "seed": scenario.seed,
         "budget": scenario.budget.model_dump(mode="json") if model.weights == "train" else None,
-        "evaluate": scenario.evaluate.latency.model_dump(mode="json"),
+        # no latency settings: the reference's latency is timed by every run, never cached
         "versions": versions(CORE_LIBRARIES),
         "squeezelab": unified.__version__,
     })
@@ -146,7 +155,9 @@ def job_key(scenario: Scenario, recipe: str, backend: str, reference_digest: str
         "imported": imported.model_dump(mode="json") if imported else None,
         "backend": backend,
         "budget": scenario.budget.model_dump(mode="json"),
-        "evaluate": scenario.evaluate.model_dump(mode="json", exclude={"timeout"}),
+        # latency warm-up and runs only steer the driver's latency pass, never a cached figure
+        "evaluate": scenario.evaluate.model_dump(
+            mode="json", exclude={"timeout": True, "latency": {"warmup", "runs"}}),
         "seed": scenario.seed,
         "versions": {**versions(CORE_LIBRARIES), **backend_versions},
         "squeezelab": unified.__version__,

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
+import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +13,11 @@ import numpy as np
 
 from unified.context import JobContext, ReferenceArtifacts
 from unified.data.splits import DataSplits
-from unified.measure.harness import HarnessSettings, ReferenceFigures, measure
+from unified.measure.harness import HarnessSettings, ReferenceFigures, measure_outputs
+from unified.measure.outputs import collapse_reason
+from unified.run.layers import check_layers, resolve_targets
 from unified.run.model_info import model_summary
+from unified.run.reference import degenerate as reference_degenerate
 from unified.run.reference import load_summary
 from unified.run.results import new_record
 from unified.spec.scenario import Scenario
@@ -36,8 +36,15 @@ class Job:
 
 
 def harness_settings(scenario: Scenario) -> HarnessSettings:
+    """The scenario's harness settings (the latency pass uses warm-up and runs)."""
     latency = scenario.evaluate.latency
     return HarnessSettings(threads=latency.threads, warmup=latency.warmup, runs=latency.runs)
+
+
+def deterministic_settings(scenario: Scenario) -> HarnessSettings:
+    """What a job measures where it runs: everything but latency, which the driver's paired
+    pass times afterwards (unified.run.latency_pass)."""
+    return replace(harness_settings(scenario), runs=0)
 
 
 def reference_figures(ref: ReferenceArtifacts) -> ReferenceFigures:
@@ -47,7 +54,7 @@ def reference_figures(ref: ReferenceArtifacts) -> ReferenceFigures:
         logits=np.load(ref.logits),
         onnx_bytes=summary["onnx_bytes"],
         gzip_bytes=summary["gzip_bytes"],
-        latency_ms_p50=summary["latency_ms_p50"],
+        latency_ms_p50=None,  # latency comes from the paired pass, never from a job
     )
 
 
@@ -58,19 +65,29 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
 
     adapter = get_adapter(job.backend)
     data = data if data is not None else DataSplits.load(ref.data)
-    ctx = JobContext(scenario=scenario, recipe_name=job.recipe,
-                     recipe=scenario.recipes[job.recipe], backend=job.backend,
-                     workdir=workdir, reference=ref, data=data,
-                     model_summary=model_summary(scenario, ref))
+    recipe = scenario.recipes[job.recipe]
+    ctx = JobContext(scenario=scenario, recipe_name=job.recipe, recipe=recipe,
+                     backend=job.backend, workdir=workdir, reference=ref, data=data,
+                     model_summary=model_summary(scenario, ref),
+                     targets=resolve_targets(scenario, recipe, ref))
+    start = time.perf_counter()
     result = adapter.compress(ctx)
-    with measurement_lock():
-        figures = measure(result.artifacts.onnx_path, native_path=result.artifacts.native_path,
-                      test_x=data.test_x, test_y=data.test_y,
-                          reference=reference_figures(ref),
-                          settings=harness_settings(scenario))
+    compressed = time.perf_counter()
+    figures, logits = measure_outputs(
+        result.artifacts.onnx_path, native_path=result.artifacts.native_path,
+        test_x=data.test_x, test_y=data.test_y, reference=reference_figures(ref),
+        settings=deterministic_settings(scenario))
+    layers = check_layers(ctx, result.artifacts.onnx_path)
+    write_json(workdir / "layers.json", layers.data)
+    for message in layers.deviations:
+        ctx.deviate(message)
+    timings = {"compress": round(result.compress_seconds, 3),
+               # the template method's ONNX check and lossless compaction
+               "check": round(compressed - start - result.compress_seconds, 3),
+               "measure": round(time.perf_counter() - compressed, 3)}
     plan = result.plan
-    notes = [*plan.notes, *ctx.notes, *result.artifacts.notes]
-    status = plan.status
+    notes = [*plan.notes, *ctx.notes, *result.artifacts.notes, *layers.notes]
+    status, reason = plan.status, None
     imported = scenario.imported.get(job.recipe)
     if imported is not None:
         notes += [f"Distiller schedule: {n}" for n in imported.notes]
@@ -80,39 +97,57 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
             labels = "; ".join(lr.label for lr in imported.lr_schedulers)
             notes.append(f"Distiller LR scheduler not applied ({labels}): no training loop of "
                          "this backend runs on the schedule's epochs; the budget's lr applies")
-        if (imported.unsupported or lr_missing) and status == "ok":
-            status = "approximated"
+        if imported.unsupported or lr_missing:
+            ctx.deviations.append("Distiller schedule not carried out in full")
+    if ctx.deviations and status == "ok":
+        status = "approximated"
+    degenerate = reference_degenerate(load_summary(ref))
+    if degenerate:
+        notes.append(f"the fp32 reference is degenerate ({degenerate}): accuracy, agreement "
+                     "and rel_l2 say nothing about this row")
+    failure = _failure(ctx, logits, ref, figures)
+    if failure is not None:
+        status, reason = "failed", failure
     return new_record(
-        scenario.name, scenario.model.label, job.recipe, job.backend, status,
+        scenario.name, scenario.model.label, job.recipe, job.backend, status, reason=reason,
         notes=list(dict.fromkeys(notes)),
         compress_seconds=round(result.compress_seconds, 3),
         versions=adapter.capabilities.versions(),
-        epoch_log=ctx.epoch_log or None,
-        details=result.artifacts.details or None,
+        epoch_log=[entry.as_record() for entry in ctx.epoch_log] or None,
+        details=_details(result.artifacts.details, ctx) or None,
         plan=[str(s.verdict) for s in plan.steps],
+        layers_targeted=len(layers.targeted),
+        layers_changed=None if layers.changed is None else len(layers.changed),
+        onnx_file=_relative(result.artifacts.onnx_path, workdir),
+        timings=timings,
         **figures,
     )
 
 
-@contextmanager
-def measurement_lock() -> Iterator[None]:
-    """Parallel workers measure one at a time, so latencies are not contended."""
-    path = os.environ.get("SQUEEZELAB_LATENCY_LOCK")
-    if not path:
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _failure(ctx: JobContext, logits: np.ndarray, ref: ReferenceArtifacts,
+             figures: dict[str, Any]) -> str | None:
+    """Why a row that ran is still a failure: its export changed the model (native vs ONNX
+    parity), or its outputs collapsed."""
+    if ctx.parity is not None and not ctx.parity.faithful:
+        return ctx.parity.failure()
+    return collapse_reason(logits, np.load(ref.logits), figures.get("rel_l2"))
 
 
-def failure_text(exc: BaseException) -> str:
-    """One line for the record: the exception type and message."""
-    last = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {last[-1] if last else ''}".strip().rstrip(":")
+def _details(details: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """The adapter's details, with the native-vs-ONNX parity where it was checked."""
+    out = dict(details)
+    if ctx.parity is not None:
+        out["parity"] = {"native": ctx.parity.native, "agreement": ctx.parity.agreement,
+                         "max_abs": ctx.parity.max_abs, "samples": ctx.parity.samples}
+    return out
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` inside ``folder`` (where the latency pass finds the ONNX of a row)."""
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def write_json(path: Path, obj: Any) -> None:

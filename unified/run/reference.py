@@ -1,5 +1,6 @@
-"""The fp32 reference: build, train (or load) once, export to ONNX, measure; cached by
-content hash so a rerun never retrains."""
+"""The fp32 reference: build, train (or load) once, export to ONNX, measure its deterministic
+figures; cached by content hash so a rerun never retrains. Its latency is timed by each run's
+paired pass (unified.run.latency_pass), never cached."""
 
 from __future__ import annotations
 
@@ -50,8 +51,14 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
     from unified.data.sources import load_splits
     from unified.measure.harness import HarnessSettings, make_session, measure, run_model
     from unified.measure.onnx_compact import compact_verified
+    from unified.measure.outputs import degenerate_reason
     from unified.torchkit.export import export_onnx
-    from unified.torchkit.models import build_model, count_parameters, load_state_dict
+    from unified.torchkit.models import (
+        build_model,
+        count_parameters,
+        initial_weights,
+        load_state_dict,
+    )
     from unified.torchkit.training import predict, set_seed, train
 
     spec = scenario.model
@@ -66,8 +73,15 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
         train(model, data.train_x, data.train_y, scenario.budget,
               epochs=scenario.budget.train_epochs, lr=scenario.budget.lr, seed=scenario.seed)
         trained = True
+        if spec.recalibrate_batchnorm:
+            from unified.torchkit.models import recalibrate_batchnorm
+
+            count = recalibrate_batchnorm(model, data.train_x, scenario.budget.batch_size)
+            log.info("re-estimated the statistics of %d BatchNorm layers", count)
     elif spec.weights_path is not None:
         model.load_state_dict(load_state_dict(spec.weights_path))
+    else:
+        initial_weights(model, spec.source, spec.weights)
     model.eval()
     torch.save(model.state_dict(), ref.weights)
     export_onnx(model, ref.onnx, spec.input_shape)
@@ -75,16 +89,17 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
     if kept:
         log.warning("reference: %s", kept)
 
-    settings = HarnessSettings(
-        threads=scenario.evaluate.latency.threads,
-        warmup=scenario.evaluate.latency.warmup,
-        runs=scenario.evaluate.latency.runs,
-    )
+    # no latency here: the run's paired pass times the reference with its candidates
+    settings = HarnessSettings(threads=scenario.evaluate.latency.threads, runs=0)
     logits = run_model(make_session(ref.onnx, settings.threads), data.test_x)
     np.save(ref.logits, logits)
     torch_logits = predict(model, data.test_x)
     figures = measure(ref.onnx, native_path=ref.weights, test_x=data.test_x,
                       test_y=data.test_y, reference=None, settings=settings)
+    write_inventory(model, ref, spec.input_shape)
+    degenerate = degenerate_reason(logits)
+    if degenerate:
+        log.warning("reference %s is degenerate: %s", spec.label, degenerate)
     summary = {
         "model": spec.model_dump(mode="json"),
         "trained_epochs": scenario.budget.train_epochs if trained else 0,
@@ -92,6 +107,32 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
         "onnx_vs_torch_max_abs": float(np.abs(torch_logits - logits).max()),
         "samples": {"train": len(data.train_x), "calibration": len(data.calib_x),
                     "test": len(data.test_x)},
+        "reference_degenerate": degenerate is not None,
+        "reference_degenerate_reason": degenerate,
         **figures,
     }
     ref.summary.write_text(json.dumps(summary, indent=2))
+
+
+def write_inventory(model: Any, ref: ReferenceArtifacts, input_shape: tuple[int, int, int]) -> None:
+    """The reference's layers.json: its conv/linear layers in execution order, each with the
+    node of the fp32 ONNX that computes it (matched by order and weight shape)."""
+    from dataclasses import replace
+
+    from unified.measure.onnx_layers import load_layers, match_layers
+    from unified.spec.layers import save_inventory
+    from unified.torchkit.targets import layer_inventory
+
+    layers = layer_inventory(model, input_shape)
+    onnx_layers = load_layers(ref.onnx)
+    pairs = match_layers([layer.signature for layer in layers],
+                         [layer.signature for layer in onnx_layers])
+    save_inventory(ref.layers, [
+        replace(layer, onnx_node=None if j is None else onnx_layers[j].node)
+        for layer, j in zip(layers, pairs, strict=True)])
+
+
+def degenerate(summary: dict[str, Any]) -> str | None:
+    """Why the reference's own outputs carry no information (reference.json), or None."""
+    reason = summary.get("reference_degenerate_reason")
+    return str(reason) if summary.get("reference_degenerate") and reason else None

@@ -19,12 +19,16 @@ RECORD_FIELDS = (
     "accuracy", "accuracy_drop", "agreement", "rel_l2",
     "onnx_bytes", "native_bytes", "gzip_bytes", "size_ratio", "native_ratio", "gzip_ratio",
     "parameters", "sparsity", "max_distinct_values", "int8_fraction",
-    "quantized_compute_ops", "float_compute_ops",
-    "latency_ms_p50", "latency_ms_p90", "speedup",
-    "compress_seconds", "versions",
+    "quantized_compute_ops", "float_compute_ops", "layers_targeted", "layers_changed",
+    "latency_ms_p50", "latency_ms_p90", "speedup", "speedup_ci_low", "speedup_ci_high",
+    "compress_seconds", "executor", "host", "versions",
 )
 # Fields beyond the table: kept in results.jsonl, left out of results.csv.
-EXTRA_FIELDS = ("job_key", "ort_ops", "epoch_log", "details", "plan", "cached")
+EXTRA_FIELDS = ("job_key", "ort_ops", "epoch_log", "details", "plan", "cached", "onnx_file",
+                "timings")
+# Fields the driver's latency pass sets on every run: never taken from a cache.
+LATENCY_FIELDS = ("latency_ms_p50", "latency_ms_p90", "speedup", "speedup_ci_low",
+                  "speedup_ci_high")
 
 CSV_FIELDS = tuple(f for f in RECORD_FIELDS if f != "versions")
 
@@ -54,6 +58,17 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def rewrite_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Replace results.jsonl at once (temp file, fsync, rename): after the latency pass."""
+    data = "".join(json.dumps(r, sort_keys=False, default=str) + "\n" for r in records)
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -1,5 +1,10 @@
-"""Run a scenario: plan every job, build the reference once, run each job in its own
-worker process with a timeout, append records as they finish, reuse cached jobs.
+"""Run a scenario in two phases.
+
+Phase 1: plan every job, build the reference once per model, then run each job not in the
+run folder or the cache on an executor (warm local workers, or a Ray cluster), appending
+its record to results.jsonl the moment it finishes. Phase 2: once every worker has stopped,
+time the latency of every measured row of a model in this process, interleaved with the
+fp32 reference (unified.run.latency_pass); results.jsonl is then rewritten with it.
 
 User errors stop the run before any job; a toolkit that throws, crashes or hangs becomes
 a ``failed`` / ``timeout`` row and the other jobs go on.
@@ -7,30 +12,34 @@ a ``failed`` / ``timeout`` row and the other jobs go on.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import unified
 from adapters.base import Plan
 from adapters.registry import get_adapter
 from unified.context import ReferenceArtifacts
-from unified.run.cache import job_key, reference_content_digest
+from unified.run.cache import job_key, reference_content_digest, reference_key
+from unified.run.executor import Executor, Outcome, Task, signal_text, worker_env
 from unified.run.job import Job, write_json
+from unified.run.latency_pass import MEASURED, time_rows, update_reference_summary
 from unified.run.model_info import model_summary
 from unified.run.reference import prepare_reference
-from unified.run.results import append_record, new_record, read_records, write_csv
+from unified.run.results import (
+    append_record,
+    new_record,
+    read_records,
+    rewrite_records,
+    write_csv,
+)
 from unified.spec.model_summary import ModelSummary
 from unified.spec.scenario import Scenario
 
@@ -42,23 +51,30 @@ def default_cache_dir() -> Path:
     return Path(base) / "squeezelab"
 
 
+def default_jobs() -> int:
+    return os.cpu_count() or 1
+
+
 @dataclass
 class RunOptions:
     out: Path
     cache_dir: Path = field(default_factory=default_cache_dir)
-    jobs: int = 1
+    jobs: int | None = None  # workers (Ray tasks) at once; default: the cores (cluster CPUs)
     timeout: float | None = None  # overrides the scenario's evaluate.timeout
     backends: tuple[str, ...] = ()  # empty: all of the scenario's
     recipes: tuple[str, ...] = ()
     use_cache: bool = True
+    executor: str = "local"  # local | ray
+    ray_address: str | None = None  # ray: join this cluster (default: start a local one)
 
 
 @dataclass
 class Progress:
-    """Callbacks for the CLI's progress bar; all optional."""
+    """Callbacks for the CLI's progress output; all optional. ``on_start`` gets the job and
+    where it runs (a worker's pid, a Ray node)."""
 
     on_stage: Callable[[str], None] = lambda _msg: None
-    on_start: Callable[[Job], None] = lambda _job: None
+    on_start: Callable[[Job, str], None] = lambda _job, _where: None
     on_done: Callable[[Job, dict[str, Any]], None] = lambda _job, _rec: None
 
 
@@ -98,21 +114,26 @@ def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
-def worker_env(backend: str, torch_threads: int, lock_path: Path) -> dict[str, str]:
-    """The environment of a worker process of ``backend`` (its adapter adds what its toolkit
-    reads at import; a user's explicit value wins)."""
-    env = dict(os.environ)
-    env.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    for key, value in get_adapter(backend).capabilities.environment.items():
-        env.setdefault(key, value)
-    env["SQUEEZELAB_LATENCY_LOCK"] = str(lock_path)
-    env["OMP_NUM_THREADS"] = str(torch_threads)
-    # the worker must import this very package, and python: model sources from the cwd
-    paths = [str(Path(unified.__file__).resolve().parents[1]), os.getcwd()]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
+def threads_per_job(options: RunOptions) -> int:
+    """Compute threads of one job: the cores shared among the jobs running at once (one per
+    job on a Ray cluster, where a task asks for one CPU)."""
+    if options.executor == "ray":
+        return 1
+    return max(1, (os.cpu_count() or 1) // (options.jobs or default_jobs()))
+
+
+def make_executor(options: RunOptions) -> Executor:
+    """The executor the options name (Ray is imported only when asked for)."""
+    if options.executor == "ray":
+        from unified.run.ray_executor import RayExecutor
+
+        return RayExecutor(options.ray_address, options.jobs, extra_paths=[os.getcwd()])
+    from unified.run.local import LocalExecutor
+
+    return LocalExecutor(
+        slots=options.jobs or default_jobs(),
+        env_for=lambda backend, threads: worker_env(backend, threads, [os.getcwd()]),
+        log_dir=options.out / "workers", threads=threads_per_job(options))
 
 
 class Runner:
@@ -125,11 +146,14 @@ class Runner:
         self.results_path = self.out / "results.jsonl"
         self._lock = threading.Lock()
         self.records: list[dict[str, Any]] = []
+        self.timings: dict[str, Any] = {"executor": options.executor,
+                                        "jobs": options.jobs or default_jobs()}
 
     # -- public ---------------------------------------------------------------------------
 
     def run(self) -> list[dict[str, Any]]:
         """Run every model × recipe × backend; return the records in scenario order."""
+        start = time.monotonic()
         views = self.scenario.views()
         multi = len(views) > 1
         planned = [(view, job, self._plan(view, job))
@@ -140,46 +164,99 @@ class Runner:
             mode="json", exclude={"model"} if self.scenario.models else None))
         done = {r.get("job_key"): r for r in read_records(self.results_path)
                 if r.get("status") not in PENDING_STATUSES}
-
-        runnable: list[tuple[Scenario, Job, str, ReferenceArtifacts]] = []
-        for view in views:
-            self.progress.on_stage(f"reference model {view.model.label}")
-            ref = prepare_reference(view, self.options.cache_dir)
-            name = f"reference-{_safe(view.model.label)}.json" if multi else "reference.json"
-            shutil.copy(ref.summary, self.out / name)
-            ref_digest = reference_content_digest(ref.folder)
-            summary = model_summary(view, ref)
-            for _, job, plan in (p for p in planned if p[0] is view):
-                if not isinstance(plan, dict):  # again, with what the model is made of
-                    plan = self._plan(view, job, summary)
-                key = job_key(view, job.recipe, job.backend, ref_digest,
-                              get_adapter(job.backend).capabilities.versions())
-                if key in done:  # resume: already in this run folder
-                    self._keep(job, done[key])
-                elif isinstance(plan, dict):  # unavailable toolkit or unsupported recipe
-                    plan["job_key"] = key
-                    self._finish(job, plan)
-                elif (cached := self._from_cache(view, job, key)) is not None:
-                    self._finish(job, cached)
-                else:
-                    runnable.append((view, job, key, ref))
-
-        self.progress.on_stage("jobs")
-        workers = max(1, self.options.jobs)
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        if workers == 1:
-            for view, job, key, ref in runnable:
-                self._run_job(view, job, key, ref, threads)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                for future in [pool.submit(self._run_job, view, job, key, ref, threads)
-                               for view, job, key, ref in runnable]:
-                    future.result()
+        executor = make_executor(self.options)
+        references: dict[str, ReferenceArtifacts] = {}
+        try:
+            self._prestart(executor, views, planned)
+            tasks: list[tuple[Scenario, Task]] = []
+            for view in views:
+                references[view.model.label] = ref = self._reference(view, multi)
+                tasks += self._classify(view, ref, [(j, p) for v, j, p in planned if v is view],
+                                        done)
+            self.progress.on_stage("jobs")
+            phase1 = time.monotonic()
+            by_task = {id(task): view for view, task in tasks}
+            executor.run([task for _, task in tasks], self._started,
+                         lambda task, outcome: self._ended(by_task[id(task)], task, outcome))
+            self.timings["phase1_seconds"] = round(time.monotonic() - phase1, 3)
+        finally:
+            executor.close()
+        self.timings["worker_starts"] = [vars(s) for s in getattr(executor, "starts", [])]
+        self._latency_pass(views, references, multi)
         self.records.sort(key=scenario_order(self.scenario))
+        rewrite_records(self.results_path, self.records)
         write_csv(self.out / "results.csv", self.records)
+        self.timings["wall_seconds"] = round(time.monotonic() - start, 3)
+        write_json(self.out / "timings.json", self.timings)
         return self.records
 
-    # -- steps ----------------------------------------------------------------------------
+    # -- phase 1 --------------------------------------------------------------------------
+
+    def _prestart(self, executor: Executor, views: list[Scenario],
+                  planned: list[tuple[Scenario, Job, Plan | dict[str, Any]]]) -> None:
+        """When the first reference must be built, start the warm worker of the backend with
+        the most jobs, so that its imports overlap the training (one only: more processes than
+        cores slow multi-threaded training down more than the imports save)."""
+        prestart = getattr(executor, "prestart", None)
+        if prestart is None or not views:
+            return
+        if (self.options.cache_dir / "reference" / reference_key(views[0]) /
+                "reference.json").is_file():
+            return  # the jobs may all come from the cache: start nothing yet
+        runnable = [job.backend for view, job, plan in planned
+                    if view is views[0] and isinstance(plan, Plan)]
+        counts = {b: runnable.count(b) for b in runnable}
+        prestart(sorted(counts, key=lambda b: -counts[b])[:1])
+
+    def _reference(self, view: Scenario, multi: bool) -> ReferenceArtifacts:
+        self.progress.on_stage(f"reference model {view.model.label}")
+        start = time.monotonic()
+        ref = prepare_reference(view, self.options.cache_dir)
+        self.timings.setdefault("reference_seconds", {})[view.model.label] = round(
+            time.monotonic() - start, 3)
+        name = f"reference-{_safe(view.model.label)}.json" if multi else "reference.json"
+        shutil.copy(ref.summary, self.out / name)
+        return ref
+
+    def _classify(self, view: Scenario, ref: ReferenceArtifacts,
+                  jobs: list[tuple[Job, Plan | dict[str, Any]]],
+                  done: dict[Any, dict[str, Any]]) -> list[tuple[Scenario, Task]]:
+        """Finish what needs no worker (resumed, unsupported, cached); return the rest."""
+        ref_digest = reference_content_digest(ref.folder)
+        timeout = self.options.timeout or view.evaluate.timeout
+        summary = model_summary(view, ref)
+        tasks = []
+        for job, plan in jobs:
+            if not isinstance(plan, dict):  # again, with what the model is made of
+                plan = self._plan(view, job, summary)
+            key = job_key(view, job.recipe, job.backend, ref_digest,
+                          get_adapter(job.backend).capabilities.versions())
+            if key in done:  # resume: already in this run folder
+                self._keep(job, done[key])
+            elif isinstance(plan, dict):  # unavailable toolkit or unsupported recipe
+                plan["job_key"] = key
+                self._finish(job, plan)
+            elif (cached := self._from_cache(view, job, key)) is not None:
+                self._finish(job, cached)
+            else:
+                tasks.append((view, self._task(view, job, key, ref, timeout)))
+        return tasks
+
+    def _task(self, view: Scenario, job: Job, key: str, ref: ReferenceArtifacts,
+              timeout: float) -> Task:
+        folder = self._job_dir(job)
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        threads = threads_per_job(self.options)
+        write_json(folder / "job.json", {
+            "scenario": view.model_dump(mode="json"),
+            "recipe": job.recipe,
+            "backend": job.backend,
+            "reference": str(ref.folder),
+            "torch_threads": threads,
+        })
+        return Task(job, key, folder, timeout, threads)
 
     def _plan(self, view: Scenario, job: Job,
               summary: ModelSummary | None = None) -> Plan | dict[str, Any]:
@@ -210,6 +287,46 @@ class Runner:
         if job.model:
             folder = folder / _safe(job.model)
         return folder / f"{job.recipe}@{job.backend}"
+
+    def _artifacts(self, model: str, record: dict[str, Any]) -> Path:
+        return self._job_dir(Job(record["recipe"], record["backend"], model)) / "artifacts"
+
+    def _started(self, task: Task, where: str) -> None:
+        self.progress.on_start(task.job, where)
+
+    def _ended(self, view: Scenario, task: Task, outcome: Outcome) -> None:
+        record = self._outcome_record(view, task, outcome)
+        record["job_key"] = task.key
+        self._finish(task.job, record)  # the row first: it must survive a failing cache write
+        if record["status"] not in PENDING_STATUSES:
+            self._store_in_cache(task.job, task.key, task.folder, record)
+
+    def _outcome_record(self, view: Scenario, task: Task, outcome: Outcome) -> dict[str, Any]:
+        """Turn every way a job can end into a record."""
+        job, folder = task.job, task.folder
+        where = {"executor": self.options.executor, "host": outcome.host}
+        log = f"(log: {folder / 'worker.log'})"
+        seconds = round(outcome.seconds, 3)
+        if outcome.ended == "timeout":
+            return self._record(view, job, "timeout", compress_seconds=seconds,
+                                reason=f"no result after {task.timeout:g} s; worker killed {log}",
+                                **where)
+        record_file = folder / "record.json"
+        if outcome.ended == "exited" and outcome.code == 0 and record_file.is_file():
+            record: dict[str, Any] = json.loads(record_file.read_text())
+            record.update(where)
+            record.setdefault("timings", {})["job"] = seconds
+            return record
+        error_file = folder / "error.json"
+        if error_file.is_file():
+            reason = json.loads(error_file.read_text())["reason"]
+        else:
+            reason = outcome.reason or signal_text(outcome.code or 0)
+        return self._record(view, job, "failed", reason=f"{reason} {log}",
+                            compress_seconds=seconds,
+                            versions=get_adapter(job.backend).capabilities.versions(), **where)
+
+    # -- the cache ------------------------------------------------------------------------
 
     def _cache_dir(self, key: str) -> Path:
         return self.options.cache_dir / "jobs" / key
@@ -259,63 +376,6 @@ class Runner:
         except OSError:  # a concurrent run stored it first
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _run_job(self, view: Scenario, job: Job, key: str, ref: ReferenceArtifacts,
-                 torch_threads: int) -> None:
-        self.progress.on_start(job)
-        job_dir = self._job_dir(job)
-        if job_dir.exists():
-            shutil.rmtree(job_dir)
-        job_dir.mkdir(parents=True)
-        write_json(job_dir / "job.json", {
-            "scenario": view.model_dump(mode="json"),
-            "recipe": job.recipe,
-            "backend": job.backend,
-            "reference": str(ref.folder),
-            "torch_threads": torch_threads,
-        })
-        timeout = self.options.timeout or view.evaluate.timeout
-        record = self._spawn(view, job, job_dir, timeout, torch_threads)
-        record["job_key"] = key
-        self._finish(job, record)  # the row first: it must survive a failing cache write
-        if record["status"] not in PENDING_STATUSES:
-            self._store_in_cache(job, key, job_dir, record)
-
-    def _spawn(self, view: Scenario, job: Job, job_dir: Path, timeout: float,
-               torch_threads: int) -> dict[str, Any]:
-        """Run the worker; turn every way it can end into a record."""
-        env = worker_env(job.backend, torch_threads, self.options.cache_dir / "latency.lock")
-        self.options.cache_dir.mkdir(parents=True, exist_ok=True)
-        start = time.monotonic()
-        with (job_dir / "worker.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "unified.run.worker", str(job_dir)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True,  # so a timeout kills the worker's children too
-            )
-            try:
-                code = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                return self._record(
-                    view, job, "timeout",
-                    reason=f"no result after {timeout:g} s; worker killed "
-                           f"(log: {job_dir / 'worker.log'})",
-                    compress_seconds=round(time.monotonic() - start, 3))
-        record_file = job_dir / "record.json"
-        if code == 0 and record_file.is_file():
-            record: dict[str, Any] = json.loads(record_file.read_text())
-            return record
-        error_file = job_dir / "error.json"
-        if error_file.is_file():
-            reason = json.loads(error_file.read_text())["reason"]
-        elif code < 0:
-            reason = f"worker killed by signal {signal.Signals(-code).name}"
-        else:
-            reason = f"worker exited with code {code} without a result"
-        return self._record(view, job, "failed", reason=f"{reason} (log: {job_dir / 'worker.log'})",
-                            compress_seconds=round(time.monotonic() - start, 3),
-                            versions=get_adapter(job.backend).capabilities.versions())
-
     def _keep(self, job: Job, record: dict[str, Any]) -> None:
         with self._lock:
             self.records.append(record)
@@ -328,8 +388,21 @@ class Runner:
             self.records.append(record)
         self.progress.on_done(job, record)
 
+    # -- phase 2 --------------------------------------------------------------------------
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    def _latency_pass(self, views: list[Scenario], references: dict[str, ReferenceArtifacts],
+                      multi: bool) -> None:
+        """Time every measured row of each model against its reference, in this process."""
+        seconds: dict[str, float] = {}
+        for view in views:
+            label = view.model.label
+            rows = [r for r in self.records if r["model"] == label and r["status"] in MEASURED]
+            self.progress.on_stage(f"latency of {len(rows)} rows of {label}, interleaved with "
+                                   "the fp32 reference")
+            start = time.monotonic()
+            timing = time_rows(view, references[label], rows,
+                               functools.partial(self._artifacts, label if multi else ""))
+            seconds[label] = round(time.monotonic() - start, 3)
+            name = f"reference-{_safe(label)}.json" if multi else "reference.json"
+            update_reference_summary(self.out / name, timing)
+        self.timings["latency_seconds"] = seconds

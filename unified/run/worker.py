@@ -1,42 +1,224 @@
-"""Entry point of a job's worker process: ``python -m unified.run.worker JOB_FOLDER``.
+"""Worker processes: where jobs run, away from the driver.
 
-Reads ``job.json``, runs the job, writes ``record.json`` (or ``error.json`` with the
-traceback). The parent turns a missing record, a signal or a timeout into a row.
+Two ways to start one:
+
+- ``python -m unified.run.worker JOB_FOLDER`` runs one job and exits (the Ray executor's
+  tasks start this).
+- ``python -m unified.run.worker --serve BACKEND REPLY_FD`` is a warm worker: it sets its
+  process up for BACKEND once (environment, preloads, the toolkit's import), then reads job
+  folders from stdin, one per line, and answers each on the file descriptor REPLY_FD with one
+  JSON line once the job's ``record.json`` (or ``error.json``) is written. The driver kills
+  it (its whole process group) when a job overruns; EOF on stdin ends it.
+
+Either way a job reads ``job.json``, writes ``record.json`` or ``error.json`` (with the
+traceback), and its output goes to the job folder's ``worker.log``. Before every job the
+process state a job could leave behind is reset (:func:`reset_process`), so that a record
+does not depend on what ran before it in the same worker.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import importlib
+import importlib.util
 import json
+import os
+import random
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 import unified  # noqa: F401  (environment defaults before any toolkit import)
 from adapters.registry import get_adapter
 from unified.context import ReferenceArtifacts
-from unified.run.job import Job, execute, failure_text, format_traceback, write_json
+from unified.run.failure import failure_reason
+from unified.run.job import Job, execute, format_traceback, write_json
 from unified.spec.scenario import Scenario
 
 
-def main(folder: Path) -> int:
+def warm_up(backend: str) -> None:
+    """Set this process up for ``backend``: its environment and preloads
+    (``Adapter.prepare_process``), then its toolkit, by importing the adapter's ``_impl``
+    module when it has one (what its first job would import anyway)."""
+    adapter = get_adapter(backend)
+    adapter.prepare_process()
+    impl = f"{type(adapter).__module__}._impl"
+    with contextlib.suppress(ImportError):  # the toolkit missing: the job's row says so
+        if importlib.util.find_spec(impl) is not None:
+            importlib.import_module(impl)
+
+
+# Module-level counters that toolkits put into the names of what they write (and so into
+# its bytes): (toolkit, modules, counter module, attribute). Once the toolkit is loaded, the
+# modules are imported (all that take a number at import: tf2onnx's rewriters do, and a
+# conversion imports them lazily) and the counter's value then is kept; every job starts
+# from that value, as the first job of a fresh worker does.
+NAME_COUNTERS = (("tensorflow", ("tf2onnx.convert", "tf2onnx.tfonnx"), "tf2onnx.utils",
+                  "INTERNAL_NAME"),)  # the suffixes of tf2onnx's make_name
+_counter_start: dict[tuple[str, str], Any] = {}
+
+
+def _reset_counters() -> None:
+    for toolkit, imports, module_name, attribute in NAME_COUNTERS:
+        if toolkit not in sys.modules:
+            continue
+        try:
+            for name in imports:
+                importlib.import_module(name)
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        start = _counter_start.setdefault((module_name, attribute), getattr(module, attribute))
+        setattr(module, attribute, start)
+
+
+def reset_process(seed: int, threads: int | None) -> None:
+    """Put back the global state a previous job may have changed: random seeds, torch's
+    thread count, Keras' session (layer-name counters, graph) and NAME_COUNTERS, so every
+    job starts as the first job of a fresh worker would."""
+    _reset_counters()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+        if threads:
+            torch.set_num_threads(threads)
+    keras = sys.modules.get("tf_keras")
+    if keras is not None:
+        keras.backend.clear_session()
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and hasattr(tf, "random"):
+        tf.random.set_seed(seed)
+    gc.collect()
+
+
+# Where the time of a job goes, for benchmarks/cold_run.py (SQUEEZELAB_PROFILE=1): calls to
+# these functions are timed as "export" (to ONNX) and "bridge" (torch → Keras) by wrapping
+# them in this worker only, once the toolkit (first name) is imported; a plain run wraps
+# nothing.
+PROFILED = {"export": (("torch", "torch.onnx", "export"),
+                       ("tensorflow", "tf2onnx.convert", "from_tflite")),
+            "bridge": (("nobuco", "nobuco", "pytorch_to_keras"),)}
+_spent: dict[str, float] = {}
+
+
+def _profile() -> None:
+    """Wrap the PROFILED functions of the toolkits imported so far (once each)."""
+    for part, targets in PROFILED.items():
+        for toolkit, module_name, attribute in targets:
+            if toolkit not in sys.modules:
+                continue
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                continue
+            original = getattr(module, attribute, None)
+            if original is None or getattr(original, "__squeezelab_timed__", False):
+                continue
+            setattr(module, attribute, _timed(part, original))
+
+
+def _timed(part: str, function: Any) -> Any:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _spent[part] = _spent.get(part, 0.0) + time.perf_counter() - start
+
+    timed.__squeezelab_timed__ = True  # type: ignore[attr-defined]
+    return timed
+
+
+def run_job(folder: Path) -> bool:
+    """Run the job described by ``folder/job.json``; True when ``record.json`` was written."""
     try:
         spec = json.loads((folder / "job.json").read_text())
-        get_adapter(spec["backend"]).prepare_process()
         scenario = Scenario.model_validate(spec["scenario"])
-        job = Job(spec["recipe"], spec["backend"])
         threads = spec.get("torch_threads")
-        if threads:
-            import torch
-
-            torch.set_num_threads(int(threads))
+        # torch imported later by the job takes its thread count from OMP_NUM_THREADS
+        reset_process(scenario.seed, int(threads) if threads else None)
+        job = Job(spec["recipe"], spec["backend"])
+        profiling = os.environ.get("SQUEEZELAB_PROFILE") == "1"
+        if profiling:
+            _profile()
+            _spent.clear()
         record = execute(scenario, job, folder / "artifacts",
                          ReferenceArtifacts(Path(spec["reference"])))
+        if profiling:
+            record["timings"].update({k: round(v, 3) for k, v in _spent.items()})
     except Exception as exc:
         write_json(folder / "error.json",
-                   {"reason": failure_text(exc), "traceback": format_traceback(exc)})
-        return 1
+                   {"reason": failure_reason(exc), "traceback": format_traceback(exc)})
+        return False
     write_json(folder / "record.json", record)
+    return True
+
+
+@contextlib.contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so the output of C
+    libraries too) to ``path`` for the duration."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for handle in (fd, *saved):
+            os.close(handle)
+
+
+def _reply(fd: int, message: dict[str, Any]) -> None:
+    os.write(fd, (json.dumps(message) + "\n").encode())
+
+
+def serve(backend: str, reply_fd: int) -> int:
+    """The warm worker's loop (see the module docstring)."""
+    os.set_inheritable(reply_fd, False)  # a toolkit's own subprocesses must not hold it
+    start = time.perf_counter()
+    try:
+        warm_up(backend)
+    except Exception as exc:
+        _reply(reply_fd, {"error": failure_reason(exc), "traceback": format_traceback(exc)})
+        return 1
+    _reply(reply_fd, {"ready": round(time.perf_counter() - start, 3), "at": time.time(),
+                      "pid": os.getpid()})
+    for line in sys.stdin:
+        folder = Path(line.strip())
+        if not line.strip():
+            continue
+        with output_to(folder / "worker.log"):
+            ok = run_job(folder)
+        _reply(reply_fd, {"done": str(folder), "ok": ok})
     return 0
 
 
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--serve"]:
+        return serve(argv[1], int(argv[2]))
+    folder = Path(argv[0])
+    try:
+        warm_up(json.loads((folder / "job.json").read_text())["backend"])
+    except Exception as exc:
+        write_json(folder / "error.json",
+                   {"reason": failure_reason(exc), "traceback": format_traceback(exc)})
+        return 1
+    return 0 if run_job(folder) else 1
+
+
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(main(sys.argv[1:]))

@@ -13,11 +13,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from unified.spec.backends import backend_names
+from unified.spec.errors import closest, did_you_mean
 from unified.spec.steps import TRAINING_STEPS, Recipe
 
 SCENARIO_VERSION = 1
 MODEL_SOURCE = re.compile(r"^(builtin:[\w.-]+|torchvision:\w+|python:[\w.]+:\w+)$")
-DATA_SOURCE = re.compile(r"^(mnist|digits|synthetic|imagefolder:.+)$")
+DATA_SOURCE = re.compile(r"^(mnist|digits|synthetic|photos|imagefolder:.+)$")
+DATA_SOURCE_KINDS = ("mnist", "digits", "synthetic", "photos", "imagefolder")
+# sources whose samples carry no class labels (for the model's classes)
+UNLABELLED_SOURCES = frozenset({"synthetic", "photos"})
+WEIGHTS_KEYWORDS = ("train", "random", "pretrained")
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9][\w.+-]*$")
 
 
@@ -25,19 +30,96 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ChannelOrder(StrEnum):
+    rgb = "rgb"
+    bgr = "bgr"
+
+
+Size = int | tuple[int, int]
+
+
+class Preprocess(_Strict):
+    """What a pretrained model expects of its input, applied to every split in this order:
+    resize, center crop, channel order, value range, then ``(x - mean) / std`` per channel.
+
+    Pixels start in [0, 1], RGB. Without ``resize`` and ``center_crop`` images are resized to
+    the model's input size. Giving ``preprocess`` replaces the default standardization with
+    the train split's mean and std.
+    """
+
+    resize: Size | None = Field(
+        None, description="an int resizes the shorter side to it (aspect kept); [H, W] exactly")
+    center_crop: Size | None = Field(None, description="crop the centre to this size (int: square)")
+    channel_order: ChannelOrder = Field(ChannelOrder.rgb, description="rgb | bgr")
+    range: tuple[float, float] = Field(
+        (0.0, 1.0), description="pixel values are mapped from [0, 1] to [low, high], "
+                                "e.g. [0, 255] or [-1, 1]")
+    mean: tuple[float, ...] | None = Field(
+        None, description="subtracted per channel after the range (one value or one per channel)")
+    std: tuple[float, ...] | None = Field(None, description="divides per channel, after mean")
+
+    @field_validator("resize", "center_crop")
+    @classmethod
+    def _positive_size(cls, value: Size | None) -> Size | None:
+        sides = (value,) if isinstance(value, int) else value or ()
+        if any(side < 1 for side in sides):
+            raise ValueError(f"sizes must be positive. Got {value!r} instead")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Preprocess:
+        low, high = self.range
+        if not low < high:
+            raise ValueError(f"range must be [low, high] with low < high. Got {list(self.range)}"
+                             " instead")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give mean and std together (or neither)")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"std must be positive. Got {list(self.std)} instead")
+        return self
+
+    def output_size(self) -> tuple[int, int] | None:
+        """The (H, W) this pipeline yields whatever the image; None when no crop or exact
+        resize fixes it (an int resize keeps the aspect; neither means "the model's input")."""
+        if isinstance(self.center_crop, int):
+            return (self.center_crop, self.center_crop)
+        if self.center_crop is not None:
+            return self.center_crop
+        return self.resize if isinstance(self.resize, tuple) else None
+
+    def check_for(self, input_shape: tuple[int, int, int]) -> None:
+        """The pipeline must end at the model's input size and channel count."""
+        size = self.output_size()
+        if size is not None and size != tuple(input_shape[1:]):
+            raise ValueError(
+                f"data.preprocess yields {size[0]}×{size[1]} images but the model's input_shape "
+                f"is {input_shape[1]}×{input_shape[2]}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) not in (1, input_shape[0]):
+                raise ValueError(f"data.preprocess.{name} needs 1 or {input_shape[0]} values (the "
+                                 f"model's channels). Got {len(values)} instead")
+
+
 class DataSpec(_Strict):
-    source: str = Field("mnist", description="mnist | digits | synthetic | imagefolder:<dir>")
+    source: str = Field(
+        "mnist", description="mnist | digits | synthetic | photos | imagefolder:<dir>")
     train: int = Field(4000, ge=1)
     calibration: int = Field(256, ge=1)
     test: int = Field(1000, ge=1)
+    preprocess: Preprocess | None = Field(
+        None, description="resize / crop / channel order / range / mean-std for a pretrained "
+                          "model (default: resize to the input and standardize with the train "
+                          "split's mean and std)")
 
     @field_validator("source")
     @classmethod
     def _source_form(cls, value: str) -> str:
         if not DATA_SOURCE.match(value):
             raise ValueError(
-                "data source must be one of mnist, digits, synthetic, imagefolder:<dir>. "
+                "data source must be one of mnist, digits, synthetic, photos, imagefolder:<dir>. "
                 f"Got {value!r} instead"
+                + did_you_mean(value.partition(":")[0], DATA_SOURCE_KINDS)
             )
         return value
 
@@ -48,11 +130,14 @@ class DataSpec(_Strict):
                 f"calibration ({self.calibration}) is drawn from the train split and cannot "
                 f"exceed train ({self.train})"
             )
+        if self.preprocess is not None and self.source == "synthetic":
+            raise ValueError("synthetic data has no pixels to preprocess; drop preprocess")
         return self
 
     @property
     def labelled(self) -> bool:
-        return self.source != "synthetic"
+        """Whether samples carry class labels (accuracy can be measured, training can run)."""
+        return self.source not in UNLABELLED_SOURCES
 
 
 class ModelSpec(_Strict):
@@ -60,7 +145,8 @@ class ModelSpec(_Strict):
         ..., description="builtin:<name> | torchvision:<name> | python:<module>:<factory>"
     )
     weights: str = Field(
-        "train", description="train | random | path to a state_dict (.pt, .pth, .safetensors)"
+        "train", description="train | random | pretrained (the weights the source ships "
+        "with) | path to a state_dict (.pt, .pth, .safetensors)"
     )
     input_shape: tuple[int, int, int] = Field(..., description="C, H, W")
     num_classes: int = Field(10, ge=2)
@@ -69,6 +155,10 @@ class ModelSpec(_Strict):
     recipes: tuple[str, ...] | None = Field(
         None, description="only these recipes for this model (default: every recipe)"
     )
+    recalibrate_batchnorm: bool = Field(
+        False, description="after weights: train, re-estimate every BatchNorm's running "
+        "statistics on the train split (a short training leaves them lagging behind the "
+        "weights, and the eval-mode model then predicts one class)")
 
     @property
     def label(self) -> str:
@@ -78,9 +168,12 @@ class ModelSpec(_Strict):
     @classmethod
     def _source_form(cls, value: str) -> str:
         if not MODEL_SOURCE.match(value):
+            kind, sep, rest = value.partition(":")
+            near = closest(kind, ("builtin", "torchvision", "python")) if sep else None
             raise ValueError(
                 f"model source must be builtin:<name>, torchvision:<name> or "
                 f"python:<module>:<factory>. Got {value!r} instead"
+                + (f"; did you mean '{near}:{rest}'?" if near and near != kind else "")
             )
         return value
 
@@ -93,7 +186,7 @@ class ModelSpec(_Strict):
 
     @property
     def weights_path(self) -> Path | None:
-        return None if self.weights in ("train", "random") else Path(self.weights)
+        return None if self.weights in WEIGHTS_KEYWORDS else Path(self.weights)
 
 
 class Optimizer(StrEnum):
@@ -144,6 +237,7 @@ class SelectSpec(_Strict):
         if bad:
             raise ValueError(
                 f"minimize must be among {sorted(allowed)}. Got {bad} instead"
+                + did_you_mean(bad[0], sorted(allowed))
             )
         return value
 
@@ -252,7 +346,8 @@ class Scenario(_Strict):
         bad = [b for b in value if b not in names]
         if bad:
             raise ValueError(
-                f"unknown backend {bad[0]!r}; allowed backends: {', '.join(names)}"
+                f"unknown backend {bad[0]!r} (allowed backends: {', '.join(names)})"
+                f"{did_you_mean(bad[0], names)}"
             )
         if len(set(value)) != len(value):
             raise ValueError("a backend is listed twice")
@@ -276,19 +371,26 @@ class Scenario(_Strict):
         return self
 
     def check_labels(self) -> None:
-        """Training (reference or recipe steps) needs labelled data."""
+        """Training (reference or recipe steps) needs labelled data; a preprocess pipeline
+        must end at the model's input."""
+        who = f"model {self.model.label!r}: " if self.model.name else ""
+        if self.data.preprocess is not None:
+            try:
+                self.data.preprocess.check_for(self.model.input_shape)
+            except ValueError as exc:
+                raise ValueError(f"{who}{exc}") from None
         if self.data.labelled:
             return
-        who = f"model {self.model.label!r}: " if self.model.name else ""
+        source = self.data.source
         if self.model.weights == "train":
             raise ValueError(
-                f"{who}weights: train needs labelled data; data source 'synthetic' has no "
-                "labels (use weights: random or a labelled source)"
+                f"{who}weights: train needs labelled data; data source {source!r} has no "
+                "labels (use weights: random, pretrained or a labelled source)"
             )
         for name, recipe in self.recipes.items():
             for step in recipe.steps:
                 if step.kind in TRAINING_STEPS or getattr(step, "method", None) == "qat":
                     raise ValueError(
                         f"{who}recipe {name!r}: step {step.kind!r} trains and needs labelled "
-                        "data; data source 'synthetic' has no labels"
+                        f"data; data source {source!r} has no labels"
                     )

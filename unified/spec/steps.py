@@ -24,6 +24,9 @@ from pydantic import (
     model_validator,
 )
 
+from unified.spec.errors import did_you_mean
+from unified.spec.names import matches_any, pattern_problem
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
@@ -117,6 +120,25 @@ class Targets(_Strict):
     op_types: tuple[OpType, ...] = (OpType.conv, OpType.depthwise, OpType.linear)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_patterns(self) -> Targets:
+        for pattern in (*self.include, *self.exclude):
+            problem = pattern_problem(pattern)
+            if problem is not None:
+                raise ValueError(problem)
+        return self
+
+    def selects_name(self, name: str) -> bool:
+        """Do the include / exclude patterns keep the layer called ``name``?"""
+        if self.include and not matches_any(name, self.include):
+            return False
+        return not matches_any(name, self.exclude)
+
+    def selects(self, kind: OpType | None, name: str) -> bool:
+        """Is a layer of op type ``kind`` (None: none of the unified op types) called
+        ``name`` one of these targets?"""
+        return kind is not None and kind in self.op_types and self.selects_name(name)
 
 
 class Schedule(_Strict):
@@ -308,7 +330,8 @@ class StepEntry(_Strict):
             raise ValueError(f"a step is a mapping with one key, one of: {allowed}")
         (name,) = data
         if name not in STEP_TYPES:
-            raise ValueError(f"unknown step '{name}'; allowed steps: {allowed}")
+            raise ValueError(f"unknown step '{name}' (allowed steps: {allowed})"
+                             f"{did_you_mean(name, STEP_TYPES)}")
         return {name: data[name] if data[name] is not None else {}}
 
     @model_serializer(mode="wrap")

@@ -30,25 +30,6 @@ def trace_layers(model: nn.Module) -> fx.Graph:
     return LayerTracer().trace(model)
 
 
-def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv, BatchNorm) module names where the BatchNorm directly consumes a conv's output
-    and is that output's only consumer: the pairs that can be folded."""
-    graph = trace_layers(model)
-    modules = dict(model.named_modules())
-    pairs = []
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(str(node.target)),
-                                                      nn.modules.batchnorm._BatchNorm):
-            continue
-        src = node.args[0]
-        if isinstance(src, fx.Node) and src.op == "call_module" and isinstance(
-                modules.get(str(src.target)), nn.modules.conv._ConvNd) and len(src.users) == 1:
-            pairs.append((str(src.target), str(node.target)))
-    return pairs
-
-
-
-
 def _shape_value(node: fx.Node) -> tuple[bool, Any]:
     """(True, value) for ``x.size()`` / ``x.size(d)`` / ``x.shape`` of a shape-propagated
     tensor node, else (False, None)."""

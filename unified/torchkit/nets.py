@@ -118,9 +118,23 @@ def simplenet_mnist(num_classes: int, input_shape: tuple[int, int, int]) -> nn.M
     return SimplenetMnist(num_classes, input_shape[0], (input_shape[1], input_shape[2]))
 
 
+def _efficientnet_lite0(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    from unified.torchkit.zoo import efficientnet_lite0
+
+    return efficientnet_lite0(num_classes, input_shape)
+
+
+def _vit_tiny(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+    from unified.torchkit.zoo import vit_tiny
+
+    return vit_tiny(num_classes, input_shape)
+
+
 BUILTIN: dict[str, Callable[[int, tuple[int, int, int]], nn.Module]] = {
     "convnet": convnet,
     "convnet-thin": convnet_thin,
     "convnet-tiny": convnet_tiny,
     "simplenet-mnist": simplenet_mnist,
+    "efficientnet-lite0": _efficientnet_lite0,
+    "vit-tiny": _vit_tiny,
 }

@@ -1,0 +1,78 @@
+"""Phase 2 of a run: the latency of every measured row of one model, timed in the driver
+after every worker has stopped, interleaved with the fp32 reference
+(unified.measure.latency). Latency is never cached: each run, resumed or not, times again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from unified.context import ReferenceArtifacts
+from unified.data.splits import DataSplits
+from unified.measure.latency import PairedSettings, Timing, onnx_candidate, paired_latency
+from unified.run.job import harness_settings
+from unified.run.results import LATENCY_FIELDS
+from unified.spec.scenario import Scenario
+
+MEASURED = ("ok", "approximated")
+REFERENCE = "fp32 reference"
+
+
+def row_onnx(record: dict[str, Any], artifacts: Path) -> Path:
+    """The ONNX file a row measured, in its job folder's artifacts."""
+    name = record.get("onnx_file") or "model.onnx"
+    path = Path(name)
+    return path if path.is_absolute() else artifacts / path
+
+
+def time_rows(view: Scenario, ref: ReferenceArtifacts, rows: Sequence[dict[str, Any]],
+              artifacts_of: Callable[[dict[str, Any]], Path]) -> Timing:
+    """Time the reference and ``rows`` (one model's measured rows) in one interleaved pass;
+    set each row's latency fields in place and return the reference's own timing.
+
+    A row whose ONNX is missing or does not run keeps null latency and gets a note.
+    """
+    settings = harness_settings(view)
+    sample = DataSplits.load(ref.data).test_x[:1]
+    candidates = []
+    keyed: dict[str, dict[str, Any]] = {}
+    for index, record in enumerate(rows):
+        for name in LATENCY_FIELDS:
+            record[name] = None
+        path = row_onnx(record, artifacts_of(record))
+        if not path.is_file():
+            _note(record, f"latency not measured: {path} is missing")
+            continue
+        key = f"{index}:{record['recipe']}@{record['backend']}"
+        keyed[key] = record
+        candidates.append(onnx_candidate(key, path, sample, settings.threads))
+    paired = PairedSettings.from_runs(settings.warmup, settings.runs)
+    timings = paired_latency(onnx_candidate(REFERENCE, ref.onnx, sample, settings.threads),
+                             candidates, paired)
+    for key, record in keyed.items():
+        timing = timings[key]
+        if timing.error is not None:
+            _note(record, f"latency not measured: {timing.error}")
+            continue
+        record.update(latency_ms_p50=timing.latency_ms_p50,
+                      latency_ms_p90=timing.latency_ms_p90, speedup=timing.speedup,
+                      speedup_ci_low=timing.speedup_ci_low,
+                      speedup_ci_high=timing.speedup_ci_high)
+    return timings[REFERENCE]
+
+
+def _note(record: dict[str, Any], text: str) -> None:
+    notes = list(record.get("notes") or [])
+    if text not in notes:
+        notes.append(text)
+    record["notes"] = notes
+
+
+def update_reference_summary(path: Path, timing: Timing) -> None:
+    """The run folder's reference.json gets the reference's latency from this run's pass."""
+    summary = json.loads(path.read_text())
+    summary.update(latency_ms_p50=timing.latency_ms_p50, latency_ms_p90=timing.latency_ms_p90)
+    path.write_text(json.dumps(summary, indent=2))
