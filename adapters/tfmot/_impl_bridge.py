@@ -88,6 +88,7 @@ from adapters.tfmot._impl_bridge_ops import (  # noqa: E402  (registers more con
     begin,
     conv_layer,
     end,
+    torch_name,
     unique_name,
 )
 
@@ -415,5 +416,6 @@ def torch_to_keras(model: nn.Module, input_shape: tuple[int, int, int],
     nonstandard = [f"{layer.name} ({type(layer).__name__})" for layer in keras_model.layers
                    if type(layer).__name__ not in STANDARD_LAYERS]
     torch_names = {n for n, _ in model.named_modules() if n}
-    mapping = {layer.name: layer.name for layer in keras_model.layers if layer.name in torch_names}
+    mapping = {layer.name: torch_name(layer.name) for layer in keras_model.layers
+               if torch_name(layer.name) in torch_names}
     return Bridged(keras_model, diff, nonstandard, mapping, shape_traced)

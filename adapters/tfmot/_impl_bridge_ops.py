@@ -68,11 +68,23 @@ def end() -> None:
     _USED.clear()
 
 
+def keras_name(torch_name: str) -> str:
+    """The Keras layer name of a torch module name: the same, with a '.' in front of a leading
+    '_' (a layer's name becomes a TF root name scope, which must start with a letter, a digit
+    or '.': EfficientNet's ``_conv_stem`` would fail with "not a valid root scope name")."""
+    return "." + torch_name if torch_name.startswith("_") else torch_name
+
+
+def torch_name(keras_layer_name: str) -> str:
+    """The torch module name of a bridged Keras layer name (the inverse of keras_name)."""
+    return keras_layer_name[1:] if keras_layer_name.startswith("._") else keras_layer_name
+
+
 def unique_name(name: str | None) -> str | None:
     """A Keras-safe, unique layer name for the torch name ``name`` (None stays None)."""
     if not name:
         return None
-    base = "".join(c if c.isalnum() or c in "_." else "_" for c in name)
+    base = keras_name("".join(c if c.isalnum() or c in "_." else "_" for c in name))
     candidate, i = base, 1
     while candidate in _USED:
         i += 1

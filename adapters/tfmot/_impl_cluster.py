@@ -14,6 +14,7 @@ from adapters.tfmot._impl_common import (
     cluster_api,
     rewrap,
     select_layers,
+    torch_names,
     train,
     train_lr,
 )
@@ -56,7 +57,7 @@ def cluster(state: State, step: ClusterStep, ctx: JobContext, finetune_follows: 
     state.model = rewrap(state.model, wrap, set(names))
     state.cluster_wrapped = True
     state.clustered = names
-    ctx.report_changed(step, names)
+    ctx.report_changed(step, torch_names(names))
     ctx.note(f"TF-MOT cluster_weights({n} clusters, {init}) on {len(names)} layers"
              + (" preserving sparsity" if preserve_sparsity else ""))
     if finetune_follows:

@@ -86,6 +86,20 @@ def test_bridge_channel_shuffle_and_max_pool(bridge: Any) -> None:
     assert not result.shape_traced
 
 
+def test_bridge_names_with_a_leading_underscore(bridge: Any) -> None:
+    """EfficientNet's ``_conv_stem`` / ``_fc``: a TF root name scope cannot start with '_',
+    so the Keras layer is '._conv_stem', and targets (torch names) still find it."""
+    from adapters.tfmot._impl_common import select_layers, torch_names
+
+    result, _, _ = convert(bridge, "lite_names_net")
+    assert result.max_abs_diff < 1e-4
+    assert type(result.model.get_layer("._conv_stem")).__name__ == "Conv2D"
+    assert result.keras_to_torch["._conv_stem"] == "_conv_stem"
+    assert result.keras_to_torch["._fc"] == "_fc"
+    found = [layer.name for layer in select_layers(result.model, ("_conv_stem", "_fc"))]
+    assert torch_names(found) == ["_conv_stem", "_fc"]
+
+
 def test_bridge_attention_traces_shapes(bridge: Any) -> None:
     result, _, _ = convert(bridge, "tiny_vit")
     kinds = layer_kinds(result.model)
