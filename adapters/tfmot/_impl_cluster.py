@@ -64,6 +64,10 @@ def cluster(state: State, step: ClusterStep, ctx: JobContext, finetune_follows: 
         ctx.note("clustering fine-tuned by the recipe's finetune step")
         return
     epochs = ctx.budget.finetune_epochs
+    if epochs and ctx.data.train_y is None:  # unlabelled data (photos for an ImageNet model)
+        ctx.deviate("clustered without TF-MOT's fine-tuning: the data has no labels to train "
+                    "on (the centroids and assignments are those of the initial clustering)")
+        return
     lr = train_lr(state, ctx)
     if epochs:
         ctx.note(f"clustered model fine-tuned {epochs} epoch(s) at lr {lr:g} (TF-MOT's usage)")
