@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from unified.spec.errors import ExportMismatch, MissingToolkit
+from unified.spec.model_summary import ModelSummary
 from unified.spec.steps import Recipe, Step
 
 if TYPE_CHECKING:
@@ -98,6 +99,10 @@ class Capabilities:
         return [m for m in self.modules if importlib.util.find_spec(m) is None]
 
 
+# the step index of a verdict on the model as a whole (any recipe, fp32 included)
+MODEL = -1
+
+
 @dataclass(frozen=True)
 class StepPlan:
     index: int
@@ -105,6 +110,8 @@ class StepPlan:
     verdict: Verdict
 
     def describe(self) -> str:
+        if self.index == MODEL:
+            return f"model: {self.verdict.note}"
         return f"step {self.index + 1} ({self.kind}): {self.verdict.note}"
 
 
@@ -224,19 +231,34 @@ class Adapter(ABC):
         """
         return []
 
-    def plan(self, recipe: Recipe) -> Plan:
-        """Per step: native / approximated(note) / unsupported(reason). Imports nothing."""
+    def check_model(self, steps: list[Step], model: ModelSummary) -> list[tuple[int, Verdict]]:
+        """Rules on the model itself (its layer types, size), for what the toolkit documents it
+        cannot do with such a model; same form as :meth:`check_recipe`, with the step index
+        :data:`MODEL` for a verdict on every recipe (fp32 included). Default: none."""
+        return []
+
+    def plan(self, recipe: Recipe, model: ModelSummary | None = None) -> Plan:
+        """Per step: native / approximated(note) / unsupported(reason). Imports nothing.
+        With ``model`` (the reference model's summary) the model rules apply too."""
         steps = recipe.steps
         planned = [plan_step(self.capabilities, i, step) for i, step in enumerate(steps)]
         order = list(Support)
-        for index, verdict in self.check_recipe(steps):
+        rules = self.check_recipe(steps)
+        if model is not None:
+            rules += self.check_model(steps, model)
+        whole: list[StepPlan] = []
+        for index, verdict in rules:
+            if index == MODEL:
+                if verdict.support is not Support.native or verdict.note:
+                    whole.append(StepPlan(MODEL, "model", verdict))
+                continue
             current = planned[index]
             if order.index(verdict.support) > order.index(current.verdict.support):
                 planned[index] = StepPlan(index, current.kind, verdict)
             elif verdict.support is current.verdict.support and verdict.note:
                 joined = "; ".join(n for n in (current.verdict.note, verdict.note) if n)
                 planned[index] = StepPlan(index, current.kind, Verdict(verdict.support, joined))
-        return Plan(self.name, tuple(planned))
+        return Plan(self.name, (*planned, *whole))
 
     def prepare_process(self) -> None:
         """Per-process set-up, run in every worker before its first job (and once by the test
@@ -255,7 +277,7 @@ class Adapter(ABC):
 
     def compress(self, ctx: JobContext) -> CompressResult:
         """Template method: plan, run the toolkit, check the ONNX it produced."""
-        plan = self.plan(ctx.recipe)
+        plan = self.plan(ctx.recipe, ctx.model_summary)
         if plan.status == "unsupported":
             raise RuntimeError(f"compress called on an unsupported plan: {plan.reason}")
         self.require_toolkit()

@@ -76,3 +76,23 @@ def assert_runs_concurrently(record: dict[str, Any], expected: dict[int, list[fl
     for entry in log:
         assert abs(entry["sparsity"] - expected[entry["step"]][entry["epoch"]]) < 0.01, entry
     assert any("ran concurrently in one training loop" in n for n in record["notes"])
+
+
+# --- real-network blocks (tests/fixtures/real_blocks.py) ------------------------------------
+
+BLOCKS = ("same_pad_net", "se_net", "shuffle_net", "tiny_vit")
+
+
+def blocks_scenario(factory: str, recipes: dict[str, list[Any]], backends: list[str]) -> Scenario:
+    """A fixture model of real_blocks (3×32×32, seeded random weights, synthetic inputs: the
+    checks are structural and against the model's own fp32 outputs), importable once
+    tests/fixtures is on the path."""
+    return Scenario.model_validate({
+        **TINY_SCENARIO,
+        "name": f"blocks-{factory}",
+        "model": {"source": f"python:real_blocks:{factory}", "weights": "random",
+                  "input_shape": [3, 32, 32], "num_classes": 10},
+        "data": {"source": "synthetic", "train": 64, "calibration": 32, "test": 64},
+        "budget": {"train_epochs": 0, "finetune_epochs": 0, "batch_size": 32},
+        "recipes": recipes, "backends": backends,
+    })

@@ -11,6 +11,7 @@ import numpy as np
 
 from unified.data.splits import DataSplits
 from unified.spec.layers import LayerInfo, StepTargets, load_inventory
+from unified.spec.model_summary import ModelSummary
 from unified.spec.scenario import Budget, Scenario
 from unified.spec.steps import Recipe, Step
 
@@ -43,6 +44,10 @@ class ReferenceArtifacts:
     @property
     def summary(self) -> Path:  # reference.json: accuracy, bytes, latency ...
         return self.folder / "reference.json"
+
+    @property
+    def model_summary(self) -> Path:  # model_summary.json: layer types, parameters (planning)
+        return self.folder / "model_summary.json"
 
     @property
     def layers(self) -> Path:  # layers.json: the conv/linear layers in execution order
@@ -117,6 +122,8 @@ class JobContext:
     # the recipe's (Distiller) LR schedulers: None while no training loop asked for them,
     # True once one followed them, False when they could not run (noted)
     lr_schedule_applied: bool | None = None
+    # the reference model's structure, for Adapter.plan (None: not known)
+    model_summary: ModelSummary | None = None
     # each step's layers, resolved once by the job (unified.spec.layers); None: no targets
     targets: list[StepTargets | None] = field(default_factory=list)
     # what the toolkit did instead of what was asked, found while it ran (deviate)

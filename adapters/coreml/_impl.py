@@ -13,6 +13,7 @@ from adapters.coreml._impl_common import weight_file
 from adapters.coreml._impl_post import coreml_op, coreml_to_onnx, run_coreml_steps
 from unified.context import JobContext
 from unified.spec.steps import QuantizeStep
+from unified.torchkit.attention import decompose_attention
 from unified.torchkit.fold import batchnorm_count, fold_batchnorm
 from unified.torchkit.training import set_seed
 
@@ -27,6 +28,11 @@ def compress(ctx: JobContext, routes: list[str]) -> Artifacts:
     left = batchnorm_count(model)
     if left:
         ctx.note(f"{left} BatchNorm layers could not be folded into a conv")
+    attention = decompose_attention(model)
+    if attention:  # its projections become linear layers Core ML compresses and reads back
+        ctx.note(f"nn.MultiheadAttention ({', '.join(attention)}) computed with separate q/k/v/"
+                 "out nn.Linear projections (the same function): Core ML compresses and the "
+                 "read-back matches each projection")
     details: dict[str, Any] = {}
     torch_result = None
     if TORCH in routes or (steps and routes[0] == TRAIN):

@@ -13,6 +13,7 @@ from torch import nn
 
 from adapters.coreml._impl_ct import ct, ct_model_utils, milproto_load
 from unified.spec.errors import ExportMismatch
+from unified.torchkit.fxtrace import static_shapes
 
 WEIGHT_FILE = Path("Data/com.apple.CoreML/weights/weight.bin")
 COMPUTE_OPS = ("conv", "linear")
@@ -56,7 +57,13 @@ def convert(model: nn.Module, input_shape: tuple[int, ...], fp16: bool) -> ct.mo
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model.eval(), torch.zeros(1, *input_shape))
+        example = torch.zeros(1, *input_shape)
+        # the program has one input shape: sizes read in forward are its constants
+        # (coremltools cannot convert the aten::Int of a traced x.size(0))
+        # check_trace off: its second trace can name float modules (nn.MultiheadAttention)
+        # differently and fail on that alone; the read-back check compares the weights
+        traced = torch.jit.trace(static_shapes(model.eval(), example), example,
+                                 check_trace=False)
         return ct.convert(
             traced,
             inputs=[ct.TensorType(name="input", shape=(1, *input_shape))],

@@ -168,6 +168,20 @@ def _layer_consts(prog: Any) -> list[str]:
     return names
 
 
+def shared_consts(prog: Any, skipped: set[str]) -> list[str]:
+    """Consts (e.g. a bias Core ML deduplicated) feeding both a skipped and a compressed op:
+    coremltools refuses such a config ("compression config conflict detected"), so they are
+    left uncompressed too."""
+    out = []
+    for op in prog.functions["main"].operations:
+        if op.op_type != "const":
+            continue
+        users = {child.name for var in op.outputs for child in var.child_ops}
+        if users & skipped and users - skipped:
+            out.append(op.name)
+    return out
+
+
 def _weight_is_compressed(op: Any) -> bool:
     src = _source_op(op.inputs.get("weight"))
     return src is not None and src.op_type.startswith("constexpr_")
@@ -200,6 +214,7 @@ def run_coreml_steps(
             if name not in ctx.layers_for(step):
                 skip[const] = None
                 skip[mil_op.name] = None
+        skip.update(dict.fromkeys(shared_consts(prog, set(skip)), None))
         config = cto.coreml.OptimizationConfig(global_config=op.config, op_name_configs=skip)
         mlmodel = op.apply(mlmodel, config, joint_compression=did_compress)
         ctx.note(f"optimize.coreml: {op.description}"
@@ -218,7 +233,6 @@ def run_coreml_steps(
         ctx.deviate("coremltools left these layers uncompressed (shape not applicable to the "
                     f"config): {', '.join(skipped)}")
     return fp32_package, package, names
-
 
 
 def decompressed_weights(package: Path) -> list[tuple[np.ndarray, np.ndarray | None]]:

@@ -32,6 +32,8 @@ from adapters.base import (
     approximated,
     unsupported,
 )
+from adapters.nni import model_rules
+from unified.spec.model_summary import ModelSummary
 from unified.spec.steps import (
     BinarizeStep,
     PruneStep,
@@ -273,6 +275,10 @@ class NniAdapter(Adapter):
         consecutive and sharing one norm pruner, no training quantizer over unstructured
         masks) and NNI quantizer limits."""
         return _check_steps(steps)
+
+    def check_model(self, steps: list[Step], model: ModelSummary) -> list[tuple[int, Verdict]]:
+        """What the toolkit documents it cannot do with this model (model_rules.py)."""
+        return model_rules.check_model(steps, model)
 
     def _compress(self, ctx: JobContext, plan: Plan) -> Artifacts:
         from adapters.nni import _impl

@@ -16,6 +16,7 @@ import torch
 
 from adapters.base import Artifacts
 from adapters.nni import _impl_prune, _impl_quant
+from adapters.nni._impl_layers import register_layer_subclasses
 from adapters.nni._impl_prune_several import prune_several
 from adapters.nni._impl_train import distill, finetune
 from unified.context import JobContext
@@ -35,6 +36,10 @@ def run(ctx: JobContext) -> Artifacts:
     training.set_seed(ctx.seed)
     state = State(model=ctx.reference_model())
     state.details["parameters_fp32"] = count_parameters(state.model)
+    registered = register_layer_subclasses(state.model)
+    if registered:
+        ctx.note(f"NNI settings registered for layer subclasses ({', '.join(registered)}): "
+                 "NNI looks settings up by class name")
     onnx_path = ctx.workdir / "model.onnx"
     several = sum(isinstance(s, PruneStep) for s in steps) > 1
     done: set[int] = set()

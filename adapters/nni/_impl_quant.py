@@ -38,6 +38,7 @@ from adapters.nni._impl_common import (
     torch_logits,
     traced_optimizer_class,
 )
+from adapters.nni._impl_layers import uncalled_layers
 from adapters.nni._impl_qdq import LayerQuant, build_qdq_onnx
 from adapters.nni._impl_qdq_graph import output_plan
 from unified.context import JobContext
@@ -233,6 +234,12 @@ def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
         ctx.note(f"BatchNorm folded into {len(pairs)} conv(s) before NNI's quantizer, so the "
                  "per-channel weight scales are those of the exported (BN-folded) weights")
     names = list(ctx.layers_for(step))
+    uncalled = uncalled_layers(model, names, ctx.input_shape)
+    if uncalled:
+        ctx.note(f"not quantized: {', '.join(uncalled)} (their parent uses the weight without "
+                 "calling the layer, e.g. nn.MultiheadAttention's out_proj, so NNI's wrapper "
+                 "never observes them)")
+        names = [n for n in names if n not in uncalled]
     if not names:
         raise ValueError("the quantize step's targets select no conv/linear module")
     outputs = _outputs_to_quantize(ctx, model, step, names)

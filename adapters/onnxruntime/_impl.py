@@ -189,15 +189,60 @@ class ArrayReader(CalibrationDataReader):
 
 def preprocess(source: Path, out: Path, ctx: JobContext) -> Path:
     """quant_pre_process: symbolic shape inference + ORT basic graph optimization (what
-    onnxruntime recommends before quantizing); without the optimization if that fails."""
+    onnxruntime recommends before quantizing); without the optimization if that fails, and
+    with ONNX's own shape inference when the symbolic one fails (its Reshape rule asserts a
+    literal shape rank, which a reshape to a computed shape, e.g. inside
+    nn.MultiheadAttention, does not have)."""
     try:
         quant_pre_process(str(source), str(out), skip_optimization=False)
         ctx.note("quant_pre_process: shape inference + graph optimization before quantizing")
+        unshare_biases(out)
+        return out
     except Exception as exc:  # a toolkit failure: retry the documented way
+        first = exc
+    try:
         quant_pre_process(str(source), str(out), skip_optimization=True)
-        ctx.note(f"quant_pre_process: graph optimization failed ({type(exc).__name__}: "
-                 f"{exc}); shape inference only")
+        ctx.note(f"quant_pre_process: graph optimization failed ({type(first).__name__}: "
+                 f"{first}); shape inference only")
+    except Exception as exc:
+        quant_pre_process(str(source), str(out), skip_optimization=True,
+                          skip_symbolic_shape=True)
+        ctx.note(f"quant_pre_process: symbolic shape inference failed ({type(exc).__name__} "
+                 "in onnxruntime's symbolic_shape_infer); ONNX shape inference only")
+    unshare_biases(out)
     return out
+
+
+def unshare_biases(path: Path) -> int:
+    """Give each Conv / Gemm its own bias initializer. quantize_static duplicates a shared
+    bias itself, naming the copy ``<name><n>``, which can be the name of another tensor
+    (``t9`` → ``t91``) and then fails ("Quantization parameter shared mode is not supported
+    for weight yet"); the copies here get names no tensor has. Returns how many."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    names = set(inits) | {t for n in graph.node for t in (*n.input, *n.output)}
+    seen: set[str] = set()
+    copies = 0
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
+            continue
+        bias = node.input[2]
+        if bias not in inits:
+            continue
+        if bias in seen:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[bias])
+            copy.name = next(f"{bias}_bias{k}" for k in range(len(names) + 1)
+                             if f"{bias}_bias{k}" not in names)
+            names.add(copy.name)
+            graph.initializer.append(copy)
+            node.input[2] = copy.name
+            copies += 1
+        seen.add(bias)
+    if copies:
+        onnx.save(model, str(path))
+    return copies
 
 
 def _weight_type(bits: int) -> QuantType:

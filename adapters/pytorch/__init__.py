@@ -20,6 +20,8 @@ from adapters.base import (
     approximated,
     unsupported,
 )
+from adapters.pytorch import model_rules
+from unified.spec.model_summary import ModelSummary
 from unified.spec.steps import (
     DistillStep,
     Granularity,
@@ -251,6 +253,10 @@ class PyTorchAdapter(Adapter):
             elif isinstance(step, PruneStep):
                 out += [(index, v) for v in _prune_rules(step)]
         return out
+
+    def check_model(self, steps: list[Step], model: ModelSummary) -> list[tuple[int, Verdict]]:
+        """What the toolkit documents it cannot do with this model (model_rules.py)."""
+        return model_rules.check_model(steps, model)
 
     def _compress(self, ctx: JobContext, plan: Plan) -> Artifacts:
         from adapters.pytorch._impl import compress

@@ -22,6 +22,8 @@ from adapters.base import (
     approximated,
     unsupported,
 )
+from adapters.tfmot import model_rules
+from unified.spec.model_summary import ModelSummary
 from unified.spec.steps import (
     ClusterStep,
     Granularity,
@@ -223,6 +225,10 @@ class TfmotAdapter(Adapter):
 
     def check_recipe(self, steps: list[Step]) -> list[tuple[int, Verdict]]:
         return check_steps(steps)
+
+    def check_model(self, steps: list[Step], model: ModelSummary) -> list[tuple[int, Verdict]]:
+        """What the toolkit documents it cannot do with this model (model_rules.py)."""
+        return model_rules.check_model(steps, model)
 
     def _compress(self, ctx: JobContext, plan: Plan) -> Artifacts:
         from adapters.tfmot import _impl

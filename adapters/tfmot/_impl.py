@@ -59,6 +59,10 @@ def _keras_model(ctx: JobContext, steps: list[Step], details: dict[str, Any]) ->
     check_x = ctx.data.test_x[:64]
     bridged: Bridged = torch_to_keras(torch_model, ctx.input_shape, check_x, atol=BRIDGE_ATOL)
     details["bridge_max_abs_diff"] = bridged.max_abs_diff
+    if bridged.shape_traced:
+        ctx.note("torch→Keras bridge: the model's shapes depend on the batch size (e.g. a "
+                 "token expanded to it), so nobuco traced the shape arithmetic into the Keras "
+                 "graph (trace_shape)")
     if bridged.nonstandard:
         details["bridge_nonstandard_layers"] = bridged.nonstandard
         ctx.note(f"torch→Keras bridge left non-standard layers: {', '.join(bridged.nonstandard)}")

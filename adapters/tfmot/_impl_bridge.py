@@ -82,6 +82,16 @@ from nobuco.converters.channel_ordering import get_channel_order, set_channel_or
 from nobuco.layers.channel_order import tf_set_order_recursively  # noqa: E402
 from nobuco.trace.trace import Tracer  # noqa: E402
 
+from adapters.tfmot._impl_bridge_ops import (  # noqa: E402  (registers more converters)
+    MODULE_NAMES,
+    TRACE_BATCH,
+    begin,
+    conv_layer,
+    end,
+    torch_name,
+    unique_name,
+)
+
 keras = tf_keras
 Strategy = ChannelOrderingStrategy
 
@@ -100,22 +110,9 @@ class BridgeError(RuntimeError):
 
 # --- naming: Keras layers carry the torch module name ------------------------------------
 
-_NAMES: dict[int, str] = {}
-_USED: set[str] = set()
-
-
 def _keras_name(module: nn.Module) -> str | None:
-    name = _NAMES.get(id(module))
-    if not name:
-        return None
-    # Keras names must be unique and scope-safe: keep dots, replace anything exotic.
-    base = re.sub(r"[^A-Za-z0-9_.]", "_", name)
-    candidate, i = base, 1
-    while candidate in _USED:
-        i += 1
-        candidate = f"{base}_{i}"
-    _USED.add(candidate)
-    return candidate
+    """A unique Keras name from the torch module name (dots kept, anything exotic replaced)."""
+    return unique_name(MODULE_NAMES.get(id(module)))
 
 
 def _original(op: Any) -> Any:
@@ -131,47 +128,15 @@ _ORIG_MEAN = _original(torch.mean)
 _ORIG_FLATTEN = _original(torch.flatten)
 
 
-def _pair(value: Any) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
-
-
 @nobuco.converter(nn.Conv2d, channel_ordering_strategy=Strategy.FORCE_TENSORFLOW_ORDER)
 def _convert_conv2d(self: nn.Conv2d, input: torch.Tensor) -> Any:
     """Conv2D unless the conv is really depthwise (groups == in_channels > 1); 'same'
     padding instead of a ZeroPadding2D layer when it is equivalent (stride 1, odd kernel)."""
-    cin = input.shape[1]
-    cout, _, kh, kw = self.weight.shape
-    stride, dilation, padding = _pair(self.stride), _pair(self.dilation), self.padding
-    depthwise = self.groups == cin and cin > 1
-    if (self.groups not in (1, cin) or self.padding_mode != "zeros" or isinstance(padding, str)
-            or (depthwise and cout % cin)):
+    if self.padding_mode != "zeros":
         return _ORIG_CONV.convert_func(self, input)
-    padding = _pair(padding)
-    weight = self.weight.detach().cpu().numpy()
-    if depthwise:
-        kernel = weight.transpose(2, 3, 0, 1).reshape(kh, kw, cin, cout // cin)
-    else:
-        kernel = weight.transpose(2, 3, 1, 0)
-    params = [kernel]
-    if self.bias is not None:
-        params.append(self.bias.detach().cpu().numpy())
-    same = (stride == (1, 1) and kh % 2 == 1 and kw % 2 == 1
-            and padding == (dilation[0] * (kh // 2), dilation[1] * (kw // 2)))
-    pad_layer = None
-    if not same and padding != (0, 0):
-        pad_layer = keras.layers.ZeroPadding2D(padding)
-    common = dict(kernel_size=(kh, kw), strides=stride, padding="same" if same else "valid",
-                  dilation_rate=dilation, use_bias=self.bias is not None, weights=params,
-                  name=_keras_name(self))
-    if depthwise:
-        conv = keras.layers.DepthwiseConv2D(depth_multiplier=cout // cin, **common)
-    else:
-        conv = keras.layers.Conv2D(filters=cout, **common)
-
-    def func(input: Any) -> Any:
-        return conv(pad_layer(input) if pad_layer is not None else input)
-
-    return func
+    func = conv_layer(self.weight, self.bias, self.stride, self.padding, self.dilation,
+                      self.groups, input.shape[1], MODULE_NAMES.get(id(self)))
+    return func if func is not None else _ORIG_CONV.convert_func(self, input)
 
 
 @nobuco.converter(nn.Linear, channel_ordering_strategy=Strategy.FORCE_PYTORCH_ORDER)
@@ -265,9 +230,11 @@ def _convert_flatten(input: torch.Tensor, start_dim: int = 0, end_dim: int = -1)
 
         return func
 
+    original = _ORIG_FLATTEN.convert_func(input, start_dim, end_dim)  # on the torch tensor
+
     def fallback(input: Any, start_dim: int = 0, end_dim: int = -1) -> Any:
         (x,) = tf_set_order_recursively((input,), channel_order=ChannelOrder.PYTORCH)
-        y = _ORIG_FLATTEN.convert_func(input, start_dim, end_dim)(x, start_dim, end_dim)
+        y = original(x, start_dim, end_dim)
         return set_channel_order(y, ChannelOrder.PYTORCH)
 
     return fallback
@@ -342,6 +309,7 @@ class Bridged:
     max_abs_diff: float
     nonstandard: list[str] = field(default_factory=list)  # "name (Class)" of odd layers
     keras_to_torch: dict[str, str] = field(default_factory=dict)  # layer name → module name
+    shape_traced: bool = False  # converted with nobuco's trace_shape (batch-dependent shapes)
 
 
 def _unimplemented(text: str) -> str:
@@ -353,27 +321,39 @@ def _unimplemented(text: str) -> str:
     return ", ".join(dict.fromkeys(leaves)) or "unknown op"
 
 
-def torch_to_keras(model: nn.Module, input_shape: tuple[int, int, int],
-                   check_x: np.ndarray, atol: float = 1e-3) -> Bridged:
-    """Convert ``model`` (eval) to a Keras 2 functional model taking NHWC input.
+class _Mismatch(BridgeError):
+    """The converted model does not compute what the torch model does (e.g. on another batch
+    size than the traced one)."""
 
-    Checks the conversion on ``check_x`` (NCHW) and raises :class:`BridgeError` naming the
-    torch op when nobuco has no converter or the outputs differ by more than ``atol``.
-    """
-    model = model.eval()
-    _NAMES.clear()
-    _USED.clear()
-    _NAMES.update({id(m): name for name, m in model.named_modules() if name})
-    sample = torch.from_numpy(np.ascontiguousarray(check_x[:2]))
+
+_NOISE = ("Exception encountered when calling", "Call arguments received", "•")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first informative line of a (Keras / TensorFlow) error message."""
+    for line in str(exc).splitlines():
+        text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line.strip())
+        if text and not text.startswith(_NOISE):
+            return text
+    return type(exc).__name__
+
+
+def _nobuco_convert(model: nn.Module, input_shape: tuple[int, int, int], check_x: np.ndarray,
+                    trace_shape: bool) -> tf_keras.Model:
+    """nobuco on a batch of TRACE_BATCH samples (cycled from ``check_x``)."""
+    batch = np.resize(check_x, (TRACE_BATCH, *check_x.shape[1:])).astype(np.float32)
+    sample = torch.from_numpy(np.ascontiguousarray(batch))
     log = io.StringIO()
+    begin(model)
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(io.StringIO()), \
                 torch.no_grad():
-            keras_model = nobuco.pytorch_to_keras(
+            return nobuco.pytorch_to_keras(
                 model, args=[sample],
                 input_shapes={sample: (None, *input_shape)},  # torch order; batch free
                 inputs_channel_order=ChannelOrder.TENSORFLOW,
                 outputs_channel_order=ChannelOrder.PYTORCH,
+                trace_shape=trace_shape,
                 full_validation=False,
                 debug_traces=nobuco.TraceLevel.NEVER,
             )
@@ -382,19 +362,60 @@ def torch_to_keras(model: nn.Module, input_shape: tuple[int, int, int],
             raise BridgeError(
                 f"unsupported by the torch→Keras bridge (nobuco has no converter): "
                 f"{_unimplemented(log.getvalue())}") from None
-        raise BridgeError(f"torch→Keras conversion failed: {type(exc).__name__}: {exc}") from exc
+        raise BridgeError(f"torch→Keras conversion failed: {type(exc).__name__}: "
+                          f"{first_line(exc)}") from exc
     finally:
-        _NAMES.clear()
+        end()
+
+
+def _check(keras_model: tf_keras.Model, check_x: np.ndarray, expected: np.ndarray,
+           atol: float) -> float:
+    """Max |torch - Keras| on a batch of one (what TFLite runs) and on all of ``check_x``."""
+    worst = 0.0
+    for x, want in ((check_x[:1], expected[:1]), (check_x, expected)):
+        try:
+            got = keras_model(np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
+                              training=False).numpy()
+        except Exception as exc:
+            raise _Mismatch(
+                f"the converted Keras model fails on a batch of {len(x)} (traced on "
+                f"{TRACE_BATCH}): {type(exc).__name__}: {first_line(exc)}") from None
+        diff = float(np.abs(want - got).max())
+        if not np.isfinite(diff) or diff > atol:
+            raise _Mismatch(
+                f"torch→Keras conversion differs from the torch model on a batch of {len(x)}: "
+                f"max abs diff {diff:.3g} > {atol}")
+        worst = max(worst, diff)
+    return worst
+
+
+def torch_to_keras(model: nn.Module, input_shape: tuple[int, int, int],
+                   check_x: np.ndarray, atol: float = 1e-3) -> Bridged:
+    """Convert ``model`` (eval) to a Keras 2 functional model taking NHWC input of any batch.
+
+    Checks the conversion on ``check_x`` (NCHW) and on a batch of one and raises
+    :class:`BridgeError` naming the torch op when nobuco has no converter or the outputs
+    differ by more than ``atol``. When the first conversion does not compute the same (a
+    shape computed from the traced batch size, e.g. a class token expanded to it), converts
+    again with nobuco's ``trace_shape``: shape arithmetic becomes part of the Keras graph.
+    """
+    model = model.eval()
     with torch.no_grad():
         expected = model(torch.from_numpy(check_x)).numpy()
-    got = keras_model(check_x.transpose(0, 2, 3, 1), training=False).numpy()
-    diff = float(np.abs(expected - got).max())
-    if not np.isfinite(diff) or diff > atol:
-        raise BridgeError(
-            f"torch→Keras conversion differs from the torch model: max abs diff {diff:.3g} "
-            f"> {atol}")
+    shape_traced = False
+    try:
+        keras_model = _nobuco_convert(model, input_shape, check_x, trace_shape=False)
+        diff = _check(keras_model, check_x, expected, atol)
+    except _Mismatch as first:
+        try:
+            keras_model = _nobuco_convert(model, input_shape, check_x, trace_shape=True)
+            diff = _check(keras_model, check_x, expected, atol)
+        except BridgeError:
+            raise first from None
+        shape_traced = True
     nonstandard = [f"{layer.name} ({type(layer).__name__})" for layer in keras_model.layers
                    if type(layer).__name__ not in STANDARD_LAYERS]
     torch_names = {n for n, _ in model.named_modules() if n}
-    mapping = {layer.name: layer.name for layer in keras_model.layers if layer.name in torch_names}
-    return Bridged(keras_model, diff, nonstandard, mapping)
+    mapping = {layer.name: torch_name(layer.name) for layer in keras_model.layers
+               if torch_name(layer.name) in torch_names}
+    return Bridged(keras_model, diff, nonstandard, mapping, shape_traced)

@@ -14,6 +14,7 @@ from adapters.tfmot._impl_common import (
     cluster_api,
     rewrap,
     select_layers,
+    torch_names,
     train,
     train_lr,
 )
@@ -56,13 +57,17 @@ def cluster(state: State, step: ClusterStep, ctx: JobContext, finetune_follows: 
     state.model = rewrap(state.model, wrap, set(names))
     state.cluster_wrapped = True
     state.clustered = names
-    ctx.report_changed(step, names)
+    ctx.report_changed(step, torch_names(names))
     ctx.note(f"TF-MOT cluster_weights({n} clusters, {init}) on {len(names)} layers"
              + (" preserving sparsity" if preserve_sparsity else ""))
     if finetune_follows:
         ctx.note("clustering fine-tuned by the recipe's finetune step")
         return
     epochs = ctx.budget.finetune_epochs
+    if epochs and ctx.data.train_y is None:  # unlabelled data (photos for an ImageNet model)
+        ctx.deviate("clustered without TF-MOT's fine-tuning: the data has no labels to train "
+                    "on (the centroids and assignments are those of the initial clustering)")
+        return
     lr = train_lr(state, ctx)
     if epochs:
         ctx.note(f"clustered model fine-tuned {epochs} epoch(s) at lr {lr:g} (TF-MOT's usage)")

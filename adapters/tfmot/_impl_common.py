@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from adapters.tfmot._impl_bridge import keras
+from adapters.tfmot._impl_bridge_ops import keras_name, torch_name
 from adapters.tfmot._impl_tflite import nhwc
 from unified.spec.steps import OpType, QuantizeStep
 
@@ -35,9 +36,14 @@ NEVER = 2**31 - 1  # a mask-update frequency that never comes round again
 def select_layers(model: keras.Model, names: tuple[str, ...]) -> list[keras.layers.Layer]:
     """Layers of ``model`` a step's resolved targets name (torch module names: the bridge
     names conv / dense layers after them), in model order."""
-    wanted = set(names)
+    wanted = {keras_name(n) for n in names}
     return [layer for layer in model.layers
             if layer.name in wanted and type(layer).__name__ in LAYER_OP_TYPES]
+
+
+def torch_names(layers: list[str]) -> list[str]:
+    """The torch module names of bridged Keras layer names (for JobContext.report_changed)."""
+    return [torch_name(n) for n in layers]
 
 
 def rewrap(model: keras.Model, wrap: Callable[[keras.layers.Layer], keras.layers.Layer],

@@ -14,6 +14,7 @@ from adapters.tfmot._impl_common import (
     rewrap,
     select_layers,
     sparsity_api,
+    torch_names,
     train,
 )
 from unified.spec.schedules import sparsity_at_epoch
@@ -121,7 +122,7 @@ def prune(state: State, steps: list[tuple[int, PruneStep]], ctx: JobContext) -> 
     state.prune_wrapped = True
     state.pruned = list(wrapping)
     for index, names in names_of.items():
-        ctx.report_changed(index, names)
+        ctx.report_changed(index, torch_names(names))
     if epochs == 0:
         # One-shot: let TF-MOT compute the masks now (its own magnitude / m-by-n rules), at
         # step 1 where the schedule says "prune"; fine-tuning later keeps them fixed.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from adapters.tfmot._impl_bridge_ops import keras_name
 from adapters.tfmot._impl_common import State, quant_api, rewrap, select_layers, tfmot, train
 from unified.spec.steps import Granularity, QuantizeStep
 
@@ -49,7 +50,8 @@ def qat(state: State, step: QuantizeStep, ctx: JobContext) -> None:
     state.qat = True
     ctx.note(f"TF-MOT {scheme_name} on {len(annotate)} layers; Conv2D/Dense per-channel / "
              "per-tensor int8 as TF-MOT's default 8-bit scheme does")
-    ctx.report_changed(step, [name for name in ctx.layers_for(step) if name in annotate])
+    ctx.report_changed(step, [name for name in ctx.layers_for(step)
+                              if keras_name(name) in annotate])
     if skipped:
         ctx.deviate(f"TF-MOT QAT cannot quantize these layers and leaves them in float: "
                     f"{', '.join(skipped)}")

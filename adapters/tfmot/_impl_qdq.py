@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 LAYOUT_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze"})
 
@@ -107,7 +107,41 @@ def activations_to_uint8(model: onnx.ModelProto) -> int:
     return count
 
 
+def shift_mixed_int8_inputs(model: onnx.ModelProto) -> int:
+    """An int8 tensor that reaches a node next to uint8 ones (a ViT's class token: an int8
+    constant, broadcast and transposed, concatenated with the converted patch embeddings)
+    shifted to uint8 the same way (Cast, + 128, Cast): TFLite gives a Concat's inputs the
+    output's scale and zero point, so they move together. Returns how many inputs."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in (*inferred.graph.value_info, *inferred.graph.input)}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    graph, extra, shifted = model.graph, [], 0
+    for node in graph.node:
+        kinds = {types.get(name) for name in node.input}
+        if node.op_type != "Concat" or not {TensorProto.INT8, TensorProto.UINT8} <= kinds:
+            continue
+        for position, name in enumerate(node.input):
+            if types.get(name) != TensorProto.INT8:
+                continue
+            tag = f"{name}_as_uint8_{shifted}"
+            extra.append(helper.make_node("Cast", [name], [f"{tag}_i16"], to=TensorProto.INT16))
+            extra.append(helper.make_node("Add", [f"{tag}_i16", "int8_to_uint8_offset"],
+                                          [f"{tag}_sum"]))
+            extra.append(helper.make_node("Cast", [f"{tag}_sum"], [tag], to=TensorProto.UINT8))
+            node.input[position] = tag
+            shifted += 1
+    if shifted:
+        graph.initializer.append(numpy_helper.from_array(np.array(128, np.int16),
+                                                         "int8_to_uint8_offset"))
+        graph.node.extend(extra)
+        _topological_sort(graph)
+    return shifted
+
+
 def tidy(model: onnx.ModelProto) -> dict[str, int]:
-    """Both clean-ups, in place; what was done (for the record's details)."""
-    return {"layout_ops_moved_before_quantize": move_layout_before_quantize(model),
+    """The clean-ups, in place; what was done (for the record's details)."""
+    done = {"layout_ops_moved_before_quantize": move_layout_before_quantize(model),
             "activation_qdq_to_uint8": activations_to_uint8(model)}
+    done["int8_inputs_shifted_to_uint8"] = shift_mixed_int8_inputs(model)
+    return done

@@ -92,6 +92,44 @@ def _rename(model: Any, old: str, new: str) -> None:
             value.name = new
 
 
+def _decompose_gelu(model: Any) -> None:
+    """TFLite fuses GELU into one GELU op (TF 2.21); tf2onnx 1.17 has no handler for it and
+    leaves a 'TFL_GELU' node that no ONNX runtime knows. Rewrite it as the ONNX ops of its
+    definition, x/2 · (1 + erf(x/√2)), or the tanh form when it was the approximate GELU."""
+    from onnx import helper, numpy_helper
+
+    nodes, consts = [], {}
+    for node in model.graph.node:
+        if node.op_type != "TFL_GELU":
+            nodes.append(node)
+            continue
+        approximate = any(a.name == "approximate" and helper.get_attribute_value(a)
+                          for a in node.attribute)
+        x, y, tag = node.input[0], node.output[0], f"{node.output[0]}__gelu"
+        consts.update({"gelu_half": 0.5, "gelu_one": 1.0, "gelu_rsqrt2": 2 ** -0.5,
+                       "gelu_c": (2 / np.pi) ** 0.5, "gelu_k": 0.044715})
+        if approximate:  # 0.5 x (1 + tanh(c (x + k x³)))
+            inner = [helper.make_node("Mul", [x, x], [f"{tag}_x2"]),
+                     helper.make_node("Mul", [f"{tag}_x2", x], [f"{tag}_x3"]),
+                     helper.make_node("Mul", [f"{tag}_x3", "gelu_k"], [f"{tag}_kx3"]),
+                     helper.make_node("Add", [x, f"{tag}_kx3"], [f"{tag}_s"]),
+                     helper.make_node("Mul", [f"{tag}_s", "gelu_c"], [f"{tag}_cs"]),
+                     helper.make_node("Tanh", [f"{tag}_cs"], [f"{tag}_t"])]
+        else:
+            inner = [helper.make_node("Mul", [x, "gelu_rsqrt2"], [f"{tag}_s"]),
+                     helper.make_node("Erf", [f"{tag}_s"], [f"{tag}_t"])]
+        nodes += [*inner,
+                  helper.make_node("Add", [f"{tag}_t", "gelu_one"], [f"{tag}_a"]),
+                  helper.make_node("Mul", [x, f"{tag}_a"], [f"{tag}_m"]),
+                  helper.make_node("Mul", [f"{tag}_m", "gelu_half"], [y], name=node.name)]
+    if not consts:
+        return
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), k)
+                                   for k, v in consts.items())
+
+
 def tflite_to_onnx(tflite_path: Path, onnx_path: Path) -> dict[str, int]:
     """tf2onnx from the TFLite file, NCHW float input named ``input``, output ``logits``, its
     QDQ pairs tidied so that onnxruntime fuses what TFLite quantized (``_impl_qdq``); returns
@@ -108,6 +146,7 @@ def tflite_to_onnx(tflite_path: Path, onnx_path: Path) -> dict[str, int]:
                                                opset=17)
     _rename(proto, proto.graph.input[0].name, "input")
     _rename(proto, proto.graph.output[0].name, "logits")
+    _decompose_gelu(proto)
     done = tidy(proto)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(onnx_path))

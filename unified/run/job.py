@@ -16,6 +16,7 @@ from unified.data.splits import DataSplits
 from unified.measure.harness import HarnessSettings, ReferenceFigures, measure_outputs
 from unified.measure.outputs import collapse_reason
 from unified.run.layers import check_layers, resolve_targets
+from unified.run.model_info import model_summary
 from unified.run.reference import degenerate as reference_degenerate
 from unified.run.reference import load_summary
 from unified.run.results import new_record
@@ -105,6 +106,7 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
     recipe = scenario.recipes[job.recipe]
     ctx = JobContext(scenario=scenario, recipe_name=job.recipe, recipe=recipe,
                      backend=job.backend, workdir=workdir, reference=ref, data=data,
+                     model_summary=model_summary(scenario, ref),
                      targets=resolve_targets(scenario, recipe, ref))
     start = time.perf_counter()
     result = adapter.compress(ctx)

@@ -35,6 +35,7 @@ from unified.run.job import Job, write_json
 from unified.run.job_cache import JobCache
 from unified.run.latency_pass import MEASURED, time_rows, update_reference_summary
 from unified.run.locks import Busy, run_folder_lock
+from unified.run.model_info import model_summary
 from unified.run.reference import load_summary, prepare_reference
 from unified.run.results import (
     append_record,
@@ -54,6 +55,7 @@ from unified.run.signals import (
 from unified.run.storage import atomic_write, storage_problem
 from unified.run.threads import JOB_THREADS
 from unified.spec.baselines import MATCHED_BACKEND
+from unified.spec.model_summary import ModelSummary
 from unified.spec.scenario import Scenario
 from unified.spec.sizes import format_size
 from unified.spec.steps import Recipe
@@ -292,8 +294,11 @@ class Runner:
         """Finish what needs no worker (resumed, unsupported, cached); return the rest."""
         ref_id = reference_identity(view, ref.folder)
         timeout = self.options.timeout or view.evaluate.timeout
+        summary = model_summary(view, ref)
         tasks = []
         for job, plan in jobs:
+            if not isinstance(plan, dict):  # again, with what the model is made of
+                plan = self._plan(view, job, summary)
             job_view = job_scenario(view, job)
             key = job_key(job_view, job.recipe, job.backend, ref_id,
                           get_adapter(job.backend).capabilities.versions(), repeat=job.repeat)
@@ -322,11 +327,13 @@ class Runner:
         })
         return Task(job, key, folder, timeout, threads)
 
-    def _plan(self, view: Scenario, job: Job) -> Plan | dict[str, Any]:
-        """The adapter's plan, or a finished record when the job cannot run at all."""
+    def _plan(self, view: Scenario, job: Job,
+              summary: ModelSummary | None = None) -> Plan | dict[str, Any]:
+        """The adapter's plan (with the model's summary once the reference exists), or a
+        finished record when the job cannot run at all."""
         adapter = get_adapter(job.backend)
         caps = adapter.capabilities
-        plan = adapter.plan(recipe_of(view, job))
+        plan = adapter.plan(recipe_of(view, job), summary)
         if plan.status == "unsupported":
             return self._record(view, job, "unsupported", reason=plan.reason, notes=plan.notes,
                                 versions=caps.versions(),

@@ -147,7 +147,8 @@ def run_job(folder: Path) -> tuple[bool, str | None]:
         threads = spec.get("torch_threads")
         # torch imported later by the job takes its thread count from OMP_NUM_THREADS
         reset_process(scenario.seed, int(threads) if threads else None)
-        set_memory_limit(scenario.evaluate.memory_limit)
+        limit = scenario.evaluate.memory_limit
+        set_memory_limit(limit)
         profiling = os.environ.get("SQUEEZELAB_PROFILE") == "1"
         if profiling:
             _profile()

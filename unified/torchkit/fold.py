@@ -10,6 +10,8 @@ import torch.fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from unified.torchkit.fxtrace import trace_layers
+
 FOLDABLE_CONVS = (nn.Conv1d, nn.Conv2d)
 
 
@@ -22,8 +24,9 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv, bn) module names where a BatchNorm consumes the output of a conv that feeds
-    nothing else (torch.fx graph). Raises what torch.fx raises on an untraceable model."""
-    graph = torch.fx.symbolic_trace(model).graph
+    nothing else (torch.fx graph, conv / linear subclasses kept as modules: trace_layers).
+    Raises what torch.fx raises on an untraceable model."""
+    graph = trace_layers(model)
     modules = dict(model.named_modules())
     pairs = []
     for node in graph.nodes:
