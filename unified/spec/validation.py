@@ -67,6 +67,12 @@ def _message(error: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
     return msg
 
 
+def error_message(error: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
+    """The message of one pydantic error at ``loc`` (a path from the scenario's root), in the
+    one error shape: what is wrong, then what was given."""
+    return _message(error, _normalize_loc(loc))
+
+
 def format_validation_error(
     exc: ValidationError, file: str, lines: dict[tuple[Any, ...], int]
 ) -> list[str]:
