@@ -82,3 +82,25 @@ def test_telemetry_is_disabled_for_every_process() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, env=env, timeout=60)
     assert result.stdout.strip() == "0"
+
+
+def test_an_error_only_the_run_finds_names_the_file_on_one_line(tmp_path: Path) -> None:
+    """A factory that works for the checks and fails when the reference is built: the run's
+    own error is one line naming the scenario, with no progress bar in it."""
+    (tmp_path / "flaky_model_x.py").write_text(
+        "from torch import nn\n\nCALLS = []\n\n\ndef build(num_classes=10):\n"
+        "    CALLS.append(1)\n    if len(CALLS) > 1:\n"
+        "        raise RuntimeError('the licence server refused a second model\\nline two')\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n")
+    (tmp_path / "s.yaml").write_text(
+        "name: flaky\n"
+        "model: {source: 'python:flaky_model_x:build', weights: random, input_shape: [1, 8, 8]}\n"
+        "data: {source: synthetic, train: 16, calibration: 8, test: 8}\n"
+        "backends: [onnxruntime]\nrecipes:\n  fp32: []\n")
+    result = squeezelab("run", "s.yaml", "--out", str(tmp_path / "out"), "--cache-dir",
+                        str(tmp_path / "cache"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == ("squeezelab: error: s.yaml: calling flaky_model_x:build() failed: "
+                             "RuntimeError: the licence server refused a second model\n")
+    # in a log, progress is whole lines, one per stage: no bar debris, nothing on stderr
+    assert all(line.startswith("-- ") for line in result.stdout.splitlines() if line.strip())

@@ -45,20 +45,47 @@ def problems(tmp_path: Path, recipes: str, base: str = BASE) -> list[str]:
 def test_misspelt_step_names_file_line_and_allowed_steps(tmp_path: Path) -> None:
     lines = problems(tmp_path, "  fp32: []\n  q:\n    - quantise: {method: static}\n")
     assert lines == [
-        f"{tmp_path / 's.yaml'}:9: recipes.q[0]: unknown step 'quantise'; allowed steps: "
-        "binarize, cluster, distill, finetune, prune, quantize"
+        f"{tmp_path / 's.yaml'}:9: recipes.q[0]: unknown step 'quantise' (allowed steps: "
+        "binarize, cluster, distill, finetune, prune, quantize); did you mean 'quantize'?"
     ]
 
 
 def test_bad_enum_lists_allowed_values_and_input(tmp_path: Path) -> None:
     (line,) = problems(tmp_path, "  q:\n    - quantize: {method: statik}\n")
-    assert ":8: recipes.q[0].quantize.method:" in line
-    assert "'dynamic', 'static' or 'qat'" in line and "'statik'" in line
+    assert line.endswith(":8: recipes.q[0].quantize.method: must be one of 'dynamic', "
+                         "'static' or 'qat'. Got 'statik' instead; did you mean 'static'?")
+
+
+def test_a_value_far_from_every_choice_gets_no_suggestion(tmp_path: Path) -> None:
+    (line,) = problems(tmp_path, "  q:\n    - quantize: {method: zzz}\n")
+    assert "Got 'zzz' instead" in line and "did you mean" not in line
 
 
 def test_unknown_field_lists_allowed_fields(tmp_path: Path) -> None:
+    (line,) = problems(tmp_path, "  p:\n    - prune: {sparsity: 0.5, zzz: 3}\n")
+    assert "unknown field 'zzz' (allowed: sparsity, structure, scope" in line
     (line,) = problems(tmp_path, "  p:\n    - prune: {sparsity: 0.5, sparsty: 3}\n")
-    assert "unknown field 'sparsty'" in line and "sparsity, structure, scope" in line
+    assert line.endswith("unknown field 'sparsty'; did you mean 'sparsity'?")
+
+
+def test_a_misspelt_required_field_is_one_line(tmp_path: Path) -> None:
+    # pydantic says "sparsity: Field required" AND "amount: extra input": one mistake
+    (line,) = problems(tmp_path, "  p:\n    - prune: {amount: 0.5}\n")
+    assert line == (f"{tmp_path / 's.yaml'}:8: recipes.p[0].prune.amount: unknown field "
+                    "'amount'; did you mean 'sparsity'?")
+    text = BASE.replace("recipes:\n", "recipe:\n") + "  fp32: []\n"
+    (line,) = problems(tmp_path, "", base=text)
+    assert line.endswith(":6: recipe: unknown field 'recipe'; did you mean 'recipes'?")
+
+
+def test_the_key_problems_of_one_mapping_are_one_line(tmp_path: Path) -> None:
+    # two unknown keys, one missing field: no guess which was meant, but one line
+    (line,) = problems(tmp_path, "  p:\n    - prune: {foo: 0.5, bar: 1}\n")
+    assert line.endswith(":8: recipes.p[0].prune: unknown fields 'foo', 'bar'; required field "
+                         "is missing: sparsity (allowed: sparsity, structure, scope, criterion, "
+                         "n, m, block, targets, schedule)")
+    (line,) = problems(tmp_path, "", base="name: t\nbackends: [pytorch]\n")
+    assert line.endswith(":1: (top level): required fields are missing: model, recipes")
 
 
 def test_every_problem_reported_at_once(tmp_path: Path) -> None:
@@ -75,7 +102,10 @@ def test_unknown_backend(tmp_path: Path) -> None:
     text = BASE.replace("[pytorch]", "[pytorch, tensorrt]") + "  fp32: []\n"
     (line,) = problems(tmp_path, "", base=text)
     assert ":5: backends: " in line and "unknown backend 'tensorrt'" in line
-    assert "onnxruntime" in line
+    assert "onnxruntime" in line and "did you mean" not in line
+    text = BASE.replace("[pytorch]", "[pytorch, onnxrt]") + "  fp32: []\n"
+    (line,) = problems(tmp_path, "", base=text)
+    assert line.endswith("; did you mean 'onnxruntime'?")
 
 
 def test_cross_field_checks(tmp_path: Path) -> None:

@@ -16,15 +16,15 @@ from typing import Any, NoReturn
 import click
 
 import unified
-from unified.spec.errors import SqueezelabError
+from unified.spec.errors import SpecError, SqueezelabError, did_you_mean, one_line, summarize
 
 EXIT_USAGE = 2
 
 
 def _fail(lines: list[str]) -> NoReturn:
     for line in lines:
-        # plain write: never wrapped to the terminal width
-        sys.stderr.write(f"squeezelab: error: {line}\n")
+        # plain write: never wrapped to the terminal width; one problem is one line
+        sys.stderr.write(f"squeezelab: error: {one_line(line, 1000)}\n")
     sys.exit(EXIT_USAGE)
 
 
@@ -128,10 +128,12 @@ def run(scenario_file: Path, out: Path | None, cache_dir: Path | None, jobs: int
         executor: str, ray_address: str | None, timeout: float | None,
         backends: tuple[str, ...], recipes: tuple[str, ...], no_cache: bool) -> None:
     """Run every recipe of SCENARIO_FILE on every backend and print the table."""
+    from unified.load.checks import export_model_import_path
     from unified.load.scenario_file import load_scenario
     from unified.run.runner import RunOptions, default_cache_dir
 
     scenario = load_scenario(scenario_file)
+    export_model_import_path(scenario, scenario_file.parent)
     _check_filter("--backend", backends, scenario.backends)
     _check_filter("--recipe", recipes, tuple(scenario.recipes))
     _check_executor(executor, ray_address)
@@ -140,7 +142,7 @@ def run(scenario_file: Path, out: Path | None, cache_dir: Path | None, jobs: int
     options = RunOptions(out=out, cache_dir=cache_dir or default_cache_dir(), jobs=jobs,
                          timeout=timeout, backends=backends, recipes=recipes,
                          use_cache=not no_cache, executor=executor, ray_address=ray_address)
-    records = _run_with_progress(scenario, options)
+    records = _run_naming_the_file(scenario_file, scenario, options)
     _print_results(records, scenario.name)
     click.echo(f"run folder: {out}  (results.jsonl, results.csv)")
 
@@ -278,11 +280,13 @@ def regress(scenario_file: Path, baseline_file: Path | None, tolerances: tuple[s
             junit: Path | None, out: Path | None, cache_dir: Path | None, jobs: int | None,
             executor: str, ray_address: str | None) -> None:
     """Rerun SCENARIO_FILE and compare with a baseline; exit 1 on any regression."""
+    from unified.load.checks import export_model_import_path, tolerance_problems
     from unified.load.scenario_file import load_scenario
     from unified.report.regress import compare, load_baseline, write_junit
     from unified.run.runner import RunOptions, default_cache_dir
 
     scenario = load_scenario(scenario_file)
+    export_model_import_path(scenario, scenario_file.parent)
     if baseline_file is None:
         if scenario.regress.baseline is None:
             raise SqueezelabError(f"{scenario_file}: regress.baseline is not set; "
@@ -298,12 +302,15 @@ def regress(scenario_file: Path, baseline_file: Path | None, tolerances: tuple[s
             raise SqueezelabError(f"--tolerance {item!r}: expected METRIC=NUMBER") from None
         if not sep:
             raise SqueezelabError(f"--tolerance {item!r}: expected METRIC=NUMBER")
+        problems = tolerance_problems({metric: tolerance[metric]})
+        if problems:
+            raise SqueezelabError(f"--tolerance {item!r}: {problems[0][1]}")
     if out is None:
         out = Path("runs") / f"{scenario.name}-regress-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_executor(executor, ray_address)
     options = RunOptions(out=out, cache_dir=cache_dir or default_cache_dir(), jobs=jobs,
                          executor=executor, ray_address=ray_address)
-    records = _run_with_progress(scenario, options)
+    records = _run_naming_the_file(scenario_file, scenario, options)
     findings = compare(records, base, tolerance)
     if junit is not None:
         write_junit(junit, records, findings, f"squeezelab.{scenario.name}")
@@ -336,8 +343,19 @@ def wide_console() -> Any:
 def _check_filter(option: str, given: tuple[str, ...], allowed: tuple[str, ...]) -> None:
     bad = [g for g in given if g not in allowed]
     if bad:
-        raise SqueezelabError(f"{option} {bad[0]!r} is not in the scenario; "
-                              f"allowed: {', '.join(allowed)}")
+        raise SqueezelabError(f"{option} {bad[0]!r} is not in the scenario (allowed: "
+                              f"{', '.join(allowed)}){did_you_mean(bad[0], allowed)}")
+
+
+def _run_naming_the_file(scenario_file: Path, scenario: Any,
+                         options: Any) -> list[dict[str, Any]]:
+    """The run; a user error only the run finds (the checks found none) names the file."""
+    try:
+        return _run_with_progress(scenario, options)
+    except SqueezelabError as exc:
+        named = [line if line.startswith(str(scenario_file)) else f"{scenario_file}: {line}"
+                 for line in exc.lines()]
+        raise SpecError(named) from None
 
 
 def _check_executor(executor: str, ray_address: str | None) -> None:
@@ -413,7 +431,11 @@ def _run_with_progress(scenario: Any, options: Any) -> list[dict[str, Any]]:
             bar.update(task, description=f"running {', '.join(running)}" if running
                        else "waiting")
 
-        records = Runner(scenario, options, Callbacks(on_stage, on_start, on_done)).run()
+        try:
+            records = Runner(scenario, options, Callbacks(on_stage, on_start, on_done)).run()
+        except BaseException:
+            bar.live.transient = True  # leaving, the bar is erased: the error line stands alone
+            raise
         bar.update(task, description="done")
     return records
 
@@ -441,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug:
             raise
-        sys.stderr.write(f"squeezelab: internal error: {type(exc).__name__}: {exc} "
+        sys.stderr.write(f"squeezelab: internal error: {summarize(exc, 300)} "
                          "(run with --debug for the traceback)\n")
         sys.exit(1)
 

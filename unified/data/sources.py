@@ -10,6 +10,8 @@ gives a ``preprocess`` pipeline (a pretrained model's own), which then replaces 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import numpy as np
 from unified.data import photos
 from unified.data.preprocess import apply_preprocess, first_size, fit_channels, resize
 from unified.data.splits import DataSplits
-from unified.spec.errors import SqueezelabError
+from unified.spec.errors import SqueezelabError, summarize
 from unified.spec.scenario import DataSpec
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif"})
@@ -59,7 +61,11 @@ def _imagefolder(folder: Path, stack: bool = True) -> tuple[np.ndarray | list[np
         for file in sorted((folder / name).iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            img = np.asarray(Image.open(file).convert("RGB"), dtype=np.float32) / 255.0
+            try:
+                img = np.asarray(Image.open(file).convert("RGB"), dtype=np.float32) / 255.0
+            except (OSError, ValueError) as exc:
+                raise SqueezelabError(f"data.source: {file} is not a readable image "
+                                      f"({summarize(exc)})") from None
             images.append(img.transpose(2, 0, 1))
             labels.append(label)
     labels_array = np.asarray(labels, dtype=np.int64)
@@ -88,9 +94,74 @@ def source_files(spec: DataSpec) -> tuple[Path, list[Path]] | None:
     return folder, sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
 
 
+@dataclass(frozen=True)
+class SourceSize:
+    """What a data source holds, known before loading it (checked before any run)."""
+
+    samples: int | None  # None: as many as asked for (synthetic)
+    classes: int | None  # None: no labels
+    channels: int | None  # channels of its images; 1 can be repeated to any count
+
+
+def _imagefolder_size(arg: str) -> SourceSize:
+    folder = Path(arg)
+    if not folder.is_dir():
+        raise SqueezelabError(f"image folder not found: {folder}")
+    classes = [p for p in sorted(folder.iterdir()) if p.is_dir()]
+    if len(classes) < 2:
+        raise SqueezelabError(f"image folder {folder} needs one sub-folder per class (at "
+                              f"least 2; found {len(classes)})")
+    files = [f for c in classes for f in c.iterdir()
+             if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+    _check_images(files)
+    return SourceSize(samples=len(files), classes=len(classes), channels=3)
+
+
+def _check_images(files: list[Path]) -> None:
+    """Every file opens as an image (PIL reads the header only: cheap)."""
+    from PIL import Image
+
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                img.size  # noqa: B018 - the header is parsed lazily
+        except (OSError, ValueError) as exc:
+            raise SqueezelabError(f"{file} is not a readable image ({summarize(exc)})") from None
+
+
+def _photos_size() -> SourceSize:
+    """Crops without end, three channels, no labels; scikit-image and scikit-learn needed."""
+    import importlib.util
+
+    for module, package in (("skimage", "scikit-image"), ("sklearn", "scikit-learn")):
+        if importlib.util.find_spec(module) is None:
+            raise SqueezelabError(f"data source 'photos' needs {package}: {photos.INSTALL_HINT}")
+    return SourceSize(samples=None, classes=None, channels=3)
+
+
+# Each source kind (the part of data.source before ':') → its size; the argument after ':' is
+# passed in. A new source adds its entry here, and load_splits learns to load it.
+SOURCE_SIZES: dict[str, Callable[[str], SourceSize]] = {
+    "mnist": lambda _: SourceSize(samples=5000, classes=10, channels=1),
+    "digits": lambda _: SourceSize(samples=1797, classes=10, channels=1),
+    "synthetic": lambda _: SourceSize(samples=None, classes=None, channels=None),
+    "photos": lambda _: _photos_size(),
+    "imagefolder": _imagefolder_size,
+}
+
+
+def source_size(spec: DataSpec) -> SourceSize | None:
+    """What the source of ``spec`` holds (None: a kind with no size entry); raises
+    :class:`SqueezelabError` when the source is absent (a missing image folder)."""
+    kind, _, arg = spec.source.partition(":")
+    size = SOURCE_SIZES.get(kind)
+    return size(arg) if size is not None else None
+
+
 def available_samples(spec: DataSpec) -> int | None:
-    """How many samples a packaged source has; None when unbounded or unknown."""
-    return {"mnist": 5000, "digits": 1797}.get(spec.source)
+    """How many samples the source of ``spec`` holds (None: no limit, or unknown)."""
+    size = source_size(spec)
+    return size.samples if size is not None else None
 
 
 def load_splits(spec: DataSpec, input_shape: tuple[int, int, int], seed: int,

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from unified.spec.errors import closest, did_you_mean
 from unified.spec.steps import Step
 from unified.spec.yamlio import YPath, field_name
 
@@ -235,24 +236,27 @@ class Builder:
 
 
 def check_args(b: Builder, comp: Component, spec: ClassSpec) -> bool:
-    """Distiller's build_component: unknown arguments and missing required ones fail."""
+    """Distiller's build_component: unknown arguments and missing required ones fail (a
+    misspelt required argument is one problem, on the key, with the name meant)."""
     accepted = set(spec.required) | set(spec.optional) | set(INJECTED)
-    ok = True
-    for key in comp.args:
-        if key not in accepted:
-            allowed = ", ".join((*spec.required, *spec.optional))
-            legacy = LEGACY_ARGS.get(key)
-            b.problem(
-                comp.arg_path(key),
-                f"{comp.class_name} does not accept the argument '{key}' (it accepts: "
-                f"{allowed})" + (f"; '{key}' is {legacy}" if legacy else ""),
-            )
-            ok = False
-    for key in spec.required:
-        if key not in comp.args:
-            b.problem(comp.path, f"{comp.class_name} needs the argument '{key}'")
-            ok = False
-    return ok
+    unknown = [key for key in comp.args if key not in accepted]
+    missing = [key for key in spec.required if key not in comp.args]
+    for key in unknown:
+        meant = closest(key, missing)
+        if meant is None and len(unknown) == 1 and len(missing) == 1:
+            meant = missing[0]
+        if meant is not None:
+            missing.remove(meant)
+            b.problem(comp.arg_path(key), f"{comp.class_name} does not accept the argument "
+                      f"'{key}'; did you mean '{meant}'?")
+            continue
+        legacy = LEGACY_ARGS.get(key)
+        hint = f"; '{key}' is {legacy}" if legacy else did_you_mean(key, accepted)
+        b.problem(comp.arg_path(key), f"{comp.class_name} does not accept the argument "
+                  f"'{key}' (it accepts: {', '.join((*spec.required, *spec.optional))}){hint}")
+    for key in missing:
+        b.problem(comp.path, f"{comp.class_name} needs the argument '{key}'")
+    return not unknown and not missing
 
 
 def non_schedule_reason(data: dict[str, Any]) -> str | None:
@@ -330,8 +334,11 @@ def parse_when(b: Builder, policy: dict[str, Any], path: YPath) -> When | None:
         return When(ints, ints[0], ints[-1] + 1, None, True)
     missing = [k for k in ("starting_epoch", "ending_epoch", "frequency") if k not in policy]
     if missing:
+        strays = [str(k) for k in policy if k not in POLICY_KINDS and k not in WHEN_KEYS]
+        hint = next((f"; is '{s}' a misspelt '{m}'?" for s in strays
+                     for m in [closest(s, missing)] if m is not None), "")
         b.problem(path, "a policy needs 'epochs: [...]' or starting_epoch, ending_epoch and "
-                  f"frequency; missing: {', '.join(missing)}")
+                  f"frequency; missing: {', '.join(missing)}{hint}")
         return None
     start = _epoch_int(b, (*path, "starting_epoch"), policy["starting_epoch"])
     end = _epoch_int(b, (*path, "ending_epoch"), policy["ending_epoch"])
@@ -396,9 +403,13 @@ def parse_policies(
                        "only instance_name and args)")
         section = SECTION_OF[kind]
         if instance not in instances[section]:
+            raw = data.get(section)
+            if isinstance(raw, dict) and instance in raw:
+                continue  # defined, but unusable: its own problem is reported already
             defined = ", ".join(instances[section]) or "none"
+            hint = did_you_mean(instance, instances[section])
             b.problem((*ref_path, "instance_name"), f"{kind} '{instance}' is not defined under "
-                      f"'{section}' (defined: {defined})")
+                      f"'{section}' (defined: {defined}){hint}")
             continue
         nested = [k for k in WHEN_KEYS if k in ref]
         if nested and not any(k in item for k in WHEN_KEYS):

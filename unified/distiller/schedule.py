@@ -43,8 +43,14 @@ from unified.distiller.parse import (
 )
 from unified.distiller.pruners import PRUNERS, translate_pruner
 from unified.distiller.quant import QUANTIZERS, translate_quantizer
-from unified.distiller.schedulers import is_lr_scheduler, translate_lr
-from unified.spec.errors import SpecError
+from unified.distiller.schedulers import (
+    LR_DISTILLER,
+    LR_NOT_FROM_YAML,
+    LR_SCHEDULERS,
+    is_lr_scheduler,
+    translate_lr,
+)
+from unified.spec.errors import SpecError, closest, did_you_mean
 from unified.spec.steps import PruneStep, PruneStructure, Recipe, Step, Targets
 from unified.spec.yamlio import read_yaml
 
@@ -67,6 +73,14 @@ _KNOWN: dict[str, Callable[[str], bool]] = {
     "regularizers": lambda name: name in REGULARIZERS,
     "lr_schedulers": is_lr_scheduler,
     "extensions": lambda name: name in EXTENSIONS,
+}
+# Every class name Distiller defines per section, for "did you mean" on a misspelt one.
+_CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "pruners": tuple(PRUNERS),
+    "quantizers": tuple(QUANTIZERS),
+    "regularizers": tuple(REGULARIZERS),
+    "lr_schedulers": (*LR_SCHEDULERS, *LR_NOT_FROM_YAML, *LR_DISTILLER),
+    "extensions": tuple(EXTENSIONS),
 }
 _TRANSLATE: dict[str, Callable[[Builder, Component], None]] = {
     "pruners": translate_pruner,
@@ -190,6 +204,13 @@ def _compound_after_thinning(b: Builder, ordered: list[tuple[Step, StepWeights]]
 def _translate(b: Builder, section: str, comp: Component) -> None:
     if not _KNOWN[section](comp.class_name):
         other = [s for s, known in _KNOWN.items() if s != section and known(comp.class_name)]
+        # long CamelCase names share many letters: only a near-identical one is a typo
+        near = closest(comp.class_name, _CLASS_NAMES[section], cutoff=0.85)
+        if not other and near is not None:
+            # a misspelt Distiller class: Distiller itself would fail to build it
+            b.problem((*comp.path, "class"), f"unknown Distiller class '{comp.class_name}'; "
+                      f"did you mean '{near}'?")
+            return
         reason = (f"'{comp.class_name}' is a Distiller {other[0]} class, listed under {section}"
                   if other else f"unknown Distiller class '{comp.class_name}' (section {section})")
         b.unsupport(comp, reason)
@@ -269,6 +290,7 @@ def bind_to_model(recipe: DistillerRecipe, model_param_names: list[str],
         raise SpecError([
             f"{recipe.source}: {len(unmatched)} Distiller weight name(s) match no parameter of "
             f"the model: {', '.join(unmatched)} (the model's parameters: {sample or 'none'})"
+            + did_you_mean(unmatched[0], model_param_names)
         ])
 
     def modules(names: tuple[str, ...]) -> tuple[str, ...]:

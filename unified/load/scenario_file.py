@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from unified.load.checks import Where, check_scenario, model_import_path
 from unified.spec.errors import SpecError
 from unified.spec.scenario import DataSpec, ModelSpec, Scenario
 from unified.spec.search_space import SearchScenario, split_search
@@ -19,7 +20,9 @@ from unified.spec.yamlio import field_name, read_yaml
 def _read(path: Path) -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]:
     data, lines = read_yaml(path)
     if not isinstance(data, dict):
-        raise SpecError([f"{path}:1: a scenario is a mapping (name, model, recipes, ...)"])
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise SpecError([f"{path}:1: a scenario is a mapping (name, model, recipes, ...). "
+                         f"Got {got} instead"])
     return data, lines
 
 
@@ -29,9 +32,13 @@ def has_searchable_values(path: str | Path) -> bool:
     return next(find_markers(data), None) is not None
 
 
-def load_scenario(path: str | Path) -> Scenario:
+def load_scenario(path: str | Path, *, check: bool = True) -> Scenario:
     """Read and validate a scenario file; raise :class:`SpecError` with every problem.
-    A file with searchable values is refused (one line): it is for ``squeezelab search``."""
+
+    With ``check`` (the default) everything knowable without running a toolkit is checked
+    too (:mod:`unified.load.checks`): a scenario that loads can start its run. A file with
+    searchable values is refused (one line): it is for ``squeezelab search``.
+    """
     path = Path(path)
     data, lines = _read(path)
     marker = next(find_markers(data), None)
@@ -39,21 +46,21 @@ def load_scenario(path: str | Path) -> Scenario:
         raise SpecError([f"{path}:{lines.get(marker, '?')}: {field_name(marker)}: a searchable "
                          "value ({choice: ...} / {range: ...}); run takes plain values only: "
                          f"use `squeezelab search {path}`"])
-    return _validated(data, path, lines)
+    return _validated(data, path, lines, check)
 
 
-def load_search_scenario(path: str | Path) -> SearchScenario:
+def load_search_scenario(path: str | Path, *, check: bool = True) -> SearchScenario:
     """Read a scenario file whose recipes may have searchable values: every value checked
     against its step's rules, the base scenario validated as usual (:class:`SpecError`)."""
     path = Path(path)
     data, lines = _read(path)
     plain, spaces = split_search(data, str(path), lines)
-    base = _validated(plain, path, lines)
+    base = _validated(plain, path, lines, check)
     search = SearchScenario(base, spaces)
     problems = []
     for space in spaces.values():  # rules of the scenario's about a recipe (labels ...)
+        first = {p.name: p.domain.test_values()[0] for p in space.params}
         for param in space.params:
-            first = {p.name: p.domain.test_values()[0] for p in space.params}
             for value in param.domain.test_values():
                 recipe = space.recipe({**first, param.name: value})
                 try:
@@ -66,14 +73,17 @@ def load_search_scenario(path: str | Path) -> SearchScenario:
     return search
 
 
-def _validated(data: dict[str, Any], path: Path,
-               lines: dict[tuple[Any, ...], int]) -> Scenario:
+def _validated(data: dict[str, Any], path: Path, lines: dict[tuple[Any, ...], int],
+               check: bool) -> Scenario:
     data = _expand_distiller_recipes(data, path, lines)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, str(path), lines)) from None
-    return _resolve_paths(scenario, path, lines)
+    scenario = _resolve_paths(scenario, path, lines)
+    if check:
+        check_scenario(scenario, Where(path, lines))
+    return scenario
 
 
 def _resolve_paths(scenario: Scenario, path: Path, lines: dict[tuple[Any, ...], int]) -> Scenario:
@@ -94,15 +104,14 @@ def _resolve_paths(scenario: Scenario, path: Path, lines: dict[tuple[Any, ...], 
 
             problem = pretrained_problem(model.source, model.num_classes, model.input_shape[0])
             if problem:
-                line = lines.get((*where, "weights"))
-                raise SpecError([f"{path}:{line}: {'.'.join(where)}.weights: {problem}"])
+                raise SpecError([Where(path, lines)((*where, "weights"), problem)])
         weights = model.weights_path
         if weights is not None and not weights.is_absolute():
             model = model.model_copy(update={"weights": str((base / weights).resolve())})
         if weights is not None and not Path(model.weights).is_file():
-            line = lines.get((*where, "weights"))
-            field = ".".join(where)
-            raise SpecError([f"{path}:{line}: {field}.weights: file not found: {model.weights}"])
+            what = "is a folder, not a file" if Path(model.weights).is_dir() else "file not found"
+            raise SpecError([Where(path, lines)((*where, "weights"),
+                                                f"{what}: {model.weights}")])
         if model.data is not None:
             model = model.model_copy(update={"data": data_paths(model.data)})
         return model
@@ -165,7 +174,8 @@ def _import_schedule(path: Path, ref: str, model: Any,
 
     file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
     if not file.is_file():
-        raise SpecError([f"{path}:{line}: distiller: schedule file not found: {file}"])
+        where = f"{path}:{line}" if line is not None else str(path)
+        raise SpecError([f"{where}: distiller: schedule file not found: {file}"])
     param_names = [name for name, _ in model.named_parameters()]
     schedule = bind_to_model(load_distiller_schedule(file), param_names, module_kinds(model))
     info = {
@@ -189,10 +199,22 @@ def _model_for_recipe(data: dict[str, Any], path: Path,
         listing = [m for m in models.values()
                    if isinstance(m, dict) and recipe in (m.get("recipes") or ())]
         spec = listing[0] if listing else next(iter(models.values()))
+    if spec is None:
+        raise SpecError([Where(path, lines)(("model",), "required field is missing (a recipe "
+                                            "from a Distiller schedule binds to the model)")])
+    named = models if isinstance(models, dict) else {}
+    key: tuple[str, ...] = next((("models", str(k)) for k, m in named.items() if m is spec),
+                                ("model",))
     try:
         model = ModelSpec.model_validate(spec)
     except ValidationError as exc:
-        raise SpecError(format_validation_error(exc, str(path), lines)) from None
+        raise SpecError(format_validation_error(exc, str(path), lines, prefix=key)) from None
+    from unified.load.model_checks import model_problem
     from unified.torchkit.models import build_model
 
-    return build_model(model.source, model.num_classes, model.input_shape)
+    with model_import_path(path.parent):
+        # the same checks as every model's, before the schedule is bound to it
+        problem = model_problem(model.source, model.num_classes, model.input_shape)
+        if problem is not None:
+            raise SpecError([Where(path, lines)((*key, problem.field), problem.message)])
+        return build_model(model.source, model.num_classes, model.input_shape)

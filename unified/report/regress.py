@@ -10,16 +10,10 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from unified.spec.errors import SqueezelabError
+from unified.spec.tolerances import TOLERANCES
 
 BASELINE_FIELDS = ("status", "accuracy", "agreement", "onnx_bytes", "native_bytes",
                    "size_ratio", "sparsity", "max_distinct_values", "latency_ms_p50")
-# metric → (record field, how a worse value is measured)
-TOLERANCES = {
-    "accuracy": "absolute drop of accuracy",
-    "agreement": "absolute drop of agreement",
-    "size_ratio": "relative fall of size_ratio",
-    "latency": "relative rise of latency_ms_p50",
-}
 GOOD_STATUSES = ("ok", "approximated")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class SqueezelabError(Exception):
     """Base class: a problem the user can fix; the CLI prints it on one line, exit 2."""
@@ -47,3 +50,35 @@ class MissingToolkit(SqueezelabError):
 
 class ExportMismatch(SqueezelabError):
     """An exported ONNX disagrees with the toolkit's own artifact beyond the tolerance."""
+
+
+# --- message helpers: one line, sklearn's pattern, a suggestion for a misspelt name ---------
+
+
+def closest(word: object, choices: Iterable[object], cutoff: float = 0.6) -> str | None:
+    """The choice closest to ``word`` in spelling (case-insensitive), or None if none is
+    near enough (difflib's similarity ratio below ``cutoff``)."""
+    names = {str(c).lower(): str(c) for c in choices}
+    found = difflib.get_close_matches(str(word).lower(), list(names), n=1, cutoff=cutoff)
+    return names[found[0]] if found else None
+
+
+def did_you_mean(word: object, choices: Iterable[object], cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
+    match = closest(word, choices, cutoff)
+    return f"; did you mean {match!r}?" if match is not None and match != str(word) else ""
+
+
+def one_line(text: str, limit: int = 240) -> str:
+    """``text`` with every run of whitespace (newlines too) made one space, cut at ``limit``."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
+
+
+def summarize(exc: BaseException, limit: int = 160) -> str:
+    """A third-party exception as ``Type: first line of its message`` (never the whole text:
+    torch's multi-line messages end in advice meant for torch's own users)."""
+    text = str(exc).strip()
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    name = type(exc).__name__
+    return one_line(f"{name}: {first}" if first else name, limit)

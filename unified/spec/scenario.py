@@ -13,11 +13,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from unified.spec.backends import backend_names
+from unified.spec.errors import closest, did_you_mean
 from unified.spec.steps import TRAINING_STEPS, Recipe
 
 SCENARIO_VERSION = 1
 MODEL_SOURCE = re.compile(r"^(builtin:[\w.-]+|torchvision:\w+|python:[\w.]+:\w+)$")
 DATA_SOURCE = re.compile(r"^(mnist|digits|synthetic|photos|imagefolder:.+)$")
+DATA_SOURCE_KINDS = ("mnist", "digits", "synthetic", "photos", "imagefolder")
 # sources whose samples carry no class labels (for the model's classes)
 UNLABELLED_SOURCES = frozenset({"synthetic", "photos"})
 WEIGHTS_KEYWORDS = ("train", "random", "pretrained")
@@ -117,6 +119,7 @@ class DataSpec(_Strict):
             raise ValueError(
                 "data source must be one of mnist, digits, synthetic, photos, imagefolder:<dir>. "
                 f"Got {value!r} instead"
+                + did_you_mean(value.partition(":")[0], DATA_SOURCE_KINDS)
             )
         return value
 
@@ -165,9 +168,12 @@ class ModelSpec(_Strict):
     @classmethod
     def _source_form(cls, value: str) -> str:
         if not MODEL_SOURCE.match(value):
+            kind, sep, rest = value.partition(":")
+            near = closest(kind, ("builtin", "torchvision", "python")) if sep else None
             raise ValueError(
                 f"model source must be builtin:<name>, torchvision:<name> or "
                 f"python:<module>:<factory>. Got {value!r} instead"
+                + (f"; did you mean '{near}:{rest}'?" if near and near != kind else "")
             )
         return value
 
@@ -231,6 +237,7 @@ class SelectSpec(_Strict):
         if bad:
             raise ValueError(
                 f"minimize must be among {sorted(allowed)}. Got {bad} instead"
+                + did_you_mean(bad[0], sorted(allowed))
             )
         return value
 
@@ -339,7 +346,8 @@ class Scenario(_Strict):
         bad = [b for b in value if b not in names]
         if bad:
             raise ValueError(
-                f"unknown backend {bad[0]!r}; allowed backends: {', '.join(names)}"
+                f"unknown backend {bad[0]!r} (allowed backends: {', '.join(names)})"
+                f"{did_you_mean(bad[0], names)}"
             )
         if len(set(value)) != len(value):
             raise ValueError("a backend is listed twice")

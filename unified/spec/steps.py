@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from unified.spec.errors import did_you_mean
 from unified.spec.names import matches_any, pattern_problem
 
 
@@ -329,7 +330,8 @@ class StepEntry(_Strict):
             raise ValueError(f"a step is a mapping with one key, one of: {allowed}")
         (name,) = data
         if name not in STEP_TYPES:
-            raise ValueError(f"unknown step '{name}'; allowed steps: {allowed}")
+            raise ValueError(f"unknown step '{name}' (allowed steps: {allowed})"
+                             f"{did_you_mean(name, STEP_TYPES)}")
         return {name: data[name] if data[name] is not None else {}}
 
     @model_serializer(mode="wrap")

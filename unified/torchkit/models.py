@@ -4,40 +4,76 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pickle
+import re
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from unified.spec.errors import SqueezelabError
+from unified.spec.errors import SqueezelabError, did_you_mean, summarize
 from unified.torchkit.nets import BUILTIN
+
+Factory = Callable[[int, tuple[int, int, int]], nn.Module]
+
+
+class BuildError(SqueezelabError):
+    """A model source that resolves but cannot be built for this input shape / class count."""
 
 
 def build_model(source: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     """A freshly initialised model for ``source`` with ``num_classes`` outputs."""
+    factory = model_factory(source)
+    try:
+        model = factory(num_classes, input_shape)
+    except SqueezelabError:
+        raise
+    except Exception as exc:  # the constructor refused this input shape or class count
+        raise BuildError(f"{source} cannot be built for input_shape {list(input_shape)}, "
+                         f"num_classes {num_classes}: {summarize(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise BuildError(f"{source} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def model_factory(source: str) -> Factory:
+    """``(num_classes, input_shape) → model`` for ``source``; raises
+    :class:`SqueezelabError` naming what does not exist (with a "did you mean")."""
     kind, _, rest = source.partition(":")
     if kind == "builtin":
         if rest not in BUILTIN:
             raise SqueezelabError(
-                f"unknown builtin model {rest!r}; allowed: {', '.join(sorted(BUILTIN))}"
+                f"unknown builtin model {rest!r} (allowed: {', '.join(sorted(BUILTIN))})"
+                f"{did_you_mean(rest, BUILTIN)}"
             )
-        return BUILTIN[rest](num_classes, input_shape)
+        return BUILTIN[rest]
     if kind == "torchvision":
-        return _torchvision(rest, num_classes, input_shape)
+        names = torchvision_names()
+        if rest not in names:
+            raise SqueezelabError(f"torchvision has no classification model {rest!r} "
+                                  "(torchvision.models.list_models() names them)"
+                                  f"{did_you_mean(rest, names)}")
+        return lambda num_classes, input_shape: _torchvision(rest, num_classes, input_shape)
     if kind == "python":
-        return _python_factory(rest, num_classes, input_shape)
+        return _python_factory(rest)
     raise SqueezelabError(f"unknown model source {source!r}")
+
+
+def torchvision_names() -> list[str]:
+    """The classification architectures ``torchvision.models`` builds (no detection etc.)."""
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models))
 
 
 def _torchvision(name: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
     import torchvision
 
-    factory = getattr(torchvision.models, name, None)
-    if factory is None or not callable(factory) or name.startswith("_"):
-        raise SqueezelabError(f"torchvision has no model {name!r}")
-    model: nn.Module = factory(weights=None, num_classes=num_classes,
-                               **_torchvision_arguments(name, input_shape))
+    model: nn.Module = torchvision.models.get_model(
+        name, weights=None, num_classes=num_classes, **_torchvision_arguments(name, input_shape))
     if input_shape[0] != 3:
         _adapt_input_channels(model, input_shape[0])
     return model
@@ -75,25 +111,51 @@ def _adapt_input_channels(model: nn.Module, channels: int) -> None:
                 return
 
 
-def _python_factory(spec: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+def _python_factory(spec: str) -> Factory:
     module_name, _, attr = spec.rpartition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SqueezelabError(f"cannot import model module {module_name!r}: {exc}") from None
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
+            raise SqueezelabError(f"cannot import model module {module_name!r}: no module "
+                                  f"named {exc.name!r} on the path") from None
+        raise SqueezelabError(f"importing model module {module_name!r} failed: "
+                              f"{summarize(exc)}") from None
+    except (Exception, SystemExit) as exc:  # the user's module raised while importing
+        raise SqueezelabError(f"importing model module {module_name!r} failed: "
+                              f"{summarize(exc)}") from None
     factory = getattr(module, attr, None)
+    if factory is None:
+        public = [n for n in dir(module) if not n.startswith("_")]
+        raise SqueezelabError(f"model module {module_name!r} has no {attr!r}"
+                              f"{did_you_mean(attr, public)}")
     if not callable(factory):
-        raise SqueezelabError(f"{module_name} has no callable {attr!r}")
-    params = inspect.signature(factory).parameters
-    kwargs: dict[str, object] = {}
-    if "num_classes" in params:
-        kwargs["num_classes"] = num_classes
-    if "input_shape" in params:
-        kwargs["input_shape"] = input_shape
-    model = factory(**kwargs)
-    if not isinstance(model, nn.Module):
-        raise SqueezelabError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+        raise SqueezelabError(f"{module_name}:{attr} is not callable (it is a "
+                              f"{type(factory).__name__}); name a function that returns a model")
+    try:
+        params = set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):  # a builtin without a signature: call it bare
+        params = set()
+
+    def build(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+        kwargs: dict[str, object] = {}
+        if "num_classes" in params:
+            kwargs["num_classes"] = num_classes
+        if "input_shape" in params:
+            kwargs["input_shape"] = input_shape
+        try:
+            model = factory(**kwargs)
+        except (Exception, SystemExit) as exc:  # the user's factory raised
+            raise BuildError(f"calling {module_name}:{attr}() failed: {summarize(exc)}") from None
+        if not isinstance(model, nn.Module):
+            raise BuildError(f"python:{spec} returned {type(model).__name__}, not a "
+                             "torch.nn.Module")
+        return model  # type: ignore[no-any-return]
+
+    return build
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 
 
 def initial_weights(model: nn.Module, source: str, weights: str) -> None:
@@ -131,19 +193,54 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load weights safely: safetensors, or torch.load(weights_only=True)."""
     if not path.is_file():
         raise SqueezelabError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # a pickle with code in it fails here, on purpose
-        raise SqueezelabError(f"{path}: not a plain state_dict ({exc})") from None
+    with path.open("rb") as f:
+        head = f.read(len(LFS_POINTER))
+    if head == LFS_POINTER:
+        raise SqueezelabError(f"{path} is a Git LFS pointer, not the weights themselves "
+                              "(fetch them with `git lfs pull`)")
+    with warnings.catch_warnings():  # torch warns about pickle protocols: not the user's
+        warnings.simplefilter("ignore")
+        if path.suffix == ".safetensors":
+            return _load_safetensors(path)
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError as exc:  # a pickle with code in it fails here, on purpose
+            raise SqueezelabError(f"{path}: {_weights_only_reason(exc)}") from None
+        except Exception as exc:
+            raise SqueezelabError(f"{path} is not a torch weights file (torch.load: "
+                                  f"{summarize(exc)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise SqueezelabError(f"{path}: expected a state_dict, got {type(state).__name__}")
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        got = type(state).__name__ if not isinstance(state, dict) else "a dict holding non-tensors"
+        raise SqueezelabError(f"{path}: expected a state_dict (parameter name → tensor), "
+                              f"got {got}")
     return state
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise SqueezelabError(f"{path} is not a safetensors file ({summarize(exc)})") from None
+
+
+def _weights_only_reason(exc: Exception) -> str:
+    """torch's many-line refusal in one line: what the file holds that a state_dict must not."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"refused by torch.load(weights_only=True): the file holds the Python object "
+                f"{found.group(1)}, not only tensors (a pickled model or code); save "
+                "model.state_dict() instead")
+    found = re.search(r"Unsupported operand (\d+)", text)
+    if found:
+        return (f"refused by torch.load(weights_only=True): a pickle with an instruction a "
+                f"weights file never needs (opcode {found.group(1)}), not a plain state_dict")
+    return f"refused by torch.load(weights_only=True): {summarize(exc)}"
 
 
 def count_parameters(model: nn.Module) -> int:
