@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from unified.spec.errors import closest
+
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
 MARKER_KEYS = frozenset({"choice", "range"})
 # a stepped range with more points than this is checked at its ends only
@@ -168,8 +170,10 @@ def parse_domain(value: dict[str, Any]) -> Domain:
         msg = str(error["msg"]).removeprefix("Value error, ")
         where = ".".join(str(p) for p in error["loc"])
         if error["type"] == "extra_forbidden":
-            allowed = "choice" if model is Choice else "range, step"
-            msg = f"unknown key {where!r}; a searchable value takes: {allowed}"
+            allowed = ["choice"] if model is Choice else ["range", "step"]
+            guess = closest(where, allowed)
+            msg = f"unknown key {where!r}" + (f"; did you mean {guess!r}?" if guess else "") \
+                + f" (a searchable value takes: {', '.join(allowed)})"
         elif where and where not in msg:
             msg = f"{where}: {msg}"
         raise ValueError(f"invalid searchable value: {msg}") from None
