@@ -40,9 +40,12 @@ def trial_entry(trial: Any, metrics: list[Metric], targets: tuple[Target, ...]) 
     if trial.datetime_start is not None and trial.datetime_complete is not None:
         seconds = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
     values = trial.values if trial.state.name == "COMPLETE" else None
+    state = trial.state.name.lower()
+    if trial.user_attrs.get("interrupted"):
+        state, row = "interrupted", {}
     return {
         "number": trial.number,
-        "state": trial.state.name.lower(),
+        "state": state,
         "recipe": setting.get("recipe"), "backend": setting.get("backend"),
         "name": setting.get("name"), "values": setting.get("values"),
         "objectives": dict(zip([m.name for m in metrics], values, strict=True))

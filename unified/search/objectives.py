@@ -1,8 +1,8 @@
 """What a search optimizes and what it must respect, read from a row of results.jsonl.
 
 Objectives come from ``select.minimize`` and are all stated so that bigger / smaller is
-plain: ``size`` maximizes the size ratio (fp32 bytes / this), ``native_size`` the native
-artifact's ratio, ``latency`` the speedup over the fp32 reference, ``accuracy_drop`` is
+plain: ``size`` maximizes the ONNX size ratio (fp32 ONNX bytes / this ONNX), ``native_size``
+the deployable ratio (fp32 ONNX bytes / the artifact the toolkit ships), ``latency`` the speedup over the fp32 reference, ``accuracy_drop`` is
 minimized. Constraints come from ``select``'s limits and follow Optuna's sign: ≤ 0 is
 feasible. A ``--target`` names a metric and the value it must reach (``size=8``: a size ratio
 of at least 8).
@@ -20,18 +20,11 @@ from unified.spec.scenario import SelectSpec
 MEASURED = ("ok", "approximated")
 
 
-def size_ratio(record: dict[str, Any]) -> float | None:
-    """The deployable size ratio of a row: fp32 bytes / the bytes the toolkit ships.
-
-    The one place that decides it: ``deploy_ratio`` (the toolkit's shippable artifact) when
-    the record has it, else ``size_ratio`` (the measured ONNX)."""
-    value = record.get("deploy_ratio")
+def native_ratio(record: dict[str, Any]) -> float | None:
+    """The deployable size ratio of a row: fp32 ONNX bytes / the bytes of the artifact the
+    toolkit ships (``native_ratio``); the ONNX's ratio when the toolkit ships no other."""
+    value = record.get("native_ratio")
     return value if value is not None else record.get("size_ratio")
-
-
-def size_field(record: dict[str, Any]) -> str:
-    """Which field :func:`size_ratio` read."""
-    return "deploy_ratio" if record.get("deploy_ratio") is not None else "size_ratio"
 
 
 @dataclass(frozen=True)
@@ -54,8 +47,9 @@ def _field(name: str) -> Callable[[dict[str, Any]], float | None]:
 
 
 METRICS: dict[str, Metric] = {
-    "size": Metric("size", "size ratio (deploy_ratio, else size_ratio)", True, size_ratio),
-    "native_size": Metric("native_size", "native size ratio", True, _field("native_ratio")),
+    "size": Metric("size", "ONNX size ratio", True, _field("size_ratio")),
+    "native_size": Metric("native_size", "deployable size ratio (native artifact)", True,
+                          native_ratio),
     "latency": Metric("latency", "speedup over fp32", True, _field("speedup"), True),
     "accuracy_drop": Metric("accuracy_drop", "accuracy drop", False, _field("accuracy_drop")),
 }

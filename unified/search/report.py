@@ -25,6 +25,8 @@ def _value(name: str, value: float | None) -> str:
 def _state(entry: dict[str, Any]) -> str:
     if entry["state"] == "pruned":
         return f"duplicate of {entry['duplicate_of']}"
+    if entry["state"] == "interrupted":
+        return "interrupted (retried)"
     if entry["state"] == "fail":
         row = entry["row"]
         return f"{row['status']}" if row else "interrupted"
@@ -153,7 +155,8 @@ def _plot(history: dict[str, Any]) -> str:
             ys.append(best)
         if xs:
             ax.step(xs, ys, where="post", color="k", lw=1, label="best feasible so far")
-        failed = [e["number"] for e in history["trials"] if e["state"] == "fail"]
+        failed = [e["number"] for e in history["trials"]
+                  if e["state"] in ("fail", "interrupted")]
         if failed:
             ax.scatter(failed, [ax.get_ylim()[0]] * len(failed), marker="x", color="grey",
                        label="failed / interrupted")

@@ -134,6 +134,9 @@ def open_study(optuna: Any, out: Path, directions: list[str], options: SearchOpt
     study.sampler = _sampler(optuna, options.sampler, seed + len(study.trials), options)
     running = optuna.trial.TrialState.RUNNING
     for trial in study.get_trials(deepcopy=False, states=(running,)):
+        # killed mid-trial (maybe after its row, before Optuna heard of it): not evaluated;
+        # its retry takes the row from results.jsonl
+        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
         if storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
             storage.heartbeat_stale_trial_callback(study, storage.get_trial(trial._trial_id))
     return study
@@ -141,7 +144,8 @@ def open_study(optuna: Any, out: Path, directions: list[str], options: SearchOpt
 
 def evaluated(trial: Any) -> bool:
     """Did the trial run (or reuse) a job? Duplicates and interrupted trials did not."""
-    return trial.state.name in ("COMPLETE", "FAIL") and "row" in trial.user_attrs
+    return (trial.state.name in ("COMPLETE", "FAIL") and "row" in trial.user_attrs
+            and not trial.user_attrs.get("interrupted"))
 
 
 def run_search(search: SearchScenario, run: RunOptions, options: SearchOptions,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from unified.run.session import JobSession
-from unified.search.objectives import MEASURED, Metric, constraints, size_field
+from unified.search.objectives import MEASURED, Metric, constraints
 from unified.search.space import Candidate, Setting, SpacePlan
 from unified.spec.scenario import SelectSpec
 from unified.spec.searchable import Param, Range
@@ -95,12 +95,9 @@ def study_params(plan: SpacePlan, setting: Setting) -> dict[str, Any]:
 def row_summary(record: dict[str, Any]) -> dict[str, Any]:
     """What a trial keeps of its row (the row itself stays in results.jsonl)."""
     keep = ("recipe", "backend", "status", "reason", "accuracy", "accuracy_drop", "agreement",
-            "onnx_bytes", "size_ratio", "native_ratio", "latency_ms_p50", "speedup", "cached")
-    out = {k: record.get(k) for k in keep}
-    out["deploy_ratio"] = record.get("deploy_ratio")
-    out["size_field"] = size_field(record)
-    out["job_key"] = record.get("job_key")
-    return out
+            "onnx_bytes", "native_bytes", "size_ratio", "native_ratio", "latency_ms_p50",
+            "speedup", "cached", "job_key")
+    return {k: record.get(k) for k in keep}
 
 
 class Objective:
