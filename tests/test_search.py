@@ -241,7 +241,9 @@ def _job_stamps(out: Path) -> dict[str, int]:
 @pytest.mark.slow
 def test_a_search_killed_with_sigkill_resumes_without_recomputing(
         tmp_path: Path, cache_dir: Path, tiny_reference: Any) -> None:
-    path = write_scenario(tmp_path, {"fp32": [], "quant": QUANT}, ["onnxruntime"])
+    granularity = {"choice": ["per_channel", "per_tensor"]}
+    quant = [{"quantize": {**QUANT[0]["quantize"], "granularity": granularity}}]
+    path = write_scenario(tmp_path, {"fp32": [], "quant": quant}, ["onnxruntime"])
     out, cache = tmp_path / "out", tmp_path / "cache"
     shutil.copytree(cache_dir / "reference", cache / "reference")  # no jobs cached
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

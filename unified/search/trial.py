@@ -122,6 +122,7 @@ class Objective:
     def __call__(self, trial: Any) -> float | list[float]:
         import optuna
 
+        trial.set_user_attr("interrupted", False)  # a retry inherits its failed trial's attrs
         setting = sample(trial, self.plan)
         with self.lock:
             earlier = self.claimed.get(setting.key)
