@@ -46,7 +46,10 @@ def validate(scenario_file: Path) -> None:
     from unified.load.scenario_file import has_searchable_values, load_scenario
 
     if has_searchable_values(scenario_file):
-        _validate_search(scenario_file)
+        from unified.search.space import validation_lines
+
+        for line in validation_lines(scenario_file):
+            click.echo(line)
         return
     scenario = load_scenario(scenario_file)
     click.echo(f"{scenario_file}: valid scenario '{scenario.name}' "
@@ -57,25 +60,6 @@ def validate(scenario_file: Path) -> None:
             detail = plan.reason or "; ".join(plan.notes)
             click.echo(f"  {recipe_name} @ {backend}: {plan.status}"
                        + (f" ({detail})" if detail else ""))
-
-
-def _validate_search(scenario_file: Path) -> None:
-    """A scenario with searchable values: every value against every backend."""
-    from unified.load.scenario_file import load_search_scenario
-    from unified.search.space import describe, plan_space
-
-    search = load_search_scenario(scenario_file)
-    plan = plan_space(search)
-    size = plan.size()
-    click.echo(f"{scenario_file}: valid search scenario '{search.scenario.name}' "
-               f"({len(search.spaces)} recipes × {len(search.scenario.backends)} backends, "
-               f"{len(search.params)} searchable parameters; "
-               f"{size if size is not None else 'uncountably many'} supported settings)")
-    for line in describe(plan):
-        click.echo(line)
-    if not plan.candidates:
-        raise SqueezelabError(f"{scenario_file}: no recipe runs on any backend: nothing to "
-                              "search")
 
 
 @cli.command()

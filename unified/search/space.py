@@ -16,10 +16,12 @@ import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from adapters.base import Plan
 from adapters.registry import get_adapter
+from unified.spec.errors import SqueezelabError
 from unified.spec.search_space import SearchScenario
 from unified.spec.searchable import Param, Range
 
@@ -253,3 +255,21 @@ def describe(plan: SpacePlan) -> list[str]:
                 line += f" ({cand.notes[0]}" + (" ..." if len(cand.notes) > 1 else "") + ")"
             out.append(line)
     return out
+
+
+def validation_lines(scenario_file: Path) -> list[str]:
+    """``squeezelab validate`` on a scenario with searchable values: every value of every
+    recipe against every backend (SpecError / SqueezelabError when there is nothing to run)."""
+    from unified.load.scenario_file import load_search_scenario
+
+    search = load_search_scenario(scenario_file)
+    plan = plan_space(search)
+    if not plan.candidates:
+        raise SqueezelabError(f"{scenario_file}: no recipe runs on any backend: nothing to "
+                              "search")
+    size = plan.size()
+    return [f"{scenario_file}: valid search scenario '{search.scenario.name}' "
+            f"({len(search.spaces)} recipes × {len(search.scenario.backends)} backends, "
+            f"{len(search.params)} searchable parameters; "
+            f"{size if size is not None else 'uncountably many'} supported settings)",
+            *describe(plan)]
