@@ -125,6 +125,22 @@ def test_the_plan_offers_each_backend_only_what_it_supports(tmp_path: Path) -> N
                     (name, verdict)
 
 
+def test_validate_says_what_each_backend_takes(tmp_path: Path) -> None:
+    path = write_scenario(tmp_path, {"fp32": [], "quant": QUANT, "sparse": SPARSE},
+                          ["onnxruntime", "pytorch"])
+    code, out, err = invoke("validate", str(path))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "valid search scenario 'tinysearch'" in lines[0] and "3 searchable" in lines[0]
+    quant = lines.index("  quant: method {static, dynamic}, weights {4, 8}")
+    assert lines[quant + 2].startswith("    @ pytorch: ") and "weights 4 unsupported (" in \
+        lines[quant + 2]
+    sparse = lines.index("  sparse: sparsity [0.2, 0.8] step 0.3")
+    assert lines[sparse + 1].startswith("    @ onnxruntime: unsupported (")
+    code, out, err = invoke("run", str(path), "--out", str(tmp_path / "out"))
+    assert code == 2 and "use `squeezelab search" in err and not (tmp_path / "out").exists()
+
+
 def test_constraints_follow_optunas_sign() -> None:
     select = SelectSpec(max_accuracy_drop=0.01, min_agreement=0.95, minimize=["size"])
     met = constraints({"accuracy_drop": 0.004, "agreement": 0.97}, select)
