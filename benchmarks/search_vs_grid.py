@@ -1,7 +1,7 @@
 """Benchmark: what a search finds against the whole grid of the same space.
 
     python benchmarks/search_vs_grid.py [--scenario scenarios/search.yaml]
-        [--search-dir DIR | --trials N] [--out DIR] [--cache-dir DIR]
+        [--search-dir DIR | --trials N] [--grid-dir DIR] [--out DIR] [--cache-dir DIR]
 
 Runs ``squeezelab search`` on the scenario (or reads a finished search folder given with
 ``--search-dir``), then writes every combination of the scenario's searchable values as a
@@ -10,7 +10,8 @@ with ``squeezelab run``, as a user without the search would. Both are judged by 
 code (the search's constraints and objective, from ``select``): the script prints the grid's
 size (settings × backends, and how many of those rows are supported), how many settings the
 search evaluated, the best feasible row of each, and the ratio of the search's best to the
-grid's on the first objective.
+grid's on the first objective. ``--grid-dir`` reads a grid run folder instead of running
+it (a run stopped early: the script says how many of the supported rows it holds).
 
 Both share the cache (``--cache-dir``), so the grid reruns none of the search's jobs: the
 figures compared are what each found, not how long each took on this shared machine; the
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from unified.load.scenario_file import load_search_scenario  # noqa: E402
 from unified.search.objectives import MEASURED, constraints, objectives  # noqa: E402
+from unified.search.space import plan_space  # noqa: E402
 
 
 def squeezelab(*args: str) -> float:
@@ -108,6 +110,8 @@ def main() -> None:
     parser.add_argument("--search-dir", type=Path, default=None,
                         help="a finished search folder (else one is run)")
     parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--grid-dir", type=Path, default=None,
+                        help="a grid run folder to read (else the grid is run)")
     parser.add_argument("--out", type=Path, default=Path("runs") / "search-vs-grid")
     parser.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args()
@@ -126,8 +130,10 @@ def main() -> None:
     document, settings = grid_document(scenario)
     grid_file = out / "grid.yaml"
     grid_file.write_text(yaml.safe_dump(document, sort_keys=False, width=100))
-    grid_dir = out / "grid"
-    grid_wall = squeezelab("run", str(grid_file), "--out", str(grid_dir), *cache)
+    grid_dir = args.grid_dir.resolve() if args.grid_dir else out / "grid"
+    grid_wall = None
+    if args.grid_dir is None:
+        grid_wall = squeezelab("run", str(grid_file), "--out", str(grid_dir), *cache)
 
     grid_rows = read_rows(grid_dir)
     supported = [r for r in grid_rows if r.get("status") != "unsupported"]
@@ -141,8 +147,10 @@ def main() -> None:
           f"{history['space']['size']})")
     print(f"search: {history['evaluated']} trials evaluated, {ran['search']} jobs computed, "
           + (f"{search_wall:.0f} s" if search_wall else "read from " + str(search_dir)))
-    print(f"grid:   {len(supported)} supported rows, {ran['grid']} jobs computed (the rest "
-          f"from the shared cache), {grid_wall:.0f} s")
+    planned = plan_space(load_search_scenario(scenario)).size()
+    print(f"grid:   {len(supported)} of the {planned} supported rows, {ran['grid']} jobs "
+          f"computed (the rest from the shared cache), "
+          + (f"{grid_wall:.0f} s" if grid_wall else "read from " + str(grid_dir)))
     print(describe("best of the grid  ", grid))
     print(describe("best of the search", found))
     if grid["value"] is not None and found["value"] is not None:
