@@ -142,9 +142,10 @@ def main() -> None:
            "grid": sum(not r.get("cached") for r in supported)}
     grid, found = judge(grid_rows, scenario), judge(read_rows(search_dir), scenario)
     print()
-    print(f"space: {settings} settings × {len(document['backends'])} backends = "
-          f"{len(grid_rows)} grid rows, {len(supported)} supported (the search's space: "
-          f"{history['space']['size']})")
+    backends = len(document["backends"])
+    print(f"space: {settings} settings × {backends} backends = {settings * backends} grid "
+          f"rows ({len(grid_rows)} in the grid folder), of which the search's space (the "
+          f"supported ones): {history['space']['size']}")
     print(f"search: {history['evaluated']} trials evaluated, {ran['search']} jobs computed, "
           + (f"{search_wall:.0f} s" if search_wall else "read from " + str(search_dir)))
     planned = plan_space(load_search_scenario(scenario)).size()
