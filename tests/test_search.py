@@ -297,3 +297,13 @@ def test_a_search_killed_with_sigkill_resumes_without_recomputing(
         assert after[job] == stamp, job
     assert len(after) == 5 and len(list((out / "jobs").glob("*/record.json"))) == 5
     assert not any(e["row"].get("cached") for e in done), "a fresh cache: nothing cached"
+
+
+def test_a_plain_range_field_outside_recipes_is_not_searchable() -> None:
+    from unified.spec.searchable import find_markers
+
+    document = {"data": {"preprocess": {"range": [-1, 1]}},
+                "recipes": {"q": [{"quantize": {"weights": {"range": [4, 8], "step": 4}}}]},
+                "budget": {"lr": {"choice": [0.1, 0.01]}}}
+    assert list(find_markers(document)) == [("recipes", "q", 0, "quantize", "weights"),
+                                            ("budget", "lr")]

@@ -148,9 +148,17 @@ def snap_float(value: float) -> float:
     return float(f"{value:.{FLOAT_DIGITS}g}")
 
 
-def is_marker(value: Any) -> bool:
-    """Is ``value`` written as a searchable value (a mapping with choice or range)?"""
-    return isinstance(value, dict) and bool(MARKER_KEYS & set(value))
+def is_marker(value: Any, in_recipe: bool = True) -> bool:
+    """Is ``value`` written as a searchable value? In a recipe: a mapping with choice or
+    range (other keys are then reported as mistakes). Elsewhere only a mapping of choice /
+    range / step alone with choice or step: a field may be a plain mapping with a range key
+    (data.preprocess)."""
+    if not isinstance(value, dict):
+        return False
+    keys = set(value)
+    if in_recipe:
+        return bool(MARKER_KEYS & keys)
+    return keys <= MARKER_KEYS | {"step"} and bool(keys & {"choice", "step"})
 
 
 def parse_domain(value: dict[str, Any]) -> Domain:
@@ -210,7 +218,7 @@ YPath = tuple[str | int, ...]
 
 def find_markers(data: Any, path: YPath = ()) -> Iterator[YPath]:
     """Paths of every searchable value in a loaded YAML document, in document order."""
-    if is_marker(data):
+    if is_marker(data, in_recipe=bool(path) and path[0] == "recipes"):
         yield path
         return
     if isinstance(data, dict):
