@@ -135,10 +135,18 @@ class Plan:
 
 @dataclass
 class Artifacts:
-    """What ``_compress`` returns: the ONNX to measure, the native artifact, what was done."""
+    """What ``_compress`` returns: the ONNX to measure, the native artifact, what was done.
+
+    ``native_path`` is the toolkit's own artifact in the one format the backend always
+    writes (its ``native_ratio`` divides the backend's fp32 artifact of the same format by
+    it); ``deploy_path`` is the file (or package folder) a user would ship from this toolkit,
+    when that is not the native artifact itself (Core ML: the whole .mlpackage, while its
+    native artifact is the weight file).
+    """
 
     onnx_path: Path
     native_path: Path | None = None
+    deploy_path: Path | None = None  # None: the native artifact is what a user ships
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -266,7 +274,13 @@ class Adapter(ABC):
 
     @abstractmethod
     def _compress(self, ctx: JobContext, plan: Plan) -> Artifacts:
-        """Run the toolkit on ``ctx``; write the native artifact and model.onnx in ctx.workdir."""
+        """Run the toolkit on ``ctx``; write the native artifact and model.onnx in ctx.workdir.
+
+        On the empty recipe (no step) it writes the toolkit's *fp32* native and deployable
+        artifacts, in the same formats as for any recipe: they are the yardstick of the
+        backend's ``native_ratio`` and ``deploy_ratio`` (the runner runs the empty recipe
+        once per reference × backend, as an ordinary cached job, even when the scenario has
+        no such recipe)."""
 
     @staticmethod
     def _check_onnx(path: Path) -> None:

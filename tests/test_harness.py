@@ -37,8 +37,8 @@ REFERENCE_ONLY = (
     "agreement",
     "rel_l2",
     "size_ratio",
-    "native_ratio",
     "gzip_ratio",
+    "macs_ratio",
     "speedup",
 )
 
@@ -76,11 +76,13 @@ def test_measure_against_a_reference(identity_path: Path, tmp_path: Path) -> Non
         onnx_bytes=2 * onnx_bytes,
         gzip_bytes=12345,
         latency_ms_p50=7.0,
+        macs=4 * FEATURES * FEATURES,
     )
 
     result = measure(
         identity_path,
-        native_path=native,
+        native_path=native / "weights" / "weight.bin",
+        deploy_path=native,
         test_x=x,
         test_y=labels,
         reference=reference,
@@ -94,9 +96,12 @@ def test_measure_against_a_reference(identity_path: Path, tmp_path: Path) -> Non
     assert result["agreement"] == 0.8
     assert result["rel_l2"] == pytest.approx(expected_rel_l2, rel=1e-6)
     assert result["onnx_bytes"] == onnx_bytes
-    assert result["native_bytes"] == 400
+    assert result["native_bytes"] == 300  # the weight file
+    assert (result["deploy_bytes"], result["deploy_format"]) == (400, ".mlpackage")  # all of it
     assert result["size_ratio"] == 2.0
-    assert result["native_ratio"] == 2 * onnx_bytes / 400
+    assert "native_ratio" not in result  # against the backend's own fp32 file: the runner's
+    assert result["macs"] == FEATURES * FEATURES  # one Gemm [1, 10] x [10, 10]
+    assert result["macs_ratio"] == 4.0
     assert result["gzip_ratio"] == 12345 / result["gzip_bytes"]
     assert result["parameters"] == FEATURES * FEATURES + FEATURES
     assert result["sparsity"] == pytest.approx(0.9)  # the identity is 90% zeros
@@ -114,7 +119,8 @@ def test_measure_without_reference_or_labels(identity_path: Path) -> None:
     assert tuple(result) == MEASURE_KEYS
     assert all(result[key] is None for key in REFERENCE_ONLY)
     assert result["accuracy"] is None
-    assert result["native_bytes"] is None
+    assert result["native_bytes"] is None and result["deploy_bytes"] is None
+    assert result["macs"] == FEATURES * FEATURES
     assert result["onnx_bytes"] == identity_path.stat().st_size
     assert result["gzip_bytes"] > 0
     assert result["parameters"] == 110

@@ -38,7 +38,7 @@ def test_crash_hang_and_error_are_rows_and_other_jobs_finish(
     )
     out = tmp_path / "run"
     records = by_recipe(Runner(scenario, RunOptions(out=out, cache_dir=cache_dir, jobs=2)).run())
-    assert len(records) == 10
+    assert len(records) == 11  # 5 recipes × 2 backends, and the distillations' fp32+ft1
     assert records[("killed", "pytorch")]["status"] == "failed"
     assert "SIGKILL" in records[("killed", "pytorch")]["reason"]
     assert records[("hangs", "pytorch")]["status"] == "timeout"
@@ -47,13 +47,13 @@ def test_crash_hang_and_error_are_rows_and_other_jobs_finish(
     # onnxruntime cannot distill: planned, never started
     assert records[("killed", "onnxruntime")]["status"] == "unsupported"
     for key in [("fp32", "pytorch"), ("fp32", "onnxruntime"), ("int8", "pytorch"),
-                ("int8", "onnxruntime")]:
+                ("int8", "onnxruntime"), ("fp32+ft1", "pytorch")]:
         assert records[key]["status"] == "ok", records[key]
     # every row is in results.jsonl, with every contract field present
     stored = read_records(out / "results.jsonl")
-    assert len(stored) == 10
+    assert len(stored) == 11
     assert all(set(RECORD_FIELDS) <= set(r) for r in stored)
-    assert (out / "results.csv").read_text().count("\n") == 11
+    assert (out / "results.csv").read_text().count("\n") == 12
 
 
 @pytest.mark.slow

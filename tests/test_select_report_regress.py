@@ -60,11 +60,11 @@ def test_select_names_winners_front_and_every_backend(tiny_run: tuple[Path, Path
 def test_constraints_exclude_with_reason() -> None:
     rows = [
         {"recipe": "a", "backend": "x", "status": "ok", "accuracy": 0.9, "accuracy_drop": 0.05,
-         "agreement": 0.9, "onnx_bytes": 10, "latency_ms_p50": 1.0},
+         "agreement": 0.9, "deploy_ratio": 16.0, "latency_ms_p50": 1.0},
         {"recipe": "b", "backend": "y", "status": "ok", "accuracy": 0.95, "accuracy_drop": 0.0,
-         "agreement": 1.0, "onnx_bytes": 40, "latency_ms_p50": 2.0},
+         "agreement": 1.0, "deploy_ratio": 4.0, "latency_ms_p50": 2.0},
         {"recipe": "c", "backend": "y", "status": "ok", "accuracy": 0.94, "accuracy_drop": 0.01,
-         "agreement": 1.0, "onnx_bytes": 50, "latency_ms_p50": 3.0},
+         "agreement": 1.0, "deploy_ratio": 3.2, "latency_ms_p50": 3.0},
     ]
     rec = recommend(rows, SelectSpec(max_accuracy_drop=0.01, minimize=("size",)))
     assert rec.winners["size"]["recipe"] == "b"
@@ -77,7 +77,7 @@ def test_speedups_whose_intervals_overlap_are_ties() -> None:
     def row(recipe: str, p50: float, ci: tuple[float, float], accuracy: float,
             size: int) -> dict[str, Any]:
         return {"model": "m", "recipe": recipe, "backend": "b", "status": "ok",
-                "accuracy": accuracy, "accuracy_drop": 0.0, "onnx_bytes": size,
+                "accuracy": accuracy, "accuracy_drop": 0.0, "deploy_ratio": 40 / size,
                 "latency_ms_p50": p50, "speedup": sum(ci) / 2, "speedup_ci_low": ci[0],
                 "speedup_ci_high": ci[1]}
 
@@ -218,3 +218,34 @@ def test_concurrent_prune_steps_get_one_epoch_table_each() -> None:
     assert tables[1].target[2] == pytest.approx(0.224)
     assert tables[1].deviation("tfmot") == pytest.approx(0.004)
     assert tables[0].title == "m / agp, step 1"
+
+
+def test_regress_spread_widens_the_accuracy_tolerance_of_repeated_rows() -> None:
+    row = {"recipe": "r", "backend": "b", "status": "ok", "accuracy": 0.90,
+           "accuracy_std": 0.01}
+    base = make_baseline([row], "s")
+    now = [{**row, "accuracy": 0.88, "accuracy_std": 0.01}]  # 0.02 lower: 1.4 combined stds
+    assert [f.metric for f in compare(now, base, {"accuracy": 0.01}) if f.regression] == \
+        ["accuracy"]
+    assert not [f for f in compare(now, base, {"accuracy": 0.01}, spread=2.0) if f.regression]
+    found = [f for f in compare(now, base, {"accuracy": 0.01}, spread=1.0) if f.regression]
+    assert [f.metric for f in found] == ["accuracy"]  # 0.02 > 1 × 0.0141
+
+
+def test_select_ties_accuracies_inside_their_spread_and_never_picks_a_yardstick() -> None:
+    def row(recipe: str, accuracy: float, std: float | None, ratio: float,
+            role: str = "compressed") -> dict[str, Any]:
+        return {"model": "m", "recipe": recipe, "backend": "b", "status": "ok", "role": role,
+                "accuracy": accuracy, "accuracy_std": std, "accuracy_drop": 0.96 - accuracy,
+                "deploy_ratio": ratio, "latency_ms_p50": 1.0}
+
+    rows = [row("fp32", 0.96, None, 1.0, "fp32"), row("fp32+ft1", 0.97, None, 1.0, "baseline"),
+            row("small", 0.950, 0.004, 8.0), row("accurate", 0.955, 0.004, 4.0),
+            row("far", 0.90, 0.001, 2.0)]
+    rec = recommend(rows, SelectSpec(minimize=("accuracy_drop", "size")))
+    # small and accurate tie on accuracy (±1 std bars overlap): the smaller wins
+    assert rec.winners["accuracy_drop"]["recipe"] == "small"
+    assert [r["recipe"] for r in rec.ties["accuracy_drop"]] == ["accurate"]
+    assert rec.winners["size"]["recipe"] == "small"
+    assert "8.00× smaller than its toolkit's fp32" in rec.lines()[1]
+    assert all(r["recipe"] != "fp32+ft1" for r in rec.pareto)

@@ -17,6 +17,7 @@ import click
 
 import unified
 from unified.spec.errors import SpecError, SqueezelabError, did_you_mean, one_line, summarize
+from unified.spec.scenario import OBJECTIVE_NAMES
 
 EXIT_USAGE = 2
 
@@ -135,8 +136,9 @@ def run(scenario_file: Path, out: Path | None, cache_dir: Path | None, jobs: int
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--max-accuracy-drop", type=float, default=None)
 @click.option("--min-agreement", type=float, default=None)
-@click.option("--minimize", multiple=True,
-              type=click.Choice(["size", "latency", "native_size", "accuracy_drop"]))
+@click.option("--minimize", multiple=True, type=click.Choice(list(OBJECTIVE_NAMES)),
+              help="size: the deployable file against the same toolkit's fp32 one "
+                   "(deploy_ratio); onnx_size, native_size: bytes.")
 def select(run_dir: Path, max_accuracy_drop: float | None, min_agreement: float | None,
            minimize: tuple[str, ...]) -> None:
     """Recommend the best toolkit of a finished run (the scenario's select:, or flags)."""
@@ -256,13 +258,17 @@ def baseline(run_dir: Path, output: Path) -> None:
 @click.option("--tolerance", "tolerances", multiple=True, metavar="METRIC=VALUE",
               help="Override a tolerance, e.g. accuracy=0.02 (accuracy, agreement, "
                    "size_ratio, latency).")
+@click.option("--spread", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With repeated rows: accuracy / agreement regress only beyond this many "
+                   "standard deviations over seeds (default: the scenario's regress.spread).")
 @click.option("--junit", type=click.Path(path_type=Path), default=None)
 @click.option("--out", type=click.Path(path_type=Path), default=None)
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None)
 @_executor_options
 def regress(scenario_file: Path, baseline_file: Path | None, tolerances: tuple[str, ...],
-            junit: Path | None, out: Path | None, cache_dir: Path | None, jobs: int | None,
-            executor: str, ray_address: str | None) -> None:
+            spread: float | None, junit: Path | None, out: Path | None,
+            cache_dir: Path | None, jobs: int | None, executor: str,
+            ray_address: str | None) -> None:
     """Rerun SCENARIO_FILE and compare with a baseline; exit 1 on any regression."""
     from unified.load.checks import export_model_import_path, tolerance_problems
     from unified.load.scenario_file import load_scenario
@@ -295,7 +301,8 @@ def regress(scenario_file: Path, baseline_file: Path | None, tolerances: tuple[s
     options = RunOptions(out=out, cache_dir=cache_dir or default_cache_dir(), jobs=jobs,
                          executor=executor, ray_address=ray_address)
     records = _run_naming_the_file(scenario_file, scenario, options)
-    findings = compare(records, base, tolerance)
+    findings = compare(records, base, tolerance,
+                       spread if spread is not None else scenario.regress.spread)
     if junit is not None:
         write_junit(junit, records, findings, f"squeezelab.{scenario.name}")
     regressions = [f for f in findings if f.regression]

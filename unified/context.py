@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from unified.data.splits import DataSplits
+from unified.spec.layers import LayerInfo, StepTargets, load_inventory
 from unified.spec.scenario import Budget, Scenario
-from unified.spec.steps import Recipe
+from unified.spec.steps import Recipe, Step
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +43,39 @@ class ReferenceArtifacts:
     @property
     def summary(self) -> Path:  # reference.json: accuracy, bytes, latency ...
         return self.folder / "reference.json"
+
+    @property
+    def layers(self) -> Path:  # layers.json: the conv/linear layers in execution order
+        return self.folder / "layers.json"
+
+    def layer_inventory(self) -> list[LayerInfo]:
+        """The reference model's layers (unified.spec.layers), as the reference stage found
+        them."""
+        return load_inventory(self.layers)
+
+
+PARITY_MIN_AGREEMENT = 0.99  # native vs ONNX top-1 agreement below this: the export changed it
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How faithful the ONNX is to the native artifact, where the native runtime runs here."""
+
+    native: str  # what ran natively: "torch", "the TFLite interpreter" ...
+    agreement: float  # share of inputs whose top-1 class is the same in both
+    max_abs: float  # largest absolute difference of the logits
+    samples: int
+
+    @property
+    def faithful(self) -> bool:
+        return self.agreement >= PARITY_MIN_AGREEMENT
+
+    def failure(self) -> str:
+        """The reason of a row whose export changed the model."""
+        return (f"export changed the model: the ONNX agrees with the {self.native} model on "
+                f"the top-1 class of {self.agreement:.1%} of {self.samples} test inputs "
+                f"(below {PARITY_MIN_AGREEMENT:.0%}; max |logit difference| "
+                f"{self.max_abs:.3g})")
 
 
 SPARSITY_DIGITS = 6  # epoch_log sparsities and targets are rounded to this many digits
@@ -81,6 +117,25 @@ class JobContext:
     # the recipe's (Distiller) LR schedulers: None while no training loop asked for them,
     # True once one followed them, False when they could not run (noted)
     lr_schedule_applied: bool | None = None
+    # each step's layers, resolved once by the job (unified.spec.layers); None: no targets
+    targets: list[StepTargets | None] = field(default_factory=list)
+    # what the toolkit did instead of what was asked, found while it ran (deviate)
+    deviations: list[str] = field(default_factory=list)
+    # the layers each step really changed, as the adapter reports them (report_changed)
+    changed: dict[int, list[str]] = field(default_factory=dict)
+    parity: Parity | None = None
+
+    def __post_init__(self) -> None:
+        if not self.targets and self.recipe.steps and self.reference.layers.is_file():
+            from unified.spec.layers import resolve_recipe
+
+            self.targets = resolve_recipe(self.recipe.steps, self.reference.layer_inventory())
+
+    @property
+    def targets_resolved(self) -> bool:
+        """Whether each step's layers were resolved (False: no layer inventory was at hand,
+        the adapter falls back on the step's patterns)."""
+        return bool(self.targets)
 
     @property
     def budget(self) -> Budget:
@@ -100,6 +155,49 @@ class JobContext:
         """Record what the toolkit actually did (shown in the report's notes)."""
         if message not in self.notes:
             self.notes.append(message)
+
+    def deviate(self, message: str) -> None:
+        """Record that the toolkit did something other than the recipe asked (the row becomes
+        ``approximated``, ``message`` says what was done instead)."""
+        self.note(message)
+        if message not in self.deviations:
+            self.deviations.append(message)
+
+    def step_index(self, step: Step) -> int:
+        """The position of ``step`` (the object from ``recipe.steps``) in the recipe."""
+        for index, candidate in enumerate(self.recipe.steps):
+            if candidate is step:
+                return index
+        raise ValueError(f"{step.kind} step is not a step of recipe {self.recipe_name!r}")
+
+    def layers_for(self, step: Step | int) -> tuple[str, ...]:
+        """The torch module names a step acts on, resolved once for every backend (empty for
+        a step without targets)."""
+        index = step if isinstance(step, int) else self.step_index(step)
+        resolved = self.targets[index] if index < len(self.targets) else None
+        return () if resolved is None else resolved.layers
+
+    def left_out(self, step: Step | int) -> dict[str, str]:
+        """Layers the step's patterns select but a default leaves out: name -> why."""
+        index = step if isinstance(step, int) else self.step_index(step)
+        resolved = self.targets[index] if index < len(self.targets) else None
+        return {} if resolved is None else dict(resolved.left_out)
+
+    def report_changed(self, step: Step | int, names: list[str] | tuple[str, ...]) -> None:
+        """Record the layers a step really changed (torch module names). A targeted layer the
+        toolkit left as it was makes the row ``approximated``."""
+        index = step if isinstance(step, int) else self.step_index(step)
+        self.changed[index] = list(dict.fromkeys([*self.changed.get(index, []), *names]))
+
+    def check_parity(self, native: str, native_logits: Any, onnx_logits: Any) -> Parity:
+        """Compare the native artifact's logits with its ONNX's on the same inputs; the job
+        fails the row when they disagree on the top-1 class of more than 1 % of them."""
+        a = np.asarray(native_logits, dtype=np.float64).reshape(len(native_logits), -1)
+        b = np.asarray(onnx_logits, dtype=np.float64).reshape(len(onnx_logits), -1)
+        parity = Parity(native, float(np.mean(a.argmax(1) == b.argmax(1))),
+                        float(np.abs(a - b).max()) if a.size else 0.0, len(a))
+        self.parity = parity
+        return parity
 
     def log_epoch(self, index: int, kind: str, epoch: int | None, *,
                   sparsity: float | None = None, target: float | None = None) -> None:

@@ -61,4 +61,5 @@ def compress(ctx: JobContext, routes: list[str]) -> Artifacts:
         "ONNX = the BN-folded torch model carrying the decompressed Core ML weights "
         "(decompress_weights; equal to the ONNX weights exactly)",
     ]
-    return Artifacts(onnx_path=onnx_path, native_path=native, notes=notes, details=details)
+    return Artifacts(onnx_path=onnx_path, native_path=native, deploy_path=package, notes=notes,
+                     details=details)

@@ -34,9 +34,8 @@ from adapters.coreml._impl_common import (
 from adapters.coreml._impl_ct import ct, cto
 from unified.context import JobContext
 from unified.spec.errors import ExportMismatch
-from unified.spec.steps import ClusterStep, PruneStep, QuantizeStep, Step, targets_of
+from unified.spec.steps import ClusterStep, PruneStep, QuantizeStep, Step
 from unified.torchkit.export import export_onnx
-from unified.torchkit.targets import targeted
 
 # --- optimize.coreml configs ----------------------------------------------------------------
 
@@ -197,8 +196,8 @@ def run_coreml_steps(
         if op is None:
             continue
         skip: dict[str, Any] = {}
-        for (name, module), const, mil_op in zip(layers, consts, ops, strict=True):
-            if not targeted(name, module, targets_of(step)):
+        for (name, _module), const, mil_op in zip(layers, consts, ops, strict=True):
+            if name not in ctx.layers_for(step):
                 skip[const] = None
                 skip[mil_op.name] = None
         config = cto.coreml.OptimizationConfig(global_config=op.config, op_name_configs=skip)
@@ -209,13 +208,15 @@ def run_coreml_steps(
     package = ctx.workdir / "model.mlpackage"
     mlmodel.save(str(package))
     compressed = compute_ops(mil_program(load_mlpackage(package)))
-    wanted = [any(o is not None and targeted(n, m, targets_of(s)) for s, o in steps)
-              for n, m in layers]
+    wanted = [any(o is not None and n in ctx.layers_for(s) for s, o in steps) for n in names]
     skipped = [n for n, op, w in zip(names, compressed, wanted, strict=True)
                if w and not _weight_is_compressed(op)]
+    for step, op in steps:
+        if op is not None:
+            ctx.report_changed(step, [n for n in ctx.layers_for(step) if n not in skipped])
     if skipped and did_compress:
-        ctx.note("coremltools left these layers uncompressed (shape not applicable to the "
-                 f"config): {', '.join(skipped)}")
+        ctx.deviate("coremltools left these layers uncompressed (shape not applicable to the "
+                    f"config): {', '.join(skipped)}")
     return fp32_package, package, names
 
 

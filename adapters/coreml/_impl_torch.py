@@ -32,7 +32,6 @@ from unified.spec.steps import (
     prune_run,
 )
 from unified.torchkit.export import export_onnx
-from unified.torchkit.targets import targeted
 from unified.torchkit.training import train
 
 
@@ -41,23 +40,20 @@ class TorchResult:
     model: nn.Module
     onnx_path: Path | None = None  # set when the torch model itself is the ONNX (qat)
     native_path: Path | None = None
+    deploy_path: Path | None = None  # the .mlpackage
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
     def artifacts(self, ctx: JobContext) -> Artifacts:
         assert self.onnx_path is not None
         return Artifacts(onnx_path=self.onnx_path, native_path=self.native_path,
-                         notes=self.notes, details=self.details)
+                         deploy_path=self.deploy_path, notes=self.notes, details=self.details)
 
 
-def _excluded(model: nn.Module, step: Step, input_shape: tuple[int, ...]) -> dict[str, None]:
+def _excluded(model: nn.Module, names: tuple[str, ...],
+              input_shape: tuple[int, ...]) -> dict[str, None]:
     """module_name_configs entries (None = leave alone) for layers the targets leave out."""
-    targets = getattr(step, "targets", None)
-    out: dict[str, None] = {}
-    for name, module in layers_in_order(model, input_shape):
-        if targets is not None and not targeted(name, module, targets):
-            out[name] = None
-    return out
+    return {name: None for name, _ in layers_in_order(model, input_shape) if name not in names}
 
 
 def _finetune_epochs(ctx: JobContext, steps: list[Step], index: int) -> int:
@@ -145,14 +141,16 @@ def prune(ctx: JobContext, model: nn.Module, steps: list[tuple[int, PruneStep]],
     for index, step in steps:
         config, step_epochs, how = _module_config(step)
         epochs = max(epochs, step_epochs)
-        for name, module in layer_names.items():
-            if targeted(name, module, step.targets):
+        for name, _module in layer_names.items():
+            if name in ctx.layers_for(index):
                 if name in owner:
                     ctx.note(f"layer {name} is targeted by steps {owner[name] + 1} and "
                              f"{index + 1}: step {index + 1}'s config applies")
                 configs[name], owner[name] = config, index
         ctx.note(f"step {index + 1} (prune): optimize.torch MagnitudePruner ({how}); each layer "
                  "pruned to the target (local)")
+    for index, _ in steps:
+        ctx.report_changed(index, [name for name, i in owner.items() if i == index])
     epochs += extra_epochs
     pruner = MagnitudePruner(model, MagnitudePrunerConfig(module_name_configs=configs))
     model = pruner.prepare(inplace=True)
@@ -207,7 +205,7 @@ def palettize(ctx: JobContext, model: nn.Module, step: ClusterStep, epochs: int)
                                               **gran)
     config = DKMPalettizerConfig(
         global_config=module_config,
-        module_name_configs=_excluded(model, step, ctx.input_shape),  # type: ignore[arg-type]
+        module_name_configs=_excluded(model, ctx.layers_for(step), ctx.input_shape),  # type: ignore[arg-type]
     )
     palettizer = DKMPalettizer(model, config)
     model = palettizer.prepare(inplace=True)
@@ -236,7 +234,7 @@ def quantize_qat(ctx: JobContext, model: nn.Module, step: QuantizeStep,
     )
     config = LinearQuantizerConfig(
         global_config=module_config,
-        module_name_configs=_excluded(model, step, ctx.input_shape),  # type: ignore[arg-type]
+        module_name_configs=_excluded(model, ctx.layers_for(step), ctx.input_shape),  # type: ignore[arg-type]
     )
     quantizer = LinearQuantizer(model, config)
     example = (torch.zeros(1, *ctx.input_shape),)
@@ -262,6 +260,7 @@ def quantize_qat(ctx: JobContext, model: nn.Module, step: QuantizeStep,
         package = ctx.workdir / "model.mlpackage"
         convert(final, ctx.input_shape, fp16=False).save(str(package))
         result.native_path = weight_file(package)
+        result.deploy_path = package
         result.notes.append("native_bytes is the weight file of the mlpackage converted from "
                             "the finalized LinearQuantizer model")
     except Exception as exc:  # the ONNX stands; say why there is no mlpackage

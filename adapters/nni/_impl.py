@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # isort: off
 # _impl_common first: it loads triton (torch._dynamo) before nni loads TensorFlow
-from adapters.nni._impl_common import State
+from adapters.nni._impl_common import PARITY_SAMPLES, State, onnx_logits, torch_logits
 # isort: on
 import torch
 
@@ -58,6 +58,9 @@ def run(ctx: JobContext) -> Artifacts:
     model = state.model.eval()
     if not state.onnx_written:
         export_onnx(model, onnx_path, ctx.input_shape)
+    if ctx.parity is None:  # a quantize step compared the ONNX with NNI's simulation itself
+        x = ctx.data.test_x[:PARITY_SAMPLES]
+        ctx.check_parity("torch", torch_logits(model, x), onnx_logits(onnx_path, x))
     state.details["parameters"] = count_parameters(model)
     native = ctx.workdir / "model.pt"
     torch.save(model.state_dict(), native)

@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # isort: off
@@ -19,6 +20,7 @@ from typing import Any
 import torch._dynamo
 import nni
 # isort: on
+import numpy as np
 import torch
 import torch.nn.functional as F
 from nni.compression.utils import TorchEvaluator
@@ -36,6 +38,7 @@ _impl_patches.apply()
 logging.getLogger("nni").setLevel(logging.WARNING)
 
 Masks = dict[str, dict[str, torch.Tensor]]
+PARITY_SAMPLES = 256  # test inputs the native model and its ONNX are compared on
 
 
 @dataclass
@@ -158,3 +161,23 @@ def apply_masks(model: nn.Module, masks: Masks) -> None:
                 if isinstance(param, torch.Tensor):
                     param.mul_(mask.to(param.dtype))
 
+
+
+# --- native vs ONNX ------------------------------------------------------------------------
+
+
+def torch_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    """The torch model's logits on ``x`` (eval mode, no gradients)."""
+    model.eval()
+    with torch.no_grad():
+        return np.asarray(model(torch.from_numpy(x)).float().numpy())
+
+
+def onnx_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    """onnxruntime's logits of the ONNX file on ``x`` (one thread, the CPU provider)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[0])

@@ -28,8 +28,6 @@ from adapters.nni._impl_common import (
     apply_masks,
     make_evaluator,
     mask_sparsity,
-    output_layer,
-    target_modules,
 )
 from unified.context import JobContext
 from unified.spec.steps import (
@@ -38,22 +36,23 @@ from unified.spec.steps import (
     PruneStep,
     PruneStructure,
     ScheduleCurve,
-    Targets,
 )
 from unified.torchkit import training
 from unified.torchkit.models import count_parameters
+from unified.torchkit.targets import layer_inventory
 
 
 def _prune_config(ctx: JobContext, model: nn.Module, step: PruneStep) -> list[dict[str, Any]]:
-    selected = target_modules(model, step.targets)
+    selected = {name: model.get_submodule(name) for name in ctx.layers_for(step)}
+    layers = [layer.name for layer in layer_inventory(model, ctx.input_shape)]
     if step.structure is PruneStructure.channel:
-        head = output_layer(model)
-        if head in selected:
+        head = layers[-1]
+        if head in selected:  # named in include: the resolved targets keep it
             del selected[head]
-            ctx.note(f"NNI channel pruning skips the output layer {head!r} "
-                     "(its output channels are the classes)")
+            ctx.deviate(f"NNI channel pruning leaves out the output layer {head!r}: "
+                        "ModelSpeedup cannot remove the model's outputs (the classes)")
     if step.structure is PruneStructure.input_channel:
-        _input_channel_targets(ctx, model, selected)
+        _input_channel_targets(ctx, layers[0], selected)
     if not selected:
         raise ValueError("the prune step's targets select no conv/linear module")
     config: dict[str, Any] = {"op_names": list(selected), "sparse_ratio": step.sparsity}
@@ -66,22 +65,21 @@ def _prune_config(ctx: JobContext, model: nn.Module, step: PruneStep) -> list[di
     return [config]
 
 
-def _input_channel_targets(ctx: JobContext, model: nn.Module,
+def _input_channel_targets(ctx: JobContext, first: str,
                            selected: dict[str, nn.Module]) -> None:
-    """Input-channel pruning leaves out the input layer (its channels are the image's: speedup
-    would change the model's input) and depthwise convs (one input channel per filter)."""
-    first = next(iter(target_modules(model, Targets())), None)
+    """Input-channel pruning cannot take the input layer (its channels are the image's:
+    speedup would change the model's input); the resolved targets keep it only when the
+    recipe names it."""
     if first in selected:
         del selected[first]
-        ctx.note(f"NNI input-channel pruning skips the input layer {first!r} (its input "
-                 "channels are the image's)")
-    depthwise = [n for n, m in selected.items()
-                 if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
-    for name in depthwise:
-        del selected[name]
-    if depthwise:
-        ctx.note(f"NNI input-channel pruning skips depthwise convs {', '.join(depthwise)} (one "
-                 "input channel per filter)")
+        ctx.deviate(f"NNI input-channel pruning leaves out the input layer {first!r}: "
+                    "ModelSpeedup would change the model's input (the image's channels)")
+
+
+def pruned_names(masks: Masks) -> list[str]:
+    """The modules whose weight mask has zeros."""
+    return [name for name, targets in masks.items()
+            if "weight" in targets and bool((targets["weight"] == 0).any())]
 
 
 def _basic_pruner(ctx: JobContext, model: nn.Module, step: PruneStep,
@@ -122,6 +120,7 @@ def prune(ctx: JobContext, state: State, index: int, step: PruneStep,
     else:
         masks = _scheduled_prune(ctx, model, index, step, config_list, lr)
     apply_masks(model, masks)
+    ctx.report_changed(index, pruned_names(masks))
     state.details["mask_sparsity"] = round(mask_sparsity(masks), 4)
     if step.structure is PruneStructure.unstructured:
         state.masks = masks
@@ -132,7 +131,14 @@ def prune(ctx: JobContext, state: State, index: int, step: PruneStep,
         epochs = ctx.budget.finetune_epochs
         training.train(model, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs, lr=lr,
                        seed=ctx.seed)
-        ctx.note(f"fine-tuned the sped-up model for {epochs} epoch(s) (budget finetune_epochs)")
+        ctx.deviate(unasked_finetune(epochs))
+
+
+def unasked_finetune(epochs: int) -> str:
+    """The deviation of NNI's fine-tuning after ModelSpeedup when the recipe asks for none."""
+    return (f"fine-tuned the sped-up model for {epochs} epoch(s) (budget finetune_epochs) "
+            "although the recipe asks for no training: NNI's channel pruning is followed by "
+            "fine-tuning of the smaller model")
 
 
 def _speedup(ctx: JobContext, state: State, masks: Masks) -> None:
@@ -164,7 +170,7 @@ def _schedule_pruner(ctx: JobContext, step: PruneStep, basic: Any, interval: int
     else:
         pruner = LinearPruner(basic, interval, total_times, evaluator)
         if schedule.initial_sparsity > 0:
-            ctx.note("NNI LinearPruner ramps from 0, not from initial_sparsity "
+            ctx.deviate("NNI LinearPruner ramps from 0, not from initial_sparsity "
                      f"{schedule.initial_sparsity} (its formula with an initial ratio does not "
                      "reach the final sparsity)")
     return pruner

@@ -16,7 +16,7 @@ from adapters.nni._impl_common import (
     apply_masks,
     mask_sparsity,
 )
-from adapters.nni._impl_prune import _prune_config, _speedup
+from adapters.nni._impl_prune import _prune_config, _speedup, pruned_names, unasked_finetune
 from adapters.nni._impl_train import finetune
 from unified.context import JobContext
 from unified.spec.schedules import pruning_epochs, sparsity_at_epoch, target_sparsity
@@ -74,7 +74,9 @@ def prune_several(ctx: JobContext, state: State, steps: list[tuple[int, PruneSte
     pruner.unwrap_model()
     apply_masks(model, masks)
     state.details["mask_sparsity"] = round(mask_sparsity(masks), 4)
+    pruned = set(pruned_names(masks))
     for index, step in steps:
+        ctx.report_changed(index, [name for name in ops[index] if name in pruned])
         how = (f"{step.schedule.curve.value} schedule {step.schedule.initial_sparsity:g} -> "
                f"{step.sparsity:g} at the start of epochs {step.schedule.start_epoch}.."
                f"{step.schedule.end_epoch - 1} every {step.schedule.frequency}"
@@ -159,8 +161,7 @@ def _thin(ctx: JobContext, state: State, steps: list[tuple[int, PruneStep]],
     state.masks = kept or None
     if not training_follows and ctx.budget.finetune_epochs > 0:
         finetune(ctx, state, steps[-1][0], FinetuneStep(epochs=ctx.budget.finetune_epochs))
-        ctx.note(f"fine-tuned the sped-up model for {ctx.budget.finetune_epochs} epoch(s) "
-                 "(budget finetune_epochs)")
+        ctx.deviate(unasked_finetune(ctx.budget.finetune_epochs))
 
 
 def _masks_still_fitting(model: nn.Module, masks: Masks) -> Masks:

@@ -2,19 +2,28 @@
 ONNX with QuantizeLinear / DequantizeLinear inserted (NNI 3.0 has no CPU quantized export).
 
 Weights: int8 symmetric with NNI's weight scales (NNI's int8 range [-127, 127]); inputs: a
-uint8 QDQ pair with NNI's activation scale / zero point before every quantized conv/linear;
-biases: int32 at input_scale × weight_scale (what onnxruntime needs to fuse QLinearConv).
+QDQ pair with NNI's activation scale / zero point before every quantized conv/linear; outputs:
+a QDQ pair where NNI quantized the output (``_impl_qdq_graph``); biases: int32 at
+input_scale × weight_scale (what onnxruntime needs to fuse QLinearConv).
+
+Every other pair only repeats one of NNI's quantizations where it changes nothing: a layer's
+input quantization is moved up through ReLU / max pooling / reshapes to the previous layer's
+output, and an output quantization is repeated after the same ops (``Q(f(x)) == f(Q(x))``
+for them). So the graph computes what NNI simulated, and onnxruntime sees each layer between
+a DequantizeLinear and a QuantizeLinear, which it fuses into an integer op.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from adapters.nni._impl_qdq_graph import EXACT_OPS, Topology, layer_nodes
 
 INT8_MIN, INT8_MAX = -127, 127  # NNI's symmetric int8 range
 
@@ -27,6 +36,10 @@ class LayerQuant:
     weight_scale: np.ndarray  # (C,) per output channel, or () per tensor
     input_scale: float | None
     input_zero_point: int | None
+    output_scale: float | None = None
+    output_zero_point: int | None = None
+    output_signed: bool = False  # int8 output (LSQ), else uint8
+    output_after: str | None = None  # the fused ReLU: the output pair follows it
 
 
 def _scale_for_onnx(scale: np.ndarray) -> np.ndarray:
@@ -34,76 +47,146 @@ def _scale_for_onnx(scale: np.ndarray) -> np.ndarray:
     return flat.reshape(()) if flat.size == 1 else flat
 
 
-def _weight_module(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> str | None:
-    """The torch module whose ``<module>.weight`` initializer this Conv / Gemm multiplies."""
-    module = None
-    if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.input[1] in inits:
-        wname = node.input[1]
-        if wname.endswith(".weight"):
-            module = wname[: -len(".weight")]
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        if trans_b != 1:
-            module = None  # torch Linear exports transB=1: weight rows = output channels
-    return module
+@dataclass
+class _Rewrite:
+    """The graph being rewritten: new initializers, and QDQ pairs to insert."""
 
+    topology: Topology
+    new_inits: list[onnx.TensorProto] = field(default_factory=list)
+    before: dict[int, list[onnx.NodeProto]] = field(default_factory=dict)  # node id -> nodes
+    after: dict[str, tuple[str, str]] = field(default_factory=dict)  # tensor -> (scale, zp)
+    pairs: int = 0
 
-class _Graph:
-    """The nodes and new initializers of the graph being rewritten."""
+    def constant(self, name: str, value: np.ndarray) -> str:
+        self.new_inits.append(numpy_helper.from_array(value, name))
+        return name
 
-    def __init__(self, inits: dict[str, onnx.TensorProto]) -> None:
-        self.inits = inits
-        self.new_inits: list[onnx.TensorProto] = []
-        self.nodes: list[onnx.NodeProto] = []
-
-    def dequantize(self, tag: str, what: str, values: np.ndarray, scale: np.ndarray,
-                   zero_point: np.ndarray) -> str:
+    def dequantize(self, node: onnx.NodeProto, tag: str, what: str, values: np.ndarray,
+                   scale: np.ndarray) -> str:
         """Initializers ``<tag>.<what>_*`` and a DequantizeLinear of them (per output
-        channel: axis 0); returns its output name."""
+        channel: axis 0) placed before ``node``; returns its output name."""
         kind = {np.dtype(np.int8): "int8", np.dtype(np.int32): "int32"}[values.dtype]
-        names = [f"{tag}.{what}_{kind}", f"{tag}.{what}_scale", f"{tag}.{what}_zero_point"]
-        self.new_inits += [numpy_helper.from_array(v, n)
-                           for v, n in zip((values, scale, zero_point), names, strict=True)]
+        names = [self.constant(f"{tag}.{what}_{kind}", values),
+                 self.constant(f"{tag}.{what}_scale", scale),
+                 self.constant(f"{tag}.{what}_zero_point", np.zeros(scale.shape, values.dtype))]
         out = f"{tag}.{what}_dq"
-        self.nodes.append(helper.make_node("DequantizeLinear", names, [out],
-                                           name=f"{tag}.{what}_DequantizeLinear", axis=0))
+        self.before.setdefault(id(node), []).append(helper.make_node(
+            "DequantizeLinear", names, [out], name=f"{tag}.{what}_DequantizeLinear", axis=0))
         return out
 
+    def activation(self, tag: str, scale: float, zero_point: int, signed: bool) -> tuple[str, str]:
+        dtype = np.int8 if signed else np.uint8
+        return (self.constant(f"{tag}_scale", np.asarray(scale, dtype=np.float32)),
+                self.constant(f"{tag}_zero_point", np.asarray(zero_point, dtype=dtype)))
 
-def _quantize_weight(g: _Graph, node: onnx.NodeProto, tag: str, w_scale: np.ndarray) -> float:
+    def pair_after(self, tensor: str, params: tuple[str, str]) -> bool:
+        """Quantize ``tensor`` for all its consumers (not a graph output, not twice)."""
+        if tensor in self.after or tensor in self.topology.outputs:
+            return False
+        self.after[tensor] = params
+        return True
+
+
+def _quantize_weight(r: _Rewrite, node: onnx.NodeProto, tag: str, w_scale: np.ndarray) -> float:
     """The weight as int8 on NNI's grid behind a DequantizeLinear; returns how far the float
     weights were from that grid (0 when NNI's fake-quant weights were written back)."""
-    weight = numpy_helper.to_array(g.inits[node.input[1]]).astype(np.float64)
+    weight = numpy_helper.to_array(r.topology.inits[node.input[1]]).astype(np.float64)
     bshape = (-1,) + (1,) * (weight.ndim - 1)
     grid = weight / (w_scale.reshape(bshape) if w_scale.ndim else w_scale)
     w_int = np.clip(np.round(grid), INT8_MIN, INT8_MAX).astype(np.int8)
-    node.input[1] = g.dequantize(tag, "weight", w_int, w_scale,
-                                 np.zeros(w_scale.shape, dtype=np.int8))
+    node.input[1] = r.dequantize(node, tag, "weight", w_int, w_scale)
     return float(np.abs(grid - np.round(grid)).max())
 
 
-def _quantize_input_and_bias(g: _Graph, node: onnx.NodeProto, tag: str, lq: LayerQuant,
-                             w_scale: np.ndarray) -> None:
-    """A uint8 QDQ pair on the input with NNI's activation scale; the bias as int32."""
-    x_scale = np.asarray(lq.input_scale, dtype=np.float32)
-    x_zp = np.asarray(lq.input_zero_point, dtype=np.uint8)
-    g.new_inits += [numpy_helper.from_array(x_scale, f"{tag}.input_scale"),
-                    numpy_helper.from_array(x_zp, f"{tag}.input_zero_point")]
-    x = node.input[0]
-    g.nodes.append(helper.make_node(
-        "QuantizeLinear", [x, f"{tag}.input_scale", f"{tag}.input_zero_point"],
-        [f"{tag}.input_q"], name=f"{tag}.input_QuantizeLinear"))
-    g.nodes.append(helper.make_node(
-        "DequantizeLinear", [f"{tag}.input_q", f"{tag}.input_scale",
-                             f"{tag}.input_zero_point"],
-        [f"{tag}.input_dq"], name=f"{tag}.input_DequantizeLinear"))
-    node.input[0] = f"{tag}.input_dq"
-    if len(node.input) > 2 and node.input[2] in g.inits:
-        bias = numpy_helper.to_array(g.inits[node.input[2]]).astype(np.float64)
-        b_scale = (float(x_scale) * w_scale).astype(np.float32)
+def _quantize_bias(r: _Rewrite, node: onnx.NodeProto, tag: str, x_scale: float,
+                   w_scale: np.ndarray) -> None:
+    if len(node.input) > 2 and node.input[2] in r.topology.inits:
+        bias = numpy_helper.to_array(r.topology.inits[node.input[2]]).astype(np.float64)
+        b_scale = (x_scale * w_scale).astype(np.float32)
         b_int = np.round(bias / b_scale.astype(np.float64)).astype(np.int32)
-        node.input[2] = g.dequantize(tag, "bias", b_int, b_scale,
-                                     np.zeros(b_scale.shape, np.int32))
+        node.input[2] = r.dequantize(node, tag, "bias", b_int, b_scale)
+
+
+def _forward(r: _Rewrite, tensor: str, params: tuple[str, str]) -> None:
+    """Repeat an output quantization after the exact ops that follow it (values stay on the
+    grid, so the repeat changes nothing; onnxruntime then runs those ops on integers)."""
+    for node in r.topology.consumers.get(tensor, []):
+        if node.op_type in EXACT_OPS and node.input[0] == tensor and \
+                r.pair_after(node.output[0], params):
+            _forward(r, node.output[0], params)
+
+
+def _hoist(r: _Rewrite, tensor: str, params: tuple[str, str]) -> None:
+    """Move a layer's input quantization up through the exact ops before it, as long as each
+    tensor on the way feeds nothing else."""
+    for _ in range(64):
+        producer = r.topology.producers.get(tensor)
+        if producer is None or producer.op_type not in EXACT_OPS:
+            return
+        source = producer.input[0]
+        if r.topology.only_consumer(source) is not producer or not r.pair_after(source, params):
+            return
+        tensor = source
+
+
+def _place_output(r: _Rewrite, node: onnx.NodeProto, tag: str, lq: LayerQuant) -> None:
+    if lq.output_scale is None or lq.output_zero_point is None:
+        return
+    tensor = node.output[0]
+    if lq.output_after is not None:
+        relu = r.topology.only_consumer(tensor)
+        assert relu is not None and relu.op_type == "Relu"
+        tensor = relu.output[0]
+    params = r.activation(f"{tag}.output", lq.output_scale, lq.output_zero_point,
+                          lq.output_signed)
+    if r.pair_after(tensor, params):
+        _forward(r, tensor, params)
+
+
+def _place_input(r: _Rewrite, node: onnx.NodeProto, tag: str, lq: LayerQuant) -> None:
+    assert lq.input_scale is not None and lq.input_zero_point is not None
+    params = r.activation(f"{tag}.input", lq.input_scale, lq.input_zero_point, False)
+    x = node.input[0]
+    if r.topology.only_consumer(x) is node and r.pair_after(x, params):
+        _hoist(r, x, params)
+        return
+    # shared input, or already quantized upstream: a pair on this layer's edge only
+    q, dq = f"{tag}.input_q", f"{tag}.input_dq"
+    r.before.setdefault(id(node), []).extend([
+        helper.make_node("QuantizeLinear", [x, *params], [q], name=f"{tag}.input_QuantizeLinear"),
+        helper.make_node("DequantizeLinear", [q, *params], [dq],
+                         name=f"{tag}.input_DequantizeLinear")])
+    node.input[0] = dq
+
+
+def _emit(r: _Rewrite, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The node list with every pair in place (graph order stays topological)."""
+    renamed: dict[str, str] = {}
+    out: list[onnx.NodeProto] = []
+
+    def pair(tensor: str) -> None:
+        scale, zp = r.after[tensor]
+        q, dq = f"{tensor}_nni_q", f"{tensor}_nni_dq"
+        out.append(helper.make_node("QuantizeLinear", [tensor, scale, zp], [q],
+                                    name=f"{tensor}_nni_QuantizeLinear"))
+        out.append(helper.make_node("DequantizeLinear", [q, scale, zp], [dq],
+                                    name=f"{tensor}_nni_DequantizeLinear"))
+        renamed[tensor] = dq
+        r.pairs += 1
+
+    for name in (i.name for i in graph.input):
+        if name in r.after:
+            pair(name)
+    for node in graph.node:
+        for extra in r.before.get(id(node), []):
+            extra.input[:] = [renamed.get(i, i) for i in extra.input]
+            out.append(extra)
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+        out.append(node)
+        for tensor in node.output:
+            if tensor in r.after:
+                pair(tensor)
+    return out
 
 
 def build_qdq_onnx(
@@ -113,28 +196,26 @@ def build_qdq_onnx(
     initializer is ``<module>.weight``; returns what was done (for the record)."""
     model = onnx.load(str(float_path))
     graph = model.graph
-    g = _Graph({i.name: i for i in graph.initializer})
-    quantized: list[str] = []
+    r = _Rewrite(Topology(model))
+    nodes = layer_nodes(r.topology, list(layers))
     max_error = 0.0
-    for node in graph.node:
-        module = _weight_module(node, g.inits)
-        lq = layers.get(module) if module is not None else None
-        if lq is None:
-            g.nodes.append(node)
-            continue
-        tag = module.replace(".", "_") if module else node.name
+    for module, node in nodes.items():  # outputs first: inputs then stop where they begin
+        _place_output(r, node, module.replace(".", "_"), layers[module])
+    for module, node in nodes.items():
+        lq, tag = layers[module], module.replace(".", "_")
         w_scale = _scale_for_onnx(lq.weight_scale)
-        max_error = max(max_error, _quantize_weight(g, node, tag, w_scale))
+        max_error = max(max_error, _quantize_weight(r, node, tag, w_scale))
         if lq.input_scale is not None and lq.input_zero_point is not None:
-            _quantize_input_and_bias(g, node, tag, lq, w_scale)
-        g.nodes.append(node)
-        quantized.append(module or "")
-    used = {i for n in g.nodes for i in n.input}
+            _quantize_bias(r, node, tag, lq.input_scale, w_scale)
+            _place_input(r, node, tag, lq)
+    emitted = _emit(r, graph)
+    used = {i for n in emitted for i in n.input}
     kept = [i for i in graph.initializer if i.name in used]
     del graph.node[:]
-    graph.node.extend(g.nodes)
+    graph.node.extend(emitted)
     del graph.initializer[:]
-    graph.initializer.extend(kept + g.new_inits)
+    graph.initializer.extend(kept + [i for i in r.new_inits if i.name in used])
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
-    return {"qdq_layers": quantized, "weight_grid_max_error": round(max_error, 6)}
+    return {"qdq_layers": list(nodes), "weight_grid_max_error": round(max_error, 6),
+            "activation_qdq_pairs": r.pairs}

@@ -30,13 +30,16 @@ from nni.compression.utils import TorchEvaluator
 from torch import nn
 
 from adapters.nni._impl_common import (
+    PARITY_SAMPLES,
     State,
     cross_entropy_step,
     make_evaluator,
-    target_modules,
+    onnx_logits,
+    torch_logits,
     traced_optimizer_class,
 )
 from adapters.nni._impl_qdq import LayerQuant, build_qdq_onnx
+from adapters.nni._impl_qdq_graph import output_plan
 from unified.context import JobContext
 from unified.spec.steps import (
     BinarizeStep,
@@ -87,14 +90,50 @@ def _weight_setting(step: QuantizeStep) -> dict[str, Any]:
     return {"quant_dtype": "int8", "quant_scheme": "symmetric", "granularity": granularity}
 
 
-def _quant_config(step: QuantizeStep, names: list[str]) -> list[dict[str, Any]]:
+def _output_setting(step: QuantizeStep) -> dict[str, Any]:
+    if step.algorithm is QuantAlgorithm.lsq:  # LSQ has no zero point: signed for signed outputs
+        return {"quant_dtype": "int8", "quant_scheme": "symmetric", "granularity": "default"}
+    return {"quant_dtype": "uint8", "quant_scheme": "affine", "granularity": "default"}
+
+
+def _quant_config(step: QuantizeStep, names: list[str],
+                  outputs: dict[str, str | None]) -> list[dict[str, Any]]:
+    """NNI's config_list: weights and inputs of every layer; also the outputs of the layers
+    ``outputs`` names (``_impl_qdq_graph``), each fused with its ReLU module when it has one."""
     settings: dict[str, Any] = {"weight": _weight_setting(step)}
     if step.activations is not None:
         settings["_input_"] = {"quant_dtype": "uint8", "quant_scheme": "affine",
                                "granularity": "default"}
     # the top-level quant_dtype is required by NNI's schema; target_settings override it
-    return [{"op_names": names, "target_names": list(settings), "target_settings": settings,
-             "quant_dtype": "int8"}]
+    plain = [n for n in names if n not in outputs]
+    config = [{"op_names": plain, "target_names": list(settings), "target_settings": settings,
+               "quant_dtype": "int8"}] if plain else []
+    if outputs:
+        with_output = {**settings, "_output_": _output_setting(step)}
+        entry: dict[str, Any] = {"op_names": list(outputs), "target_names": list(with_output),
+                                 "target_settings": with_output, "quant_dtype": "int8"}
+        fused = [(layer, relu) for layer, relu in outputs.items() if relu is not None]
+        if fused:
+            entry["fuse_names"] = fused
+        config.append(entry)
+    return config
+
+
+def _outputs_to_quantize(ctx: JobContext, model: nn.Module, step: QuantizeStep,
+                         names: list[str]) -> dict[str, str | None]:
+    """Which layers NNI must quantize at the output for onnxruntime to fuse every layer
+    (read from a float export of the BN-folded model)."""
+    if step.activations is None:
+        return {}
+    import onnx
+
+    path = ctx.workdir / "model_plan.onnx"
+    export_onnx(model, path, ctx.input_shape)
+    relus = {name for name, module in model.named_modules() if type(module) is nn.ReLU}
+    try:
+        return output_plan(onnx.load(str(path)), names, relus)
+    finally:
+        path.unlink()
 
 
 def _calibration_evaluator(ctx: JobContext, model: nn.Module) -> TorchEvaluator:
@@ -150,7 +189,8 @@ def _as_array(value: Any) -> np.ndarray:
 # --- steps -----------------------------------------------------------------------------------
 
 
-def _layer_quant(step: QuantizeStep, calibration: dict[str, Any], name: str) -> LayerQuant:
+def _layer_quant(step: QuantizeStep, calibration: dict[str, Any], name: str,
+                 outputs: dict[str, str | None]) -> LayerQuant:
     targets = calibration[name]
     weight = targets["weight"]
     scale = _as_array(weight["scale"])
@@ -163,15 +203,27 @@ def _layer_quant(step: QuantizeStep, calibration: dict[str, Any], name: str) -> 
         scale = 2 * scale
     elif weight.get("zero_point") is not None and np.abs(_as_array(weight["zero_point"])).max():
         raise ValueError(f"NNI gave {name} an asymmetric weight zero point")
-    act = targets.get("_input_0")
-    if act is None or act.get("scale") is None:
+    act = _activation(step, targets.get("_input_0"))
+    if act is None:
         return LayerQuant(scale, None, None)
+    out = _activation(step, targets.get("_output_0"))
+    return LayerQuant(scale, act[0], act[1],
+                      output_scale=None if out is None else out[0],
+                      output_zero_point=None if out is None else out[1],
+                      output_signed=step.algorithm is QuantAlgorithm.lsq,
+                      output_after=outputs.get(name))
+
+
+def _activation(step: QuantizeStep, act: dict[str, Any] | None) -> tuple[float, int] | None:
+    """(scale, zero point) of one of NNI's activation quantizations, or None."""
+    if act is None or act.get("scale") is None:
+        return None
     zero_point = act.get("zero_point")
     if step.algorithm is QuantAlgorithm.lsq or zero_point is None:
-        act_zero_point = 0  # LSQ quantizes round(clamp(x / s)) with no zero point
+        zp = 0  # LSQ quantizes round(clamp(x / s)) with no zero point
     else:
-        act_zero_point = int(np.round(_as_array(zero_point)).reshape(-1)[0])
-    return LayerQuant(scale, float(_as_array(act["scale"]).reshape(-1)[0]), act_zero_point)
+        zp = int(np.round(_as_array(zero_point)).reshape(-1)[0])
+    return float(_as_array(act["scale"]).reshape(-1)[0]), zp
 
 
 def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path) -> None:
@@ -180,11 +232,11 @@ def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
     if pairs:
         ctx.note(f"BatchNorm folded into {len(pairs)} conv(s) before NNI's quantizer, so the "
                  "per-channel weight scales are those of the exported (BN-folded) weights")
-    selected = target_modules(model, step.targets)
-    if not selected:
+    names = list(ctx.layers_for(step))
+    if not names:
         raise ValueError("the quantize step's targets select no conv/linear module")
-    names = list(selected)
-    config_list = _quant_config(step, names)
+    outputs = _outputs_to_quantize(ctx, model, step, names)
+    config_list = _quant_config(step, names, outputs)
     lr = ctx.budget.effective_finetune_lr
     quantizer: Any
     if step.method is QuantMethod.static:
@@ -203,11 +255,12 @@ def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
         what = f"NNI {cls.__name__} trained {epochs} epoch(s) at lr {lr}"
     calibration = quantizer.get_calibration_config()
     effective = _effective_weights(quantizer)
+    simulated = torch_logits(model, ctx.data.test_x[:PARITY_SAMPLES])  # NNI's own simulation
     quantizer.unwrap_model()
     with torch.no_grad():
         for name, weight in effective.items():
             cast(torch.Tensor, model.get_submodule(name).weight).copy_(weight)
-    layers = {name: _layer_quant(step, calibration, name) for name in names}
+    layers = {name: _layer_quant(step, calibration, name, outputs) for name in names}
     float_path = onnx_path.with_name("model_float.onnx")
     export_onnx(model, float_path, ctx.input_shape)
     done = build_qdq_onnx(float_path, onnx_path, layers)
@@ -216,6 +269,9 @@ def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
     state.model = model
     state.details.update(done)
     state.details["quantized_layers"] = len(layers)
+    ctx.report_changed(step, done["qdq_layers"])
+    ctx.check_parity("torch model under NNI's simulated quantization", simulated,
+                     onnx_logits(onnx_path, ctx.data.test_x[:PARITY_SAMPLES]))
     gran = "per-channel" if step.granularity is Granularity.per_channel else "per-tensor"
     acts = "uint8 affine activations (NNI's scale/zero point on each layer input)" \
         if step.activations is not None else "float activations (weights only)"
@@ -223,19 +279,25 @@ def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
              f"[-127, 127]), {acts}")
     ctx.note("QDQ ONNX built by inserting QuantizeLinear/DequantizeLinear with NNI's scales into "
              "the float export (NNI has no CPU quantized export); biases int32 at "
-             "input_scale × weight_scale")
+             "input_scale × weight_scale; each input quantization repeated up through "
+             "ReLU / max pooling / reshapes to the previous layer's output (exact), so "
+             "onnxruntime fuses every layer")
+    if outputs:
+        fused = [f"{layer} (+{relu})" if relu else layer for layer, relu in outputs.items()]
+        ctx.note(f"NNI also quantizes the outputs of {', '.join(fused)}: they feed a residual "
+                 "add, a branch or the model output, not just the next quantized layer "
+                 "(a ReLU module after a layer is fused into it first, NNI fuse_names)")
     missing = [n for n in names if n not in done["qdq_layers"]]
     if missing:
-        ctx.note(f"no QDQ for {', '.join(missing)}: their weights are not a plain initializer "
-                 "in the export")
+        ctx.deviate(f"no QDQ for {', '.join(missing)}: their weights are not a plain "
+                    "initializer in the export, so they stay float")
 
 
 def binarize(ctx: JobContext, state: State, step: BinarizeStep, onnx_path: Path) -> None:
     model = state.model
-    selected = target_modules(model, step.targets)
-    if not selected:
+    names = list(ctx.layers_for(step))
+    if not names:
         raise ValueError("the binarize step's targets select no conv/linear module")
-    names = list(selected)
     pairs = conv_bn_pairs(model)
     epochs = _training_epochs(ctx, step.epochs, "binarization")
     lr = ctx.budget.effective_finetune_lr
@@ -260,6 +322,7 @@ def binarize(ctx: JobContext, state: State, step: BinarizeStep, onnx_path: Path)
     export_onnx(model, onnx_path, ctx.input_shape)
     state.onnx_written = True
     distinct = {n: int(torch.unique(w).numel()) for n, w in effective.items()}
+    ctx.report_changed(step, [n for n, count in distinct.items() if count <= 2])
     state.details.update(binarized_layers=len(distinct), distinct_values=distinct)
     ctx.note(f"NNI {type(quantizer).__name__} trained {epochs} epoch(s) at lr {lr} with 1-bit "
              f"weights on {len(names)} layers; the exported weights are NNI's sign values")

@@ -17,6 +17,7 @@ from adapters.base import (
     Plan,
     StepCapability,
     Verdict,
+    approximated,
     unsupported,
 )
 from unified.spec.steps import QuantDType, QuantizeStep, QuantMethod, Step
@@ -106,6 +107,10 @@ CAPABILITIES = Capabilities(
 def _check_quantize(step: QuantizeStep) -> Verdict | None:
     """Combinations of quantize options onnxruntime cannot run (the table checks each alone)."""
     if step.dtype is QuantDType.float16:
+        if step.activations not in (None, 16):
+            return approximated(
+                f"activations: {step.activations} ignored: a float16 graph computes its "
+                "activations in float16")
         return None
     problems = []
     if step.method is QuantMethod.dynamic:

@@ -22,6 +22,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from adapters.base import Artifacts
+from unified.measure.onnx_names import module_name
 from unified.spec.names import matches_any
 from unified.spec.steps import OpType, QuantDType, QuantizeStep, QuantMethod, Targets
 
@@ -31,33 +32,6 @@ if TYPE_CHECKING:
 # ONNX ops that carry a conv/linear layer's weights (what Targets.op_types select)
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 CALIBRATION_BATCH = 32  # MinMax ranges do not depend on the batch size; this bounds memory
-
-
-# --- ONNX node name -> torch module name ----------------------------------------------------
-
-
-def module_name(node_name: str) -> str:
-    """The torch module an ONNX node came from, from the TorchScript exporter's scoped name.
-
-    The exporter writes ``/features/features.4/conv1/conv1.0/Conv``: one segment per module
-    level, each segment either the child's attribute name (``conv1``) or that name prefixed
-    by its parent's last name (``conv1.0`` under ``conv1``, ``features.0.0`` under
-    ``features.0``). Returns "" for the root module or an unscoped name.
-    """
-    if not node_name.startswith("/"):
-        return ""
-    segments = node_name.strip("/").split("/")[:-1]  # the last segment is the op itself
-    parts: list[str] = []
-    for segment in segments:
-        pieces = segment.split(".")
-        for k in range(len(parts)):  # longest suffix of the current path the segment repeats
-            prefix = parts[k:]
-            if pieces[: len(prefix)] == prefix and len(pieces) > len(prefix):
-                parts = parts[:k] + pieces
-                break
-        else:
-            parts = parts + pieces
-    return ".".join(parts)
 
 
 # --- which nodes a step's targets select ----------------------------------------------------
@@ -100,11 +74,33 @@ def layers(model: onnx.ModelProto) -> list[Layer]:
     return out
 
 
-def selected(layer: Layer, targets: Targets) -> bool:
-    return targets.selects(layer.kind, layer.module)
+@dataclass(frozen=True)
+class Chosen:
+    """The layers a step targets, resolved once for every backend: the reference ONNX nodes
+    that compute them and their torch module names (both, since preprocessing may rename)."""
+
+    nodes: frozenset[str]
+    modules: frozenset[str]
+    exclude: tuple[str, ...]  # the step's exclude patterns (they also keep other ops float)
+    patterns: Targets | None = None  # no resolved layers at hand: the step's own patterns
+
+    def selects(self, layer: Layer) -> bool:
+        if self.patterns is not None:
+            return self.patterns.selects(layer.kind, layer.module)
+        return layer.node in self.nodes or (bool(layer.module) and layer.module in self.modules)
 
 
-def nodes_to_exclude(model: onnx.ModelProto, targets: Targets) -> list[str]:
+def chosen_layers(ctx: JobContext, step: QuantizeStep) -> Chosen:
+    """The resolved targets of ``step`` as ONNX nodes (from the reference's layer inventory)."""
+    if not ctx.targets_resolved:
+        return Chosen(frozenset(), frozenset(), step.targets.exclude, step.targets)
+    names = set(ctx.layers_for(step))
+    inventory = ctx.reference.layer_inventory() if ctx.reference.layers.is_file() else []
+    nodes = {layer.onnx_node for layer in inventory if layer.name in names and layer.onnx_node}
+    return Chosen(frozenset(nodes), frozenset(names), step.targets.exclude)
+
+
+def nodes_to_exclude(model: onnx.ModelProto, chosen: Chosen) -> list[str]:
     """ONNX nodes onnxruntime must leave in float.
 
     Layers the targets do not select; nodes whose module an exclude pattern names; and
@@ -120,8 +116,8 @@ def nodes_to_exclude(model: onnx.ModelProto, targets: Targets) -> list[str]:
     for node in model.graph.node:  # graph order is topological
         layer = found.get(node.name)
         if layer is not None:
-            keep = selected(layer, targets)
-        elif targets.exclude and matches_any(module_name(node.name), targets.exclude):
+            keep = chosen.selects(layer)
+        elif chosen.exclude and matches_any(module_name(node.name), chosen.exclude):
             keep = False
         else:
             data = [name for name in node.input if name and name not in inits]
@@ -144,8 +140,9 @@ def runtime_check(ctx: JobContext, path: Path, chosen: list[Layer]) -> dict[str,
                  f"{len(chosen)} targeted layers: it quantizes float weights of a layer fed "
                  "by DequantizeLinear and followed by QuantizeLinear")
     elif quantized < len(chosen):
-        ctx.note(f"onnxruntime's session optimizer fused only {quantized} of the {len(chosen)} "
-                 f"targeted layers into integer ops; {floating} compute ops run in float")
+        ctx.deviate(f"onnxruntime's session optimizer fused only {quantized} of the "
+                    f"{len(chosen)} targeted layers into integer ops; {floating} compute ops "
+                    "run in float")
     return {"runtime_quantized_ops": quantized, "runtime_float_ops": floating}
 
 
@@ -207,13 +204,14 @@ def _weight_type(bits: int) -> QuantType:
     return {8: QuantType.QInt8, 4: QuantType.QInt4}[bits]
 
 
-def quantize_static_qdq(ctx: JobContext, step: QuantizeStep, pre: Path, out: Path) -> None:
+def quantize_static_qdq(ctx: JobContext, step: QuantizeStep, chosen: Chosen, pre: Path,
+                        out: Path) -> None:
     """QDQ static quantization: activations QUInt8 (or QUInt16), weights QInt8 (or QInt4)."""
     model = onnx.load(str(pre))
     input_name, fixed_batch = _input_name_and_batch(model)
     batch = fixed_batch or min(CALIBRATION_BATCH, len(ctx.data.calib_x))
     reader = ArrayReader(input_name, ctx.data.calib_x, batch, fixed=fixed_batch is not None)
-    excluded = nodes_to_exclude(model, step.targets)
+    excluded = nodes_to_exclude(model, chosen)
     activation_type = QuantType.QUInt16 if step.activations == 16 else QuantType.QUInt8
     weight_type = _weight_type(step.weights)
     per_channel = step.granularity.value == "per_channel"
@@ -249,10 +247,11 @@ def quantize_static_qdq(ctx: JobContext, step: QuantizeStep, pre: Path, out: Pat
     _note_excluded(ctx, model, excluded)
 
 
-def quantize_dynamic_int(ctx: JobContext, step: QuantizeStep, pre: Path, out: Path) -> None:
+def quantize_dynamic_int(ctx: JobContext, step: QuantizeStep, chosen: Chosen, pre: Path,
+                         out: Path) -> None:
     """Dynamic quantization: weights QUInt8 offline, activations quantized at run time."""
     model = onnx.load(str(pre))
-    excluded = nodes_to_exclude(model, step.targets)
+    excluded = nodes_to_exclude(model, chosen)
     op_types: list[str] = []
     if OpType.conv in step.targets.op_types or OpType.depthwise in step.targets.op_types:
         op_types.append("Conv")
@@ -281,13 +280,14 @@ def quantize_dynamic_int(ctx: JobContext, step: QuantizeStep, pre: Path, out: Pa
     _note_excluded(ctx, model, excluded)
 
 
-def convert_float16(ctx: JobContext, step: QuantizeStep, source: Path, out: Path) -> None:
+def convert_float16(ctx: JobContext, step: QuantizeStep, chosen: Chosen, source: Path,
+                    out: Path) -> None:
     """Whole-graph float16 (weights and compute) with float32 inputs/outputs kept."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = onnx.load(str(source))
-    excluded = [layer.node for layer in layers(model) if not selected(layer, step.targets)]
+    excluded = [layer.node for layer in layers(model) if not chosen.selects(layer)]
     excluded += [
         node.name for node in model.graph.node
         if step.targets.exclude and node.name not in excluded
@@ -305,9 +305,6 @@ def convert_float16(ctx: JobContext, step: QuantizeStep, source: Path, out: Path
              "weights and activations float16, float32 input/output through Cast; onnxruntime's "
              "CPU provider lacks most float16 kernels and computes them in float32 (it "
              "inserts Casts and folds them into the weights at load time)")
-    if step.activations not in (None, 16):
-        ctx.note(f"activations: {step.activations} ignored: a float16 graph computes its "
-                 "activations in float16")
     _note_excluded(ctx, model, excluded)
 
 
@@ -347,6 +344,13 @@ def summarize(path: Path, selected_layers: list[Layer]) -> dict[str, Any]:
     }
 
 
+def _torch_names(ctx: JobContext, done: list[Layer]) -> list[str]:
+    """The torch module names of ONNX layers (through the reference's layer inventory)."""
+    inventory = ctx.reference.layer_inventory() if ctx.reference.layers.is_file() else []
+    by_node = {layer.onnx_node: layer.name for layer in inventory if layer.onnx_node}
+    return [by_node.get(layer.node, layer.module) for layer in done]
+
+
 def compress(ctx: JobContext) -> Artifacts:
     """Run the recipe (empty or one quantize step; the plan guaranteed it)."""
     out = ctx.workdir / "model.onnx"
@@ -359,18 +363,19 @@ def compress(ctx: JobContext) -> Artifacts:
     if not isinstance(step, QuantizeStep):
         raise TypeError(f"onnxruntime adapter got a {step.kind} step: the plan rejects it")
     reference = onnx.load(str(ctx.reference.onnx))
-    chosen = [layer for layer in layers(reference) if selected(layer, step.targets)]
+    targets = chosen_layers(ctx, step)
+    chosen = [layer for layer in layers(reference) if targets.selects(layer)]
     if not chosen:
         raise ValueError(f"the targets {step.targets.model_dump(mode='json')} select no "
                          "conv/linear layer of the ONNX graph")
     if step.dtype is QuantDType.float16:
-        convert_float16(ctx, step, ctx.reference.onnx, out)
+        convert_float16(ctx, step, targets, ctx.reference.onnx, out)
     else:
         pre = preprocess(ctx.reference.onnx, ctx.workdir / "preprocessed.onnx", ctx)
         if step.method is QuantMethod.static:
-            quantize_static_qdq(ctx, step, pre, out)
+            quantize_static_qdq(ctx, step, targets, pre, out)
         else:
-            quantize_dynamic_int(ctx, step, pre, out)
+            quantize_dynamic_int(ctx, step, targets, pre, out)
     details = summarize(out, chosen)
     details["layers"] = {layer.node: layer.module for layer in chosen}
     if step.dtype is QuantDType.int and step.weights == 8 and step.activations == 8:
@@ -378,7 +383,9 @@ def compress(ctx: JobContext) -> Artifacts:
         details |= runtime_check(ctx, out, chosen)
     ops = details["op_counts"]
     ctx.note("result ops: " + ", ".join(f"{op}×{n}" for op, n in ops.items()))
-    if details["selected_left_float"]:
-        ctx.note("onnxruntime left these targeted layers in float: "
-                 + ", ".join(details["selected_left_float"]))
+    left = set(details["selected_left_float"])
+    if left:
+        ctx.deviate("onnxruntime left these targeted layers in float: " + ", ".join(sorted(left)))
+    ctx.report_changed(step, _torch_names(ctx, [layer for layer in chosen
+                                                 if layer.node not in left]))
     return Artifacts(onnx_path=out, native_path=out, details=details)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from itertools import takewhile
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
@@ -24,7 +23,6 @@ from unified.spec.errors import SqueezelabError
 from unified.spec.steps import (
     DistillStep,
     FinetuneStep,
-    OpType,
     PruneStep,
     PruneStructure,
     QuantizeStep,
@@ -34,7 +32,9 @@ from unified.spec.steps import (
 from unified.torchkit import training
 from unified.torchkit.export import export_onnx
 from unified.torchkit.models import count_parameters
-from unified.torchkit.targets import op_type, select_modules
+from unified.torchkit.targets import named_layers, op_type
+
+PARITY_SAMPLES = 256  # test inputs the native model and its ONNX are compared on
 
 
 def compress(ctx: JobContext) -> Artifacts:
@@ -127,34 +127,25 @@ def _prune(ctx: JobContext, state: State, index: int, step: PruneStep) -> None:
     modules = _prune_targets(ctx, state, index, step)
     names = ", ".join(n for n, _ in modules)
     P.apply_sparsity(modules, step, step.sparsity)
+    ctx.report_changed(index, P.masked(modules))
     ctx.note(f"step {index + 1} (prune): {P.describe(step)} to {step.sparsity:g} on {names}")
 
 
 def _prune_targets(ctx: JobContext, state: State, index: int, step: PruneStep) -> P.Named:
-    """The modules a prune step targets (error when none), with notes on what is skipped."""
-    modules = select_modules(state.model, step.targets)
+    """The modules a prune step targets, as resolved for every backend (error when none)."""
+    modules = named_layers(state.model, ctx.layers_for(index))
     if not modules:
         raise SqueezelabError(
             f"step {index + 1} (prune): no module matches the targets {step.targets}"
         )
-    grouped = P.skipped_grouped(state.model)
-    if grouped:
-        ctx.note(f"grouped (non-depthwise) convs not targeted: {', '.join(grouped)}")
     state.pruned = True
     layers = [n for n, m in state.model.named_modules() if op_type(m) is not None]
     if step.structure is PruneStructure.channel and layers and layers[-1] in dict(modules):
-        ctx.note(f"channel pruning targets the output layer {layers[-1]}: zeroing its rows "
-                 "silences whole classes (exclude it in targets to keep them)")
-    if step.structure is PruneStructure.input_channel:
-        # a depthwise kernel has one input channel: pruning it would drop the whole filter
-        depthwise = [n for n, m in modules if op_type(m) is OpType.depthwise]
-        if depthwise:
-            ctx.note(f"input-channel pruning skips depthwise convs {', '.join(depthwise)} "
-                     "(one input channel per filter)")
-            modules = [(n, m) for n, m in modules if n not in depthwise]
-        if layers and layers[0] in dict(modules):
-            ctx.note(f"input-channel pruning targets the input layer {layers[0]}: its input "
-                     "channels are the image's (exclude it in targets to keep them)")
+        ctx.note(f"channel pruning targets the output layer {layers[-1]} (named in include): "
+                 "zeroing its rows silences whole classes")
+    if step.structure is PruneStructure.input_channel and layers and layers[0] in dict(modules):
+        ctx.note(f"input-channel pruning targets the input layer {layers[0]} (named in "
+                 "include): its input channels are the image's")
     return modules
 
 
@@ -183,6 +174,7 @@ def _prune_concurrently(ctx: JobContext, state: State, group: list[tuple[int, Pr
                    on_epoch_start=on_epoch_start, on_epoch_end=log_epoch)
     state.model.eval()
     for index, run in runs:
+        ctx.report_changed(index, P.masked(run.modules))
         step, schedule = run.step, run.step.schedule
         assert schedule is not None
         names = ", ".join(n for n, _ in run.modules)
@@ -218,9 +210,10 @@ def _note_shared_targets(ctx: JobContext, runs: list[tuple[int, P.ScheduleRun]])
 
 
 def _parity(ctx: JobContext, state: State, onnx_path: Path) -> None:
-    """Max |torch - onnxruntime| logits on a few test samples: how faithful the ONNX is to
-    the native model (for dynamic quantization, to torch's own dynamic model)."""
-    x = ctx.data.test_x[:64]
+    """torch vs onnxruntime logits on test samples: how faithful the ONNX is to the native
+    model (for dynamic quantization, to torch's own dynamic model); the job fails the row when
+    they disagree."""
+    x = ctx.data.test_x[:PARITY_SAMPLES]
     model = state.model
     try:
         with torch.no_grad():
@@ -235,5 +228,6 @@ def _parity(ctx: JobContext, state: State, onnx_path: Path) -> None:
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     out = session.run(None, {session.get_inputs()[0].name: x})[0]
-    state.details["torch_vs_onnx_max_abs"] = float(np.abs(out - native).max())
-    state.details["torch_vs_onnx_agreement"] = float((out.argmax(1) == native.argmax(1)).mean())
+    parity = ctx.check_parity("torch", native, out)
+    state.details["torch_vs_onnx_max_abs"] = parity.max_abs
+    state.details["torch_vs_onnx_agreement"] = parity.agreement

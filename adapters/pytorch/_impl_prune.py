@@ -20,15 +20,6 @@ from unified.torchkit.targets import op_type
 Named = list[tuple[str, nn.Module]]
 
 
-# --- targets -------------------------------------------------------------------------------
-
-
-def skipped_grouped(model: nn.Module) -> list[str]:
-    """Grouped (non-depthwise) convs: no unified op type covers them."""
-    return [n for n, m in model.named_modules()
-            if isinstance(m, nn.modules.conv._ConvNd) and op_type(m) is None]
-
-
 # --- sparsity ------------------------------------------------------------------------------
 
 
@@ -51,6 +42,11 @@ def sparsity(modules: Named) -> float:
     zeros = sum(int((weight_of(m) == 0).sum()) for _, m in modules)
     total = sum(weight_of(m).numel() for _, m in modules)
     return zeros / total if total else 0.0
+
+
+def masked(modules: Named) -> list[str]:
+    """The modules whose weight really has zeros now (pruned), in the given order."""
+    return [name for name, module in modules if bool((weight_of(module) == 0).any())]
 
 
 def _masked(module: nn.Module) -> int:

@@ -20,7 +20,7 @@ from unified.spec.errors import SqueezelabError
 from unified.spec.steps import Granularity, QuantDType, QuantizeStep, QuantMethod
 from unified.torchkit.export import export_onnx
 from unified.torchkit.models import count_parameters
-from unified.torchkit.targets import op_type, select_modules
+from unified.torchkit.targets import named_layers, op_type
 
 # torch.ao prints a deprecation banner on every prepare/convert call
 warnings.filterwarnings("ignore", module=r"torch\.ao\..*")
@@ -36,8 +36,10 @@ def quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
     state.details["torch_parameters"] = count_parameters(state.model)
     if step.dtype is QuantDType.float16:
         _float16(ctx, state, onnx_path)
+        ctx.report_changed(index, [n for n, _ in named_layers(state.model,
+                                                              ctx.layers_for(index))])
     elif step.method is QuantMethod.dynamic:
-        _dynamic(ctx, state, step, onnx_path)
+        _dynamic(ctx, state, index, step, onnx_path)
     else:
         _fx_quantize(ctx, state, index, step, onnx_path, masks)
     state.onnx_written = True
@@ -61,20 +63,21 @@ class _Float32IO(nn.Module):
         return self.model(x.half()).float()
 
 
-def _quantized_linears(model: nn.Module, step: QuantizeStep) -> list[str]:
-    return [name for name, module in select_modules(model, step.targets)
-            if isinstance(module, nn.Linear)]
+def _quantized_linears(model: nn.Module, names: tuple[str, ...]) -> list[str]:
+    return [name for name, module in named_layers(model, names) if isinstance(module, nn.Linear)]
 
 
-def _dynamic(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path) -> None:
+def _dynamic(ctx: JobContext, state: State, index: int, step: QuantizeStep,
+             onnx_path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from torch.ao.quantization import QConfig, default_dynamic_quant_observer
     from torch.ao.quantization import quantize_dynamic as torch_quantize_dynamic
 
     model = state.model
-    names = _quantized_linears(model, step)
+    names = _quantized_linears(model, ctx.layers_for(index))
     if not names:  # what torch's quantize_dynamic does too: nothing to quantize
         export_onnx(model, onnx_path, ctx.input_shape)
+        ctx.report_changed(index, [])
         ctx.note("no targeted nn.Linear: torch dynamic quantization (Linear/LSTM/RNN only) "
                  "leaves this model unchanged; the ONNX is the float model")
         return
@@ -92,12 +95,14 @@ def _dynamic(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
         weight_type=QuantType.QInt8, extra_options={"WeightSymmetric": step.symmetric},
     )
     fp32_path.unlink()
-    convs = [n for n, m in select_modules(model, step.targets)
+    ctx.report_changed(index, names)
+    convs = [n for n, m in named_layers(model, ctx.layers_for(index))
              if not isinstance(m, nn.Linear)]
     ctx.note(f"torch quantize_dynamic(qint8, {step.granularity}) on Linear: {', '.join(names)}")
     if convs:
-        ctx.note(f"convs stay float: dynamic quantization only covers Linear/LSTM/RNN "
-                 f"({len(convs)} targeted conv layer(s) left in float32)")
+        ctx.deviate(f"convs stay float: torch dynamic quantization only covers "
+                    f"Linear/LSTM/RNN ({len(convs)} targeted conv layer(s) left in float32: "
+                    f"{', '.join(convs)})")
 
 
 def _onnx_nodes_of(path: Path, linears: list[str]) -> list[str]:
@@ -139,7 +144,8 @@ def _weight_observer(step: QuantizeStep, qat: bool) -> Any:
     return (PerChannelMinMaxObserver if per_channel else MinMaxObserver).with_args(**args)
 
 
-def _qconfig_mapping(model: nn.Module, step: QuantizeStep, qat: bool) -> Any:
+def _qconfig_mapping(model: nn.Module, step: QuantizeStep, qat: bool,
+                     selected: set[str]) -> Any:
     from torch.ao.quantization import (
         FusedMovingAvgObsFakeQuantize,
         HistogramObserver,
@@ -160,7 +166,6 @@ def _qconfig_mapping(model: nn.Module, step: QuantizeStep, qat: bool) -> Any:
         activation = HistogramObserver.with_args(**act_args)
         mapping = get_default_qconfig_mapping("x86")
     mapping.set_global(QConfig(activation=activation, weight=_weight_observer(step, qat)))
-    selected = {name for name, _ in select_modules(model, step.targets)}
     for name, module in model.named_modules():
         if op_type(module) is not None and name not in selected:
             mapping.set_module_name(name, None)
@@ -175,7 +180,8 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
     torch.backends.quantized.engine = engine
     qat = step.method is QuantMethod.qat
     model = state.model
-    mapping = _qconfig_mapping(model, step, qat)
+    targeted = ctx.layers_for(index)
+    mapping = _qconfig_mapping(model, step, qat, set(targeted))
     example = (torch.from_numpy(ctx.data.calib_x[:1]),)
     try:
         if qat:
@@ -209,9 +215,9 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
     state.model = quantized
     export_onnx(quantized, onnx_path, ctx.input_shape)
     weights = (f"qint8 {step.granularity} {'symmetric' if step.symmetric else 'affine'}")
-    selected = select_modules(model, step.targets)
+    ctx.report_changed(index, _converted(quantized, targeted))
     all_layers = [n for n, m in model.named_modules() if op_type(m) is not None]
-    left = [n for n in all_layers if n not in {s for s, _ in selected}]
+    left = [n for n in all_layers if n not in targeted]
     how = ("prepare_qat_fx / convert_fx" if qat
            else f"prepare_fx / convert_fx, calibrated on {len(ctx.data.calib_x)} samples")
     observer = "moving-average min-max fake-quant" if qat else "HistogramObserver"
@@ -220,6 +226,21 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
              "exporter to QDQ ONNX")
     if left:
         ctx.note(f"not targeted, left float: {', '.join(left)}")
+
+
+def _converted(model: nn.Module, names: tuple[str, ...]) -> list[str]:
+    """The targeted modules convert_fx turned into quantized modules (a fused conv keeps the
+    conv's name)."""
+    out = []
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if type(module).__module__.startswith(("torch.ao.nn.quantized",
+                                               "torch.ao.nn.intrinsic.quantized")):
+            out.append(name)
+    return out
 
 
 def _masks_for(prepared: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -127,7 +127,7 @@ def _export(ctx: JobContext, state: State, details: dict[str, Any]) -> Artifacts
     native = ctx.workdir / "model.tflite"
     native.write_bytes(to_tflite(state.model, state.ptq, state.qat, ctx.data.calib_x))
     onnx_path = ctx.workdir / "model.onnx"
-    tflite_to_onnx(native, onnx_path)
+    details.update(tflite_to_onnx(native, onnx_path))
 
     if state.clustered:
         details["onnx_clustered_distinct"] = onnx_distinct(onnx_path, state.clustered)
@@ -136,8 +136,9 @@ def _export(ctx: JobContext, state: State, details: dict[str, Any]) -> Artifacts
     test_x = ctx.data.test_x
     lite = tflite_predict(native, nhwc(test_x))
     onnx_logits = onnx_predict(onnx_path, test_x)
-    details["tflite_onnx_agreement"] = float((lite.argmax(1) == onnx_logits.argmax(1)).mean())
-    details["tflite_onnx_max_abs_diff"] = float(np.abs(lite - onnx_logits).max())
+    parity = ctx.check_parity("TFLite interpreter", lite, onnx_logits)
+    details["tflite_onnx_agreement"] = parity.agreement
+    details["tflite_onnx_max_abs_diff"] = parity.max_abs
     return Artifacts(onnx_path=onnx_path, native_path=native, details=details)
 
 

@@ -35,10 +35,10 @@ CENTROID_INIT = {
 def cluster(state: State, step: ClusterStep, ctx: JobContext, finetune_follows: bool) -> None:
     preserve_sparsity = bool(state.pruned)
     state.strip()
-    layers = select_layers(state.model, step.targets)
+    layers = select_layers(state.model, ctx.layers_for(step))
     depthwise = [ly.name for ly in layers if type(ly).__name__ == "DepthwiseConv2D"]
     if depthwise:
-        ctx.note(f"TF-MOT has no clustering for DepthwiseConv2D: kernels of "
+        ctx.deviate(f"TF-MOT has no clustering for DepthwiseConv2D: kernels of "
                  f"{', '.join(depthwise)} left unclustered")
     names = [ly.name for ly in layers if ly.name not in depthwise]
     if not names:
@@ -56,6 +56,7 @@ def cluster(state: State, step: ClusterStep, ctx: JobContext, finetune_follows: 
     state.model = rewrap(state.model, wrap, set(names))
     state.cluster_wrapped = True
     state.clustered = names
+    ctx.report_changed(step, names)
     ctx.note(f"TF-MOT cluster_weights({n} clusters, {init}) on {len(names)} layers"
              + (" preserving sparsity" if preserve_sparsity else ""))
     if finetune_follows:

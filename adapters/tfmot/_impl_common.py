@@ -11,7 +11,7 @@ import numpy as np
 
 from adapters.tfmot._impl_bridge import keras
 from adapters.tfmot._impl_tflite import nhwc
-from unified.spec.steps import OpType, QuantizeStep, Targets
+from unified.spec.steps import OpType, QuantizeStep
 
 # isort: split
 # after the bridge: it imports torch (and triton) before TensorFlow, else a segfault
@@ -32,11 +32,12 @@ NEVER = 2**31 - 1  # a mask-update frequency that never comes round again
 # --- targets -------------------------------------------------------------------------------
 
 
-def select_layers(model: keras.Model, targets: Targets) -> list[keras.layers.Layer]:
-    """Layers of ``model`` a step's targets pick: op type, then include/exclude patterns on
-    the torch module name (the bridge names conv / dense layers after it)."""
+def select_layers(model: keras.Model, names: tuple[str, ...]) -> list[keras.layers.Layer]:
+    """Layers of ``model`` a step's resolved targets name (torch module names: the bridge
+    names conv / dense layers after them), in model order."""
+    wanted = set(names)
     return [layer for layer in model.layers
-            if targets.selects(LAYER_OP_TYPES.get(type(layer).__name__), layer.name)]
+            if layer.name in wanted and type(layer).__name__ in LAYER_OP_TYPES]
 
 
 def rewrap(model: keras.Model, wrap: Callable[[keras.layers.Layer], keras.layers.Layer],

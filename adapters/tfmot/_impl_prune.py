@@ -62,10 +62,10 @@ def _step_wrapping(state: State, step: PruneStep, ctx: JobContext
                    ) -> tuple[list[str], dict[str, Any], dict[str, Any], int, str]:
     """The layers a prune step wraps, prune_low_magnitude's arguments (and the Dense-only
     block argument), the epochs its schedule trains, and a description."""
-    layers = select_layers(state.model, step.targets)
+    layers = select_layers(state.model, ctx.layers_for(step))
     depthwise = [ly.name for ly in layers if type(ly).__name__ == "DepthwiseConv2D"]
     if depthwise:
-        ctx.note(f"TF-MOT has no pruning for DepthwiseConv2D: kernels of {', '.join(depthwise)} "
+        ctx.deviate(f"TF-MOT has no pruning for DepthwiseConv2D: kernels of {', '.join(depthwise)} "
                  "left dense")
     names = [ly.name for ly in layers if ly.name not in depthwise]
     if not names:
@@ -120,6 +120,8 @@ def prune(state: State, steps: list[tuple[int, PruneStep]], ctx: JobContext) -> 
     state.model = rewrap(state.model, wrap, set(wrapping))
     state.prune_wrapped = True
     state.pruned = list(wrapping)
+    for index, names in names_of.items():
+        ctx.report_changed(index, names)
     if epochs == 0:
         # One-shot: let TF-MOT compute the masks now (its own magnitude / m-by-n rules), at
         # step 1 where the schedule says "prune"; fine-tuning later keeps them fixed.

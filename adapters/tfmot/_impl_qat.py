@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from adapters.tfmot._impl_common import State, quant_api, rewrap, select_layers, tfmot, train
-from unified.spec.steps import QuantizeStep
+from unified.spec.steps import Granularity, QuantizeStep
 
 if TYPE_CHECKING:
     from unified.context import JobContext
@@ -29,7 +29,7 @@ def qat(state: State, step: QuantizeStep, ctx: JobContext) -> None:
         scheme = quant_api.default_8bit.Default8BitQuantizeScheme()
         scheme_name = "QAT (Default8BitQuantizeScheme)"
     registry = scheme.get_quantize_registry()  # what this scheme can wrap
-    targets = {ly.name for ly in select_layers(model, step.targets)}
+    targets = {ly.name for ly in select_layers(model, ctx.layers_for(step))}
     weighted = {"Conv2D", "DepthwiseConv2D", "Dense"}
     annotate, skipped = set(), []
     for layer in model.layers:
@@ -49,8 +49,15 @@ def qat(state: State, step: QuantizeStep, ctx: JobContext) -> None:
     state.qat = True
     ctx.note(f"TF-MOT {scheme_name} on {len(annotate)} layers; Conv2D/Dense per-channel / "
              "per-tensor int8 as TF-MOT's default 8-bit scheme does")
+    ctx.report_changed(step, [name for name in ctx.layers_for(step) if name in annotate])
     if skipped:
-        ctx.note(f"TF-MOT QAT left in float: {', '.join(skipped)}")
+        ctx.deviate(f"TF-MOT QAT cannot quantize these layers and leaves them in float: "
+                    f"{', '.join(skipped)}")
+    dense = sorted(name for name in annotate & targets
+                   if type(model.get_layer(name)).__name__ == "Dense")
+    if dense and step.granularity is Granularity.per_channel:
+        ctx.deviate(f"TF-MOT's 8-bit QAT scheme quantizes Dense kernels per-tensor although "
+                    f"per_channel was asked: {', '.join(dense)}")
     epochs = step.epochs if step.epochs is not None else ctx.budget.finetune_epochs
     lr = ctx.budget.effective_finetune_lr
     ctx.note(f"QAT trained {epochs} epoch(s) at lr {lr:g}")

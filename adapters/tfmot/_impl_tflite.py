@@ -92,10 +92,14 @@ def _rename(model: Any, old: str, new: str) -> None:
             value.name = new
 
 
-def tflite_to_onnx(tflite_path: Path, onnx_path: Path) -> None:
-    """tf2onnx from the TFLite file, NCHW float input named ``input``, output ``logits``."""
+def tflite_to_onnx(tflite_path: Path, onnx_path: Path) -> dict[str, int]:
+    """tf2onnx from the TFLite file, NCHW float input named ``input``, output ``logits``, its
+    QDQ pairs tidied so that onnxruntime fuses what TFLite quantized (``_impl_qdq``); returns
+    what the tidying did."""
     import onnx
     import tf2onnx
+
+    from adapters.tfmot._impl_qdq import tidy
 
     interpreter = tf.lite.Interpreter(model_path=str(tflite_path))
     in_name = interpreter.get_input_details()[0]["name"]
@@ -104,8 +108,10 @@ def tflite_to_onnx(tflite_path: Path, onnx_path: Path) -> None:
                                                opset=17)
     _rename(proto, proto.graph.input[0].name, "input")
     _rename(proto, proto.graph.output[0].name, "logits")
+    done = tidy(proto)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(onnx_path))
+    return done
 
 
 def onnx_distinct(path: Path, layers: list[str]) -> dict[str, int]:

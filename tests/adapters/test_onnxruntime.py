@@ -80,15 +80,24 @@ def test_unsupported_rows_give_the_reason(steps: list[Any], reason: str) -> None
         {"method": "static", "activations": 16},
         {"method": "static", "weights": 4},
         {"method": "dynamic"},
-        {"dtype": "float16", "weights": 16},
+        {"dtype": "float16", "weights": 16, "activations": 16},
     ],
 )
 def test_supported_quantize_plans_are_native(step: dict[str, Any]) -> None:
     assert plan_of([{"quantize": step}]).status == "ok"
 
 
+def test_float16_with_8_bit_activations_is_approximated() -> None:
+    """A float16 graph computes its activations in float16: activations 8 (the default) is
+    not what runs, and the row says so."""
+    plan = plan_of([{"quantize": {"dtype": "float16", "weights": 16}}])
+    assert plan.status == "approximated"
+    assert any("activations: 8 ignored" in note for note in plan.notes)
+
+
 def test_node_names_map_to_torch_module_names(tmp_path: Path) -> None:
-    from adapters.onnxruntime._impl import layers, module_name
+    from adapters.onnxruntime._impl import layers
+    from unified.measure.onnx_names import module_name
     from unified.spec.steps import OpType
     from unified.torchkit.export import export_onnx
     from unified.torchkit.models import build_model
@@ -196,7 +205,9 @@ def test_depthwise_target_quantizes_only_the_depthwise_conv(run_recipe: Any) -> 
 
 def test_float16_stores_half_weights_keeps_float_io(run_recipe: Any, tmp_path: Path) -> None:
     record = run_recipe(BACKEND, [{"quantize": {"dtype": "float16", "weights": 16}}])
-    assert record["status"] == "ok"
+    # activations 8 (the default) is not what a float16 graph runs: the row says so
+    assert record["status"] == "approximated"
+    assert any("activations: 8 ignored" in note for note in record["notes"])
     model = written(tmp_path)
     types = {t.data_type for t in model.graph.initializer if len(t.dims) > 1}
     assert types == {TensorProto.FLOAT16}

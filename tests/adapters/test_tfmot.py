@@ -151,7 +151,10 @@ def test_concurrent_agp_steps_follow_distiller(run_recipe) -> None:
 @pytest.mark.slow
 def test_qat(run_recipe, tmp_path: Path) -> None:
     record = run_recipe("tfmot", [{"quantize": {"method": "qat"}}])
-    assert record["status"] == "ok"
+    # the tiny model's classifier is a Dense layer, which TF-MOT's 8-bit scheme quantizes
+    # per-tensor although per_channel (the default) was asked: the row says so
+    assert record["status"] == "approximated"
+    assert any("quantizes Dense kernels per-tensor" in n for n in record["notes"])
     assert record["int8_fraction"] > 0.5
     assert record["details"]["tflite_onnx_agreement"] >= 0.99
     assert sum(n.op_type == "QuantizeLinear" for n in _onnx(tmp_path).graph.node) >= 1

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from unified.measure.macs import count_macs
 from unified.measure.onnx_inspect import compute_op_summary, inspect_onnx, optimized_op_counts
 
 if TYPE_CHECKING:
@@ -22,10 +23,12 @@ __all__ = [
     "MEASURE_KEYS",
     "HarnessSettings",
     "ReferenceFigures",
+    "artifact_format",
     "latency_feed",
     "make_session",
     "measure",
     "measure_latency",
+    "measure_outputs",
     "path_bytes",
     "run_model",
 ]
@@ -38,10 +41,13 @@ MEASURE_KEYS: tuple[str, ...] = (
     "rel_l2",
     "onnx_bytes",
     "native_bytes",
+    "deploy_bytes",
+    "deploy_format",
     "gzip_bytes",
     "size_ratio",
-    "native_ratio",
     "gzip_ratio",
+    "macs",
+    "macs_ratio",
     "parameters",
     "sparsity",
     "max_distinct_values",
@@ -80,6 +86,7 @@ class ReferenceFigures:
     onnx_bytes: int
     gzip_bytes: int
     latency_ms_p50: float | None
+    macs: int | None = None
 
 
 def make_session(path: str | Path, threads: int) -> onnxruntime.InferenceSession:
@@ -195,6 +202,14 @@ def measure_latency(
     return float(p50), float(p90)
 
 
+def artifact_format(path: Path | None) -> str | None:
+    """What kind of file an artifact is: its suffix (".pt", ".tflite", ".mlpackage"), or its
+    name when it has none."""
+    if path is None:
+        return None
+    return path.suffix or path.name
+
+
 def path_bytes(path: str | Path) -> int:
     """Returns the size of a file, or the total size of all files under a directory."""
     path = Path(path)
@@ -218,10 +233,30 @@ def _top1(logits: np.ndarray) -> np.ndarray:
     return np.argmax(logits.reshape(logits.shape[0], -1), axis=1)
 
 
+def _against_reference(logits: np.ndarray, predicted: np.ndarray,
+                       reference: ReferenceFigures | None) -> tuple[float | None, float | None]:
+    """Top-1 agreement with the reference's logits and the relative L2 distance from them."""
+    if reference is None:
+        return None, None
+    ref = np.asarray(reference.logits, dtype=np.float32).reshape(len(reference.logits), -1)
+    if ref.shape != logits.shape:
+        raise ValueError(
+            f"reference logits have shape {list(ref.shape)}, this model gives "
+            f"{list(logits.shape)}: they must come from the same test rows and classes"
+        )
+    agreement = float(np.mean(predicted == _top1(ref)))
+    ref_norm = float(np.linalg.norm(ref.astype(np.float64)))
+    if ref_norm == 0:
+        return agreement, None
+    diff = logits.astype(np.float64) - ref.astype(np.float64)
+    return agreement, float(np.linalg.norm(diff)) / ref_norm
+
+
 def measure(
     onnx_path: str | Path,
     *,
     native_path: Path | None,
+    deploy_path: Path | None = None,
     test_x: np.ndarray,
     test_y: np.ndarray | None,
     reference: ReferenceFigures | None,
@@ -230,8 +265,26 @@ def measure(
     """Returns the harness figures (keys: MEASURE_KEYS) of one ONNX model; None = not computable.
 
     With reference=None (measuring the reference itself) the reference-relative fields are None.
-    Values are plain Python types so the dict goes straight into results.jsonl.
+    Ratios of the native and deployable artifacts need the backend's own fp32 artifact: the
+    runner sets them (unified.run.aggregate). Values are plain Python types so the dict goes
+    straight into results.jsonl.
     """
+    return measure_outputs(onnx_path, native_path=native_path, deploy_path=deploy_path,
+                           test_x=test_x, test_y=test_y, reference=reference,
+                           settings=settings)[0]
+
+
+def measure_outputs(
+    onnx_path: str | Path,
+    *,
+    native_path: Path | None,
+    deploy_path: Path | None = None,
+    test_x: np.ndarray,
+    test_y: np.ndarray | None,
+    reference: ReferenceFigures | None,
+    settings: HarnessSettings,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """`measure`, and the model's logits on test_x (rows × outputs, float32)."""
     stats = inspect_onnx(onnx_path)
     session = make_session(onnx_path, settings.threads)
     logits = run_model(session, test_x, settings.batch_size)
@@ -244,20 +297,7 @@ def measure(
             raise ValueError(f"{labels.shape[0]} labels for {predicted.shape[0]} test rows")
         accuracy = float(np.mean(predicted == labels))
 
-    agreement: float | None = None
-    rel_l2: float | None = None
-    if reference is not None:
-        ref = np.asarray(reference.logits, dtype=np.float32).reshape(len(reference.logits), -1)
-        if ref.shape != logits.shape:
-            raise ValueError(
-                f"reference logits have shape {list(ref.shape)}, this model gives "
-                f"{list(logits.shape)}: they must come from the same test rows and classes"
-            )
-        agreement = float(np.mean(predicted == _top1(ref)))
-        ref_norm = float(np.linalg.norm(ref.astype(np.float64)))
-        if ref_norm > 0:
-            diff = logits.astype(np.float64) - ref.astype(np.float64)
-            rel_l2 = float(np.linalg.norm(diff)) / ref_norm
+    agreement, rel_l2 = _against_reference(logits, predicted, reference)
 
     ort_ops = {op: n for op, n in optimized_op_counts(onnx_path, settings.threads).items() if n}
     quantized_ops, float_ops = compute_op_summary(ort_ops)
@@ -268,6 +308,8 @@ def measure(
         p50, p90 = measure_latency(session, test_x[:1], settings.warmup, settings.runs)
 
     native_bytes = None if native_path is None else path_bytes(native_path)
+    deploy_bytes = None if deploy_path is None else path_bytes(deploy_path)
+    macs = count_macs(onnx_path)
     ref_accuracy = None if reference is None else reference.accuracy
     ref_bytes = None if reference is None else reference.onnx_bytes
     result: dict[str, Any] = {
@@ -279,10 +321,13 @@ def measure(
         "rel_l2": rel_l2,
         "onnx_bytes": stats.onnx_bytes,
         "native_bytes": native_bytes,
+        "deploy_bytes": deploy_bytes,
+        "deploy_format": artifact_format(deploy_path),
         "gzip_bytes": stats.gzip_bytes,
         "size_ratio": _ratio(ref_bytes, stats.onnx_bytes),
-        "native_ratio": _ratio(ref_bytes, native_bytes),
         "gzip_ratio": _ratio(None if reference is None else reference.gzip_bytes, stats.gzip_bytes),
+        "macs": macs,
+        "macs_ratio": _ratio(None if reference is None else reference.macs, macs),
         "parameters": stats.parameters,
         "sparsity": stats.sparsity,
         "max_distinct_values": stats.max_distinct_values,
@@ -295,4 +340,4 @@ def measure(
         "speedup": _ratio(None if reference is None else reference.latency_ms_p50, p50),
     }
     assert tuple(result) == MEASURE_KEYS  # the record's field names are a user contract
-    return result
+    return result, logits

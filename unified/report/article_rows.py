@@ -202,9 +202,10 @@ def model_rows(records: list[dict[str, Any]], scenario: Scenario) -> list[ModelR
                 continue
             if fp32 is None and r.get("onnx_bytes") and r.get("size_ratio"):
                 fp32 = r["onnx_bytes"] * r["size_ratio"]
-            if ref_acc is None and r.get("accuracy") is not None \
-                    and r.get("accuracy_drop") is not None:
-                ref_acc = r["accuracy"] + r["accuracy_drop"]  # drop = fp32 - this
+            drop = r.get("accuracy_drop_vs_reference")
+            drop = r.get("accuracy_drop") if drop is None else drop
+            if ref_acc is None and r.get("accuracy") is not None and drop is not None:
+                ref_acc = r["accuracy"] + drop  # drop = fp32 reference - this
             kind = kinds.get(r.get("recipe", ""))
             if kind is not None:
                 by_kind.setdefault(kind.kind, []).append((kind, r))

@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unified.report.baselines import baselines_html
 from unified.report.epoch_table import epoch_tables
 from unified.report.epoch_table import markdown as epoch_markdown
 from unified.report.select import Recommendation, recommend
-from unified.report.table import COLUMNS, _cell, unlabelled_note
+from unified.report.table import COLUMNS, _cell, record_cell, unlabelled_note
 from unified.run.results import read_records
 from unified.spec.scenario import Scenario
 
@@ -26,6 +27,9 @@ th{background:#f3f3f3} td.l{text-align:left} tr.pareto td:first-child{font-weigh
 .failed,.timeout{color:#b42318} img{max-width:48%;margin-right:1%}
 td:last-child{min-width:480px;font-size:11px;text-align:left}
 """
+
+
+SIZE_AXIS = "deployable file: the same toolkit's fp32 file / this (log)"
 
 
 class RunFolder:
@@ -42,6 +46,8 @@ class RunFolder:
         self.scenario = Scenario.model_validate_json((folder / "scenario.json").read_text())
         self.records = sorted(read_records(folder / "results.jsonl"),
                               key=scenario_order(self.scenario))
+        # repeats and hidden fp32 baselines (folded into the rows already)
+        self.auxiliary = read_records(folder / "auxiliary.jsonl")
         ref = folder / "reference.json"
         self.reference: dict[str, Any] = json.loads(ref.read_text()) if ref.is_file() else {}
 
@@ -54,14 +60,19 @@ def _plot(records: list[dict[str, Any]], pareto: list[dict[str, Any]], x_field: 
     import matplotlib.pyplot as plt
 
     y_field = y_axis(records)
-    rows = [r for r in records if r.get(x_field) is not None and r.get(y_field) is not None]
+    rows = [r for r in records if r.get(x_field) is not None and r.get(y_field) is not None
+            and r.get("role") != "baseline"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     backends = sorted({r["backend"] for r in rows})
     markers = "osD^vP*X"
     for i, backend in enumerate(backends):
         mine = [r for r in rows if r["backend"] == backend]
-        ax.scatter([r[x_field] for r in mine], [r[y_field] for r in mine],
-                   marker=markers[i % len(markers)], label=backend, alpha=0.8)
+        xs, ys = [r[x_field] for r in mine], [r[y_field] for r in mine]
+        ax.scatter(xs, ys, marker=markers[i % len(markers)], label=backend, alpha=0.8)
+        errors = [r.get(f"{y_field}_std") or 0.0 for r in mine]
+        if any(errors):  # ±1 std over the seeds of repeated rows
+            ax.errorbar(xs, ys, yerr=errors, fmt="none", ecolor="grey", elinewidth=0.8,
+                        capsize=2)
     front = sorted((r for r in pareto if r in rows), key=lambda r: r[x_field])
     if front:
         ax.plot([r[x_field] for r in front], [r[y_field] for r in front], "k--", lw=1,
@@ -70,6 +81,9 @@ def _plot(records: list[dict[str, Any]], pareto: list[dict[str, Any]], x_field: 
         ax.annotate(r["recipe"], (r[x_field], r[y_field]), fontsize=6, alpha=0.7)
     if y_field == "accuracy" and ref.get("accuracy") is not None:
         ax.axhline(ref["accuracy"], color="grey", lw=0.8, ls=":", label="fp32 reference")
+    for base in (r for r in records if r.get("role") == "baseline" and r.get(y_field)):
+        ax.axhline(base[y_field], color="tab:brown", lw=0.8, ls="-.", alpha=0.6,
+                   label=f"{base['recipe']} (matched baseline)")
     ax.set_xscale("log")
     ax.set_xlabel(x_label)
     ax.set_ylabel("top-1 accuracy" if y_field == "accuracy" else "top-1 agreement with fp32")
@@ -107,7 +121,7 @@ def results_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[st
         rows.append([html.escape(str(r["model"])), html.escape(r["recipe"]),
                      html.escape(r["backend"]),
                      f'<span class="{r["status"]}">{r["status"]}</span>',
-                     *[_cell(r.get(name), fmt) for name, _, fmt in COLUMNS],
+                     *[record_cell(r, name, fmt) for name, _, fmt in COLUMNS],
                      html.escape(notes)])
     return headers, rows
 
@@ -149,13 +163,16 @@ def html_report(run: RunFolder, extra_sections: list[tuple[str, str]] | None = N
         f"{_cell(run.reference.get('latency_ms_p50'), '{:.3f}')} ms</p>",
         "<h2>Recommendation</h2><ul>"
         + "".join(f"<li>{html.escape(line)}</li>" for line in rec.lines()) + "</ul>",
-        "<h2>Results</h2><p>bold recipe = on the Pareto front (accuracy, size, latency)</p>",
+        *baselines_html(run.records, run.auxiliary, _table),
+        "<h2>Results</h2><p>bold recipe = on the Pareto front (accuracy, size, latency); "
+        "deploy× = the same toolkit's fp32 deployable file / this one; ± = standard "
+        "deviation over the seeds of repeated rows</p>",
         *([f"<p><b>{html.escape(note)}</b></p>"] if (note := unlabelled_note(run.records))
           else []),
         _table(headers, rows, classes, left=4),
         "<h2>Accuracy vs size and latency</h2>",
         f'<img alt="accuracy vs size" src="data:image/png;base64,'
-        f'{_plot(run.records, rec.pareto, "onnx_bytes", "ONNX bytes (log)", run.reference)}">',
+        f'{_plot(run.records, rec.pareto, "deploy_ratio", SIZE_AXIS, run.reference)}">',
         f'<img alt="accuracy vs latency" src="data:image/png;base64,'
         f'{_plot(run.records, rec.pareto, "latency_ms_p50", "p50 ms (log)", run.reference)}">',
     ]
@@ -182,15 +199,17 @@ def markdown_summary(run: RunFolder, rec: Recommendation | None = None) -> str:
     rec = rec or recommend(run.records, run.scenario.select)
     several = len({str(r["model"]) for r in run.records}) > 1
     headers = [*(["model"] if several else []), "recipe", "backend", "status", "acc", "drop",
-               "agree", "size×", "p50 ms", "speedup"]
+               "drop vs ref", "agree", "size×", "deploy×", "MACs×", "p50 ms", "speedup"]
     lines = [f"## squeezelab: {run.scenario.name}", "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in run.records:
         lines.append("| " + " | ".join([
             *([str(r["model"])] if several else []),
-            r["recipe"], r["backend"], r["status"], _cell(r.get("accuracy"), "{:.4f}"),
-            _cell(r.get("accuracy_drop"), "{:+.4f}"), _cell(r.get("agreement"), "{:.3f}"),
-            _cell(r.get("size_ratio"), "{:.2f}"),
+            r["recipe"], r["backend"], r["status"], record_cell(r, "accuracy", "{:.4f}"),
+            record_cell(r, "accuracy_drop", "{:+.4f}"),
+            _cell(r.get("accuracy_drop_vs_reference"), "{:+.4f}"),
+            record_cell(r, "agreement", "{:.3f}"), _cell(r.get("size_ratio"), "{:.2f}"),
+            _cell(r.get("deploy_ratio"), "{:.2f}"), _cell(r.get("macs_ratio"), "{:.2f}"),
             _cell(r.get("latency_ms_p50"), "{:.3f}"), _cell(r.get("speedup"), "{:.2f}"),
         ]) + " |")
     note = unlabelled_note(run.records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +13,9 @@ from xml.etree import ElementTree as ET
 from unified.spec.errors import SqueezelabError
 from unified.spec.tolerances import TOLERANCES
 
-BASELINE_FIELDS = ("status", "accuracy", "agreement", "onnx_bytes", "native_bytes",
-                   "size_ratio", "sparsity", "max_distinct_values", "latency_ms_p50")
+BASELINE_FIELDS = ("status", "accuracy", "accuracy_std", "agreement", "agreement_std",
+                   "repeats", "onnx_bytes", "native_bytes", "deploy_bytes", "size_ratio",
+                   "deploy_ratio", "macs", "sparsity", "max_distinct_values", "latency_ms_p50")
 GOOD_STATUSES = ("ok", "approximated")
 
 
@@ -57,8 +59,11 @@ class Finding:
 
 
 def compare(records: list[dict[str, Any]], baseline: dict[str, Any],
-            tolerance: dict[str, float]) -> list[Finding]:
-    """Every regression (and every new / vanished job) of ``records`` against ``baseline``."""
+            tolerance: dict[str, float], spread: float | None = None) -> list[Finding]:
+    """Every regression (and every new / vanished job) of ``records`` against ``baseline``.
+    ``spread``: an accuracy or agreement change is a regression only beyond this many
+    standard deviations over seeds (baseline's and this run's combined), when that is more
+    than the tolerance."""
     unknown = set(tolerance) - set(TOLERANCES)
     if unknown:
         raise SqueezelabError(f"unknown tolerance metric(s) {sorted(unknown)}; allowed: "
@@ -71,12 +76,22 @@ def compare(records: list[dict[str, Any]], baseline: dict[str, Any],
     for name in current.keys() - base_jobs.keys():
         findings.append(Finding(name, "job", "new: not in the baseline", False))
     for name in sorted(current.keys() & base_jobs.keys()):
-        findings.extend(_compare_job(name, current[name], base_jobs[name], tolerance))
+        findings.extend(_compare_job(name, current[name], base_jobs[name], tolerance, spread))
     return findings
 
 
+def spread_limit(base: dict[str, Any], now: dict[str, Any], field: str,
+                 spread: float | None) -> float:
+    """``spread`` × the combined standard deviation of ``field`` over seeds (0 when either
+    side was not repeated)."""
+    if spread is None:
+        return 0.0
+    stds = [r.get(f"{field}_std") for r in (base, now)]
+    return spread * math.sqrt(sum(s * s for s in stds if s is not None))
+
+
 def _compare_job(name: str, now: dict[str, Any], base: dict[str, Any],
-                 tolerance: dict[str, float]) -> list[Finding]:
+                 tolerance: dict[str, float], spread: float | None = None) -> list[Finding]:
     out = []
     if base["status"] in GOOD_STATUSES and now["status"] not in GOOD_STATUSES:
         return [Finding(name, "status", f"status {base['status']} → {now['status']}: "
@@ -93,12 +108,13 @@ def _compare_job(name: str, now: dict[str, Any], base: dict[str, Any],
     def both(field: str) -> bool:
         return base.get(field) is not None and now.get(field) is not None
 
-    if "accuracy" in tolerance and both("accuracy"):
-        check("accuracy", "accuracy", base["accuracy"] - now["accuracy"],
-              tolerance["accuracy"], "drop")
-    if "agreement" in tolerance and both("agreement"):
-        check("agreement", "agreement", base["agreement"] - now["agreement"],
-              tolerance["agreement"], "drop")
+    for metric in ("accuracy", "agreement"):
+        if metric in tolerance and both(metric):
+            noise = spread_limit(base, now, metric, spread)
+            limit = max(tolerance[metric], noise)
+            check(metric, metric, base[metric] - now[metric], limit,
+                  "drop" if noise <= tolerance[metric] else f"drop beyond {spread:g} std of the "
+                  "seeds:")
     if "size_ratio" in tolerance and both("size_ratio") and base["size_ratio"]:
         check("size_ratio", "size_ratio", 1 - now["size_ratio"] / base["size_ratio"],
               tolerance["size_ratio"], "relative fall")

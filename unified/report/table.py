@@ -17,8 +17,10 @@ LOG_WIDTH = 120
 NO_DIFFERENCE = "no measurable difference"
 
 # a log's table is narrow: shorter headers and statuses (the legend says what they mean)
-LOG_HEADERS = {"native×": "nat×", "sparse": "zero", "distinct": "dist", "speedup": "spd×",
-               "ONNX KB": "KB", "p50 ms": "p50ms"}
+LOG_HEADERS = {"native×": "nat×", "deploy×": "dep×", "sparse": "zero", "distinct": "dist",
+               "speedup": "spd×", "ONNX KB": "KB", "p50 ms": "p50ms", "MACs×": "MAC×"}
+# a log's table leaves these out (results.csv has them)
+LOG_SKIP = ("rel_l2", "gzip_ratio", "int8_fraction")
 LOG_STATUS = {"approximated": "approx", "unsupported": "unsup"}
 
 STATUS_STYLE = {
@@ -38,7 +40,9 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("onnx_bytes", "ONNX KB", "kb"),
     ("size_ratio", "size×", "{:.2f}"),
     ("native_ratio", "native×", "{:.2f}"),
+    ("deploy_ratio", "deploy×", "{:.2f}"),
     ("gzip_ratio", "gzip×", "{:.2f}"),
+    ("macs_ratio", "MACs×", "{:.2f}"),
     ("sparsity", "sparse", "{:.2f}"),
     ("max_distinct_values", "distinct", "{}"),
     ("int8_fraction", "int8", "{:.2f}"),
@@ -47,12 +51,30 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+# figures repeated with several seeds: the std's field, shown as ± (evaluate.repeats)
+SPREAD = {"accuracy": "accuracy_std", "agreement": "agreement_std",
+          "accuracy_drop": "accuracy_std"}
+
+
 def _cell(value: Any, fmt: str) -> str:
     if value is None:
         return "–"
     if fmt == "kb":
         return f"{value / 1024:.1f}"
     return fmt.format(value)
+
+
+def record_cell(record: dict[str, Any], name: str, fmt: str, log: bool = False) -> str:
+    """One cell of a row: mean ± std for a figure repeated with several seeds (in a log,
+    three digits and only on the quality column — accuracy, else agreement — to fit)."""
+    value, std = record.get(name), record.get(SPREAD.get(name, ""))
+    quality = "accuracy" if record.get("accuracy") is not None else "agreement"
+    if std is None or value is None or (log and name != quality):
+        return _cell(value, fmt)
+    sign = "+" if name == "accuracy_drop" else ""
+    if log:  # 0.962±.004
+        return f"{value:{sign}.3f}±" + f"{std:.3f}".lstrip("0")
+    return f"{value:{sign}.4f} ± {std:.4f}"
 
 
 UNLABELLED_NOTE = ("acc – : the test data has no labels for the model's classes (e.g. photos for "
@@ -123,7 +145,8 @@ def results_table(records: Iterable[dict[str, Any]], title: str | None = None,
     table.add_column("recipe")
     table.add_column("backend")
     table.add_column("status")
-    for name, header, _ in COLUMNS:
+    columns = [c for c in COLUMNS if not (log and c[0] in LOG_SKIP)]
+    for name, header, _ in columns:
         table.add_column(LOG_HEADERS.get(header, header) if log else header, justify="right")
         if name == "speedup":
             table.add_column("95% CI", justify="right")
@@ -134,11 +157,11 @@ def results_table(records: Iterable[dict[str, Any]], title: str | None = None,
         style = STATUS_STYLE.get(status, "")
         cached = ("*" if log else " (cached)") if record.get("cached") else ""
         cells = []
-        for name, _, fmt in COLUMNS:
+        for name, _, fmt in columns:
             if name == "speedup":
                 cells += [_speedup_cell(record), _interval_cell(record)]
             else:
-                cells.append(_cell(record.get(name), fmt))
+                cells.append(record_cell(record, name, fmt, log))
         text = row_text(record)
         if len(text) > 120:  # the full text is in results.jsonl and the HTML report
             text = text[:119] + "…"
@@ -158,9 +181,22 @@ def legend(records: Iterable[dict[str, Any]], log: bool = False) -> list[str]:
     records = list(records)
     lines = []
     if log:
-        lines.append("KB: ONNX size; ×: fp32 ONNX bytes / this (nat: the toolkit's own "
-                     "artifact, gz: gzipped); zero: share of zero weights; dist: most distinct "
-                     "values in a weight; approx: approximated, unsup: unsupported")
+        lines.append("KB: ONNX size; size×: fp32 ONNX bytes / this; nat×, dep×: the same "
+                     "toolkit's fp32 native / deployable file / this one; MAC×: fp32 "
+                     "multiply-accumulates / this; zero: share of zero weights; dist: most "
+                     "distinct values in a weight; approx: approximated, unsup: unsupported")
+    formats = deploy_formats(records)
+    if formats:
+        lines.append("deploy×: the file a user ships, against the same toolkit's fp32 one: "
+                     + ", ".join(f"{b} {f}" for b, f in formats.items()))
+    if any(r.get("matched_baseline") for r in records):
+        lines.append("drop: against the reference fine-tuned as many epochs as the recipe "
+                     "trains (its fp32+ft<N> row); results.csv also has "
+                     "accuracy_drop_vs_reference")
+    repeated = sorted({int(r["repeats"]) for r in records if (r.get("repeats") or 0) > 1})
+    if repeated:
+        lines.append(f"±: standard deviation over {'/'.join(map(str, repeated))} seeds "
+                     "(evaluate.repeats; trained and calibrated rows)")
     if any(r.get("speedup") is not None for r in records):
         lines.append("speedup: median over rounds of fp32 latency / this latency, timed "
                      "interleaved with the fp32 model in one process; "
@@ -168,6 +204,15 @@ def legend(records: Iterable[dict[str, Any]], log: bool = False) -> list[str]:
     if log and any(r.get("cached") for r in records):
         lines.append("*: from the cache")
     return lines
+
+
+def deploy_formats(records: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """backend → the kind of file its deploy_ratio compares (.pt, .mlpackage ...)."""
+    out: dict[str, str] = {}
+    for record in records:
+        if record.get("deploy_format") and record.get("role") != "baseline":
+            out.setdefault(str(record["backend"]), str(record["deploy_format"]))
+    return out
 
 
 def notes_lines(records: Iterable[dict[str, Any]], width: int = LOG_WIDTH) -> list[str]:

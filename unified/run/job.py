@@ -13,22 +13,51 @@ import numpy as np
 
 from unified.context import JobContext, ReferenceArtifacts
 from unified.data.splits import DataSplits
-from unified.measure.harness import HarnessSettings, ReferenceFigures, measure
+from unified.measure.harness import HarnessSettings, ReferenceFigures, measure_outputs
+from unified.measure.outputs import collapse_reason
+from unified.run.layers import check_layers, resolve_targets
+from unified.run.reference import degenerate as reference_degenerate
 from unified.run.reference import load_summary
 from unified.run.results import new_record
 from unified.spec.scenario import Scenario
+from unified.spec.steps import Recipe
 
 
 @dataclass(frozen=True)
 class Job:
+    """One recipe on one backend. ``repeat`` > 0: the same job again with another seed
+    (evaluate.repeats); ``hidden``: a job whose record is no row of the table (a backend's
+    fp32 native baseline when no recipe is empty; repeats are folded into their row)."""
+
     recipe: str
     backend: str
     model: str = ""  # the model's label when a scenario compares several models
+    repeat: int = 0
+    hidden: bool = False
 
     @property
     def label(self) -> str:
         prefix = f"{self.model}: " if self.model else ""
-        return f"{prefix}{self.recipe} @ {self.backend}"
+        suffix = f" (repeat {self.repeat + 1})" if self.repeat else ""
+        if self.hidden and not self.repeat:
+            suffix = " (fp32 native baseline)"
+        return f"{prefix}{self.recipe} @ {self.backend}{suffix}"
+
+    @property
+    def is_row(self) -> bool:
+        """Whether its record is a row of results.jsonl (else: auxiliary.jsonl)."""
+        return not self.hidden and self.repeat == 0
+
+
+def job_from_spec(spec: dict[str, Any]) -> tuple[Scenario, Job]:
+    """The scenario and job of a job.json (unified.run.expand.job_spec wrote it): a baseline's
+    recipe, absent from the user's recipes, is added from its steps."""
+    scenario = Scenario.model_validate(spec["scenario"])
+    name = spec["recipe"]
+    if name not in scenario.recipes and spec.get("steps") is not None:
+        recipes = {**scenario.recipes, name: Recipe.model_validate(spec["steps"])}
+        scenario = scenario.model_copy(update={"recipes": recipes})
+    return scenario, Job(name, spec["backend"], repeat=int(spec.get("repeat") or 0))
 
 
 def harness_settings(scenario: Scenario) -> HarnessSettings:
@@ -51,7 +80,16 @@ def reference_figures(ref: ReferenceArtifacts) -> ReferenceFigures:
         onnx_bytes=summary["onnx_bytes"],
         gzip_bytes=summary["gzip_bytes"],
         latency_ms_p50=None,  # latency comes from the paired pass, never from a job
+        macs=summary.get("macs"),
     )
+
+
+def resampled_calibration(data: DataSplits, seed: int, size: int) -> DataSplits:
+    """The splits with another calibration sample of the same size drawn from the train
+    split with ``seed``: what a repeat of a calibrated job varies (train and test stay)."""
+    size = min(size, len(data.train_x))
+    rows = np.sort(np.random.default_rng([seed, 1]).permutation(len(data.train_x))[:size])
+    return replace(data, calib_x=np.ascontiguousarray(data.train_x[rows]))
 
 
 def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts,
@@ -61,23 +99,32 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
 
     adapter = get_adapter(job.backend)
     data = data if data is not None else DataSplits.load(ref.data)
-    ctx = JobContext(scenario=scenario, recipe_name=job.recipe,
-                     recipe=scenario.recipes[job.recipe], backend=job.backend,
-                     workdir=workdir, reference=ref, data=data)
+    if job.repeat:  # another seed: another calibration sample too
+        data = resampled_calibration(data, scenario.seed, len(data.calib_x))
+    recipe = scenario.recipes[job.recipe]
+    ctx = JobContext(scenario=scenario, recipe_name=job.recipe, recipe=recipe,
+                     backend=job.backend, workdir=workdir, reference=ref, data=data,
+                     targets=resolve_targets(scenario, recipe, ref))
     start = time.perf_counter()
     result = adapter.compress(ctx)
     compressed = time.perf_counter()
-    figures = measure(result.artifacts.onnx_path, native_path=result.artifacts.native_path,
-                      test_x=data.test_x, test_y=data.test_y,
-                      reference=reference_figures(ref),
-                      settings=deterministic_settings(scenario))
+    artifacts = result.artifacts
+    deploy = artifacts.deploy_path or artifacts.native_path
+    figures, logits = measure_outputs(
+        artifacts.onnx_path, native_path=artifacts.native_path, deploy_path=deploy,
+        test_x=data.test_x, test_y=data.test_y, reference=reference_figures(ref),
+        settings=deterministic_settings(scenario))
+    layers = check_layers(ctx, artifacts.onnx_path)
+    write_json(workdir / "layers.json", layers.data)
+    for message in layers.deviations:
+        ctx.deviate(message)
     timings = {"compress": round(result.compress_seconds, 3),
                # the template method's ONNX check and lossless compaction
                "check": round(compressed - start - result.compress_seconds, 3),
                "measure": round(time.perf_counter() - compressed, 3)}
     plan = result.plan
-    notes = [*plan.notes, *ctx.notes, *result.artifacts.notes]
-    status = plan.status
+    notes = [*plan.notes, *ctx.notes, *result.artifacts.notes, *layers.notes]
+    status, reason = plan.status, None
     imported = scenario.imported.get(job.recipe)
     if imported is not None:
         notes += [f"Distiller schedule: {n}" for n in imported.notes]
@@ -87,20 +134,50 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
             labels = "; ".join(lr.label for lr in imported.lr_schedulers)
             notes.append(f"Distiller LR scheduler not applied ({labels}): no training loop of "
                          "this backend runs on the schedule's epochs; the budget's lr applies")
-        if (imported.unsupported or lr_missing) and status == "ok":
-            status = "approximated"
+        if imported.unsupported or lr_missing:
+            ctx.deviations.append("Distiller schedule not carried out in full")
+    if ctx.deviations and status == "ok":
+        status = "approximated"
+    degenerate = reference_degenerate(load_summary(ref))
+    if degenerate:
+        notes.append(f"the fp32 reference is degenerate ({degenerate}): accuracy, agreement "
+                     "and rel_l2 say nothing about this row")
+    failure = _failure(ctx, logits, ref, figures)
+    if failure is not None:
+        status, reason = "failed", failure
     return new_record(
-        scenario.name, scenario.model.label, job.recipe, job.backend, status,
+        scenario.name, scenario.model.label, job.recipe, job.backend, status, reason=reason,
         notes=list(dict.fromkeys(notes)),
         compress_seconds=round(result.compress_seconds, 3),
         versions=adapter.capabilities.versions(),
         epoch_log=[entry.as_record() for entry in ctx.epoch_log] or None,
-        details=result.artifacts.details or None,
+        details=_details(result.artifacts.details, ctx) or None,
         plan=[str(s.verdict) for s in plan.steps],
+        layers_targeted=len(layers.targeted),
+        layers_changed=None if layers.changed is None else len(layers.changed),
         onnx_file=_relative(result.artifacts.onnx_path, workdir),
+        deploy_file=None if deploy is None else _relative(deploy, workdir),
         timings=timings,
         **figures,
     )
+
+
+def _failure(ctx: JobContext, logits: np.ndarray, ref: ReferenceArtifacts,
+             figures: dict[str, Any]) -> str | None:
+    """Why a row that ran is still a failure: its export changed the model (native vs ONNX
+    parity), or its outputs collapsed."""
+    if ctx.parity is not None and not ctx.parity.faithful:
+        return ctx.parity.failure()
+    return collapse_reason(logits, np.load(ref.logits), figures.get("rel_l2"))
+
+
+def _details(details: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """The adapter's details, with the native-vs-ONNX parity where it was checked."""
+    out = dict(details)
+    if ctx.parity is not None:
+        out["parity"] = {"native": ctx.parity.native, "agreement": ctx.parity.agreement,
+                         "max_abs": ctx.parity.max_abs, "samples": ctx.parity.samples}
+    return out
 
 
 def _relative(path: Path, folder: Path) -> str:

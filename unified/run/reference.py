@@ -15,6 +15,7 @@ import numpy as np
 
 from unified.context import ReferenceArtifacts
 from unified.run.cache import reference_content_digest, reference_key
+from unified.run.threads import torch_threads
 from unified.spec.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
     from unified.data.sources import load_splits
     from unified.measure.harness import HarnessSettings, make_session, measure, run_model
     from unified.measure.onnx_compact import compact_verified
+    from unified.measure.outputs import degenerate_reason
     from unified.torchkit.export import export_onnx
     from unified.torchkit.models import (
         build_model,
@@ -69,8 +71,10 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
     if spec.weights == "train":
         assert data.train_y is not None  # the scenario validator guarantees labels
         log.info("training the reference model for %d epochs", scenario.budget.train_epochs)
-        train(model, data.train_x, data.train_y, scenario.budget,
-              epochs=scenario.budget.train_epochs, lr=scenario.budget.lr, seed=scenario.seed)
+        with torch_threads():  # like every job: figures independent of the machine's cores
+            train(model, data.train_x, data.train_y, scenario.budget,
+                  epochs=scenario.budget.train_epochs, lr=scenario.budget.lr,
+                  seed=scenario.seed)
         trained = True
         if spec.recalibrate_batchnorm:
             from unified.torchkit.models import recalibrate_batchnorm
@@ -95,6 +99,10 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
     torch_logits = predict(model, data.test_x)
     figures = measure(ref.onnx, native_path=ref.weights, test_x=data.test_x,
                       test_y=data.test_y, reference=None, settings=settings)
+    write_inventory(model, ref, spec.input_shape)
+    degenerate = degenerate_reason(logits)
+    if degenerate:
+        log.warning("reference %s is degenerate: %s", spec.label, degenerate)
     summary = {
         "model": spec.model_dump(mode="json"),
         "trained_epochs": scenario.budget.train_epochs if trained else 0,
@@ -102,6 +110,32 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
         "onnx_vs_torch_max_abs": float(np.abs(torch_logits - logits).max()),
         "samples": {"train": len(data.train_x), "calibration": len(data.calib_x),
                     "test": len(data.test_x)},
+        "reference_degenerate": degenerate is not None,
+        "reference_degenerate_reason": degenerate,
         **figures,
     }
     ref.summary.write_text(json.dumps(summary, indent=2))
+
+
+def write_inventory(model: Any, ref: ReferenceArtifacts, input_shape: tuple[int, int, int]) -> None:
+    """The reference's layers.json: its conv/linear layers in execution order, each with the
+    node of the fp32 ONNX that computes it (matched by order and weight shape)."""
+    from dataclasses import replace
+
+    from unified.measure.onnx_layers import load_layers, match_layers
+    from unified.spec.layers import save_inventory
+    from unified.torchkit.targets import layer_inventory
+
+    layers = layer_inventory(model, input_shape)
+    onnx_layers = load_layers(ref.onnx)
+    pairs = match_layers([layer.signature for layer in layers],
+                         [layer.signature for layer in onnx_layers])
+    save_inventory(ref.layers, [
+        replace(layer, onnx_node=None if j is None else onnx_layers[j].node)
+        for layer, j in zip(layers, pairs, strict=True)])
+
+
+def degenerate(summary: dict[str, Any]) -> str | None:
+    """Why the reference's own outputs carry no information (reference.json), or None."""
+    reason = summary.get("reference_degenerate_reason")
+    return str(reason) if summary.get("reference_degenerate") and reason else None

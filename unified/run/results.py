@@ -15,17 +15,19 @@ STATUSES = ("ok", "approximated", "unsupported", "failed", "timeout")
 
 # The user-facing contract: keep these names (extend, don't rename).
 RECORD_FIELDS = (
-    "scenario", "model", "recipe", "backend", "status", "reason", "notes",
-    "accuracy", "accuracy_drop", "agreement", "rel_l2",
-    "onnx_bytes", "native_bytes", "gzip_bytes", "size_ratio", "native_ratio", "gzip_ratio",
+    "scenario", "model", "recipe", "backend", "role", "status", "reason", "notes",
+    "accuracy", "accuracy_std", "accuracy_drop", "accuracy_drop_vs_reference",
+    "matched_baseline", "baseline_accuracy", "agreement", "agreement_std", "rel_l2", "repeats",
+    "onnx_bytes", "native_bytes", "deploy_bytes", "deploy_format", "gzip_bytes",
+    "size_ratio", "native_ratio", "deploy_ratio", "gzip_ratio", "macs", "macs_ratio",
     "parameters", "sparsity", "max_distinct_values", "int8_fraction",
-    "quantized_compute_ops", "float_compute_ops",
+    "quantized_compute_ops", "float_compute_ops", "layers_targeted", "layers_changed",
     "latency_ms_p50", "latency_ms_p90", "speedup", "speedup_ci_low", "speedup_ci_high",
     "compress_seconds", "executor", "host", "versions",
 )
 # Fields beyond the table: kept in results.jsonl, left out of results.csv.
 EXTRA_FIELDS = ("job_key", "ort_ops", "epoch_log", "details", "plan", "cached", "onnx_file",
-                "timings")
+                "deploy_file", "timings", "seed", "repeat", "seeds")
 # Fields the driver's latency pass sets on every run: never taken from a cache.
 LATENCY_FIELDS = ("latency_ms_p50", "latency_ms_p90", "speedup", "speedup_ci_low",
                   "speedup_ci_high")

@@ -27,11 +27,13 @@ from typing import Any
 from adapters.base import Plan
 from adapters.registry import get_adapter
 from unified.context import ReferenceArtifacts
-from unified.run.cache import job_key, reference_content_digest, reference_key
+from unified.run.aggregate import aggregate, fp32_summary
+from unified.run.cache import job_key, reference_identity, reference_key
 from unified.run.executor import Executor, Outcome, Task, signal_text, worker_env
+from unified.run.expand import all_recipes, expand, job_scenario, job_spec, recipe_of, tag
 from unified.run.job import Job, write_json
 from unified.run.latency_pass import MEASURED, time_rows, update_reference_summary
-from unified.run.reference import prepare_reference
+from unified.run.reference import load_summary, prepare_reference
 from unified.run.results import (
     append_record,
     new_record,
@@ -39,7 +41,10 @@ from unified.run.results import (
     rewrite_records,
     write_csv,
 )
+from unified.run.threads import JOB_THREADS
+from unified.spec.baselines import MATCHED_BACKEND
 from unified.spec.scenario import Scenario
+from unified.spec.steps import Recipe
 
 PENDING_STATUSES = ("failed", "timeout")  # not cached: a rerun tries them again
 
@@ -87,19 +92,28 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _runnable(job: Job, recipe: Recipe) -> bool:
+    """Whether a job's plan can run: its backend's toolkit is there and supports the recipe."""
+    adapter = get_adapter(job.backend)
+    return not adapter.capabilities.missing() and adapter.plan(recipe).status != "unsupported"
+
+
 def expand_jobs(scenario: Scenario, options: RunOptions, multi_model: bool = False) -> list[Job]:
-    """recipes × backends of one (single-model) scenario, filtered by the options."""
+    """Every job of one (single-model) scenario, filtered by the options: recipes × backends,
+    then the baselines and repeats a fair comparison adds (unified.run.expand)."""
     backends = [b for b in scenario.backends if not options.backends or b in options.backends]
     recipes = [r for r in scenario.recipes if not options.recipes or r in options.recipes]
     model = scenario.model.label if multi_model else ""
-    return [Job(recipe, backend, model) for recipe in recipes for backend in backends]
+    return expand(scenario, recipes, backends, model,
+                  lambda job: _runnable(job, recipe_of(scenario, job)))
 
 
 def scenario_order(scenario: Scenario) -> Callable[[dict[str, Any]], int]:
-    """Sort key putting records in scenario order: model, recipe, backend."""
+    """Sort key putting records in scenario order: model, recipe (the matched baselines after
+    the fp32 recipe), backend."""
     order = {(view.model.label, recipe, backend): i for i, (view, recipe, backend) in
-             enumerate((v, r, b) for v in scenario.views() for r in v.recipes
-                       for b in v.backends)}
+             enumerate((v, r, b) for v in scenario.views() for r in all_recipes(v)
+                       for b in dict.fromkeys([*v.backends, MATCHED_BACKEND]))}
     return lambda record: order.get(
         (record["model"], record["recipe"], record["backend"]), len(order))
 
@@ -113,11 +127,9 @@ def _safe(label: str) -> str:
 
 
 def threads_per_job(options: RunOptions) -> int:
-    """Compute threads of one job: the cores shared among the jobs running at once (one per
-    job on a Ray cluster, where a task asks for one CPU)."""
-    if options.executor == "ray":
-        return 1
-    return max(1, (os.cpu_count() or 1) // (options.jobs or default_jobs()))
+    """Compute threads of one job: JOB_THREADS whatever --jobs or the executor, because the
+    thread count changes trained figures (docs/architecture.md, "The cache key")."""
+    return JOB_THREADS
 
 
 def make_executor(options: RunOptions, keep_warm: int = 0) -> Executor:
@@ -143,8 +155,11 @@ class Runner:
         self.progress = progress or Progress()
         self.out = options.out
         self.results_path = self.out / "results.jsonl"
+        # repeats and hidden fp32 baselines: folded into the rows, not rows themselves
+        self.auxiliary_path = self.out / "auxiliary.jsonl"
         self._lock = threading.Lock()
         self.records: list[dict[str, Any]] = []
+        self.auxiliary: list[dict[str, Any]] = []
         self.timings: dict[str, Any] = {"executor": options.executor,
                                         "jobs": options.jobs or default_jobs()}
 
@@ -161,8 +176,8 @@ class Runner:
         # with several models, `model` is only the first of them: leave it out
         write_json(self.out / "scenario.json", self.scenario.model_dump(
             mode="json", exclude={"model"} if self.scenario.models else None))
-        done = {r.get("job_key"): r for r in read_records(self.results_path)
-                if r.get("status") not in PENDING_STATUSES}
+        done = {r.get("job_key"): r for path in (self.results_path, self.auxiliary_path)
+                for r in read_records(path) if r.get("status") not in PENDING_STATUSES}
         executor = make_executor(self.options)
         references: dict[str, ReferenceArtifacts] = {}
         try:
@@ -181,6 +196,7 @@ class Runner:
         finally:
             executor.close()
         self.timings["worker_starts"] = [vars(s) for s in getattr(executor, "starts", [])]
+        self._aggregate(views, references, multi)
         self._latency_pass(views, references, multi)
         self.records.sort(key=scenario_order(self.scenario))
         rewrite_records(self.results_path, self.records)
@@ -221,19 +237,20 @@ class Runner:
                   jobs: list[tuple[Job, Plan | dict[str, Any]]],
                   done: dict[Any, dict[str, Any]]) -> list[tuple[Scenario, Task]]:
         """Finish what needs no worker (resumed, unsupported, cached); return the rest."""
-        ref_digest = reference_content_digest(ref.folder)
+        ref_id = reference_identity(view, ref.folder)
         timeout = self.options.timeout or view.evaluate.timeout
         tasks = []
         for job, plan in jobs:
-            key = job_key(view, job.recipe, job.backend, ref_digest,
-                          get_adapter(job.backend).capabilities.versions())
+            job_view = job_scenario(view, job)
+            key = job_key(job_view, job.recipe, job.backend, ref_id,
+                          get_adapter(job.backend).capabilities.versions(), repeat=job.repeat)
             if key in done:  # resume: already in this run folder
                 self._keep(job, done[key])
             elif isinstance(plan, dict):  # unavailable toolkit or unsupported recipe
                 plan["job_key"] = key
-                self._finish(job, plan)
+                self._finish(job, tag(plan, view, job))
             elif (cached := self._from_cache(view, job, key)) is not None:
-                self._finish(job, cached)
+                self._finish(job, tag(cached, view, job))
             else:
                 tasks.append((view, self._task(view, job, key, ref, timeout)))
         return tasks
@@ -246,9 +263,7 @@ class Runner:
         folder.mkdir(parents=True)
         threads = threads_per_job(self.options)
         write_json(folder / "job.json", {
-            "scenario": view.model_dump(mode="json"),
-            "recipe": job.recipe,
-            "backend": job.backend,
+            **job_spec(view, job),
             "reference": str(ref.folder),
             "torch_threads": threads,
         })
@@ -258,7 +273,7 @@ class Runner:
         """The adapter's plan, or a finished record when the job cannot run at all."""
         adapter = get_adapter(job.backend)
         caps = adapter.capabilities
-        plan = adapter.plan(view.recipes[job.recipe])
+        plan = adapter.plan(recipe_of(view, job))
         if plan.status == "unsupported":
             return self._record(view, job, "unsupported", reason=plan.reason, notes=plan.notes,
                                 versions=caps.versions(),
@@ -280,7 +295,8 @@ class Runner:
         folder = self.out / "jobs"
         if job.model:
             folder = folder / _safe(job.model)
-        return folder / f"{job.recipe}@{job.backend}"
+        repeat = f".repeat{job.repeat}" if job.repeat else ""
+        return folder / f"{job.recipe}@{job.backend}{repeat}"
 
     def _artifacts(self, model: str, record: dict[str, Any]) -> Path:
         return self._job_dir(Job(record["recipe"], record["backend"], model)) / "artifacts"
@@ -289,7 +305,7 @@ class Runner:
         self.progress.on_start(task.job, where)
 
     def _ended(self, view: Scenario, task: Task, outcome: Outcome) -> None:
-        record = self._outcome_record(view, task, outcome)
+        record = tag(self._outcome_record(view, task, outcome), view, task.job)
         record["job_key"] = task.key
         self._finish(task.job, record)  # the row first: it must survive a failing cache write
         if record["status"] not in PENDING_STATUSES:
@@ -372,15 +388,37 @@ class Runner:
 
     def _keep(self, job: Job, record: dict[str, Any]) -> None:
         with self._lock:
-            self.records.append(record)
+            (self.records if job.is_row else self.auxiliary).append(record)
         self.progress.on_done(job, record)
 
     def _finish(self, job: Job, record: dict[str, Any]) -> None:
-        """Append to results.jsonl at once, so nothing finished is lost."""
+        """Append to results.jsonl (a repeat or hidden baseline: auxiliary.jsonl) at once,
+        so nothing finished is lost."""
         with self._lock:
-            append_record(self.results_path, record)
-            self.records.append(record)
+            if job.is_row:
+                append_record(self.results_path, record)
+                self.records.append(record)
+            else:
+                append_record(self.auxiliary_path, record)
+                self.auxiliary.append(record)
         self.progress.on_done(job, record)
+
+    # -- between the phases ---------------------------------------------------------------
+
+    def _aggregate(self, views: list[Scenario], references: dict[str, ReferenceArtifacts],
+                   multi: bool) -> None:
+        """Fold repeats into their rows, fill the like-for-like ratios and the matched drops
+        (unified.run.aggregate); the run's reference.json lists each backend's fp32 files."""
+        accuracy = {label: load_summary(ref).get("accuracy")
+                    for label, ref in references.items()}
+        aggregate(self.records, self.auxiliary, accuracy)
+        for view in views:
+            label = view.model.label
+            path = self.out / (f"reference-{_safe(label)}.json" if multi else "reference.json")
+            if path.is_file():
+                summary = json.loads(path.read_text())
+                summary["fp32_artifacts"] = fp32_summary(self.records, self.auxiliary, label)
+                write_json(path, summary)
 
     # -- phase 2 --------------------------------------------------------------------------
 

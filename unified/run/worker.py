@@ -40,8 +40,7 @@ import unified  # noqa: F401  (environment defaults before any toolkit import)
 from adapters.registry import get_adapter
 from unified.context import ReferenceArtifacts
 from unified.run.failure import failure_reason
-from unified.run.job import Job, execute, format_traceback, write_json
-from unified.spec.scenario import Scenario
+from unified.run.job import execute, format_traceback, job_from_spec, write_json
 
 
 def warm_up(backend: str) -> None:
@@ -143,11 +142,10 @@ def run_job(folder: Path) -> bool:
     """Run the job described by ``folder/job.json``; True when ``record.json`` was written."""
     try:
         spec = json.loads((folder / "job.json").read_text())
-        scenario = Scenario.model_validate(spec["scenario"])
+        scenario, job = job_from_spec(spec)
         threads = spec.get("torch_threads")
         # torch imported later by the job takes its thread count from OMP_NUM_THREADS
         reset_process(scenario.seed, int(threads) if threads else None)
-        job = Job(spec["recipe"], spec["backend"])
         profiling = os.environ.get("SQUEEZELAB_PROFILE") == "1"
         if profiling:
             _profile()

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from unified.spec.backends import backend_names
+from unified.spec.baselines import BASELINE_PREFIX
 from unified.spec.errors import closest, did_you_mean
 from unified.spec.steps import TRAINING_STEPS, Recipe
 
@@ -24,6 +25,8 @@ DATA_SOURCE_KINDS = ("mnist", "digits", "synthetic", "photos", "imagefolder")
 UNLABELLED_SOURCES = frozenset({"synthetic", "photos"})
 WEIGHTS_KEYWORDS = ("train", "random", "pretrained")
 RECIPE_NAME = re.compile(r"^[A-Za-z0-9][\w.+-]*$")
+# select's objectives: size = the deployable artifact's ratio to its toolkit's fp32 one
+OBJECTIVE_NAMES = ("size", "latency", "native_size", "onnx_size", "accuracy_drop")
 
 
 class _Strict(BaseModel):
@@ -220,6 +223,11 @@ class LatencySettings(_Strict):
 class EvaluateSpec(_Strict):
     latency: LatencySettings = LatencySettings()
     timeout: float = Field(1800, gt=0, description="seconds one job may take")
+    repeats: int = Field(
+        1, ge=1, le=100,
+        description="run each trained or calibrated job (and its matched fp32+ft baseline) "
+                    "with this many seeds derived from the scenario's seed; the row reports "
+                    "the mean and standard deviation of accuracy and agreement")
 
 
 class SelectSpec(_Strict):
@@ -232,7 +240,7 @@ class SelectSpec(_Strict):
     @field_validator("minimize")
     @classmethod
     def _objectives(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        allowed = {"size", "latency", "native_size", "accuracy_drop"}
+        allowed = set(OBJECTIVE_NAMES)
         bad = [v for v in value if v not in allowed]
         if bad:
             raise ValueError(
@@ -247,6 +255,11 @@ class RegressSpec(_Strict):
     tolerance: dict[str, float] = Field(
         default_factory=lambda: {"accuracy": 0.01, "size_ratio": 0.05, "latency": 0.3}
     )
+    spread: float | None = Field(
+        None, gt=0,
+        description="with repeated rows: an accuracy / agreement change counts as a regression "
+                    "only beyond this many standard deviations of the seeds (of the baseline "
+                    "and this run combined), when that is more than the tolerance")
 
 
 class ImportedLRScheduler(_Strict):
@@ -361,6 +374,11 @@ class Scenario(_Strict):
                 raise ValueError(
                     f"recipe name {name!r} must start with a letter or digit and use only "
                     "letters, digits, '.', '_', '+', '-'"
+                )
+            if str(name).startswith(BASELINE_PREFIX):
+                raise ValueError(
+                    f"recipe name {name!r}: names starting with {BASELINE_PREFIX!r} are "
+                    "reserved for the baselines squeezelab adds (e.g. fp32+ft1)"
                 )
         return value
 
