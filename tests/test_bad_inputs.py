@@ -76,7 +76,7 @@ def test_the_corpus_covers_every_class_of_the_issue() -> None:
     counts = Counter(case.kind for case in CASES)
     assert sum(counts.values()) >= 60
     assert set(counts) == {"not_yaml", "one_mistake", "validate_vs_run", "reference",
-                           "distiller"}
+                           "distiller", "searchable"}
     assert min(counts.values()) >= 10, counts
     listed = {(CORPUS / case.kind / case.file) for case in CASES}
     on_disk = {p for p in CORPUS.glob("*/*.yaml")}
@@ -93,7 +93,7 @@ def test_one_line_exit_2(case: Case, corpus: Path, tmp_path: Path) -> None:
     path = corpus / case.kind / case.file
     for command in case.commands:
         args = [command, str(path)]
-        if command in ("run", "regress"):
+        if command in ("run", "regress", "search"):
             args += ["--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
         if command == "regress":
             args += ["--baseline", str(ROOT / "scenarios" / "baselines" / "regression.json")]

@@ -44,8 +44,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def validate(scenario_file: Path) -> None:
     """Check a scenario file and every recipe's plan on every backend."""
     from adapters.registry import get_adapter
-    from unified.load.scenario_file import load_scenario
+    from unified.load.scenario_file import has_searchable_values, load_scenario
 
+    if has_searchable_values(scenario_file):
+        from unified.search.space import validation_lines
+
+        for line in validation_lines(scenario_file):
+            click.echo(line)
+        return
     scenario = load_scenario(scenario_file)
     click.echo(f"{scenario_file}: valid scenario '{scenario.name}' "
                f"({len(scenario.recipes)} recipes × {len(scenario.backends)} backends)")
@@ -153,12 +159,63 @@ def select(run_dir: Path, max_accuracy_drop: float | None, min_agreement: float 
 
 
 @cli.command()
+@click.argument("scenario_file", type=click.Path(path_type=Path))
+@click.option("--trials", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Trials to evaluate (a resumed search counts the ones it has).")
+@click.option("--until-met", is_flag=True,
+              help="Stop at the first trial that meets the constraints and every --target "
+                   "(exit 1 if none does within --trials).")
+@click.option("--target", "targets", multiple=True, metavar="METRIC=VALUE",
+              help="A figure to reach: size=8 (size ratio ≥ 8), latency=1.5 (speedup ≥ "
+                   "1.5), accuracy_drop=0.005, accuracy=0.98, agreement=0.99, native_size=4.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run folder (default: runs/<scenario>-search-<timestamp>); an existing "
+                   "search folder resumes.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+              help="Cache shared by all runs (default: ~/.cache/squeezelab).")
+@_executor_options
+@click.option("--timeout", type=click.FloatRange(min=1), default=None,
+              help="Seconds one job may take (default: the scenario's evaluate.timeout).")
+@click.option("--sampler", type=click.Choice(["tpe", "nsga2"]), default="tpe",
+              show_default=True, help="Optuna's sampler (both handle several objectives).")
+def search(scenario_file: Path, trials: int, until_met: bool, targets: tuple[str, ...],
+           out: Path | None, cache_dir: Path | None, jobs: int | None, executor: str,
+           ray_address: str | None, timeout: float | None, sampler: str) -> None:
+    """Search recipe × backend × the searchable values of SCENARIO_FILE (Optuna); every
+    trial is an ordinary job in the run folder. --jobs: trials at once (default 1)."""
+    from unified.load.scenario_file import load_search_scenario
+    from unified.run.runner import Progress, RunOptions, default_cache_dir
+    from unified.search.objectives import parse_target
+    from unified.search.report import summary_lines, trial_line
+    from unified.search.study import SearchOptions, run_search
+
+    loaded = load_search_scenario(scenario_file)
+    wanted = tuple(parse_target(t) for t in targets)
+    _check_executor(executor, ray_address)
+    if out is None:
+        out = Path("runs") / f"{loaded.scenario.name}-search-{time.strftime('%Y%m%d-%H%M%S')}"
+    options = RunOptions(out=out, cache_dir=cache_dir or default_cache_dir(), jobs=jobs or 1,
+                         timeout=timeout, executor=executor, ray_address=ray_address)
+    result = run_search(loaded, options, SearchOptions(
+        trials=trials, until_met=until_met, targets=wanted, sampler=sampler, jobs=jobs or 1,
+        on_trial=lambda entry, done: click.echo(trial_line(entry, done=done, total=trials))),
+        Progress(on_stage=lambda msg: click.echo(f"-- {msg}")))
+    for line in summary_lines(result.history):
+        click.echo(line)
+    click.echo(f"run folder: {out}  (results.jsonl, trials.json, study.db; "
+               f"squeezelab report {out})")
+    if until_met and result.history["first_meeting_targets"] is None:
+        sys.exit(1)
+
+
+@cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def report(run_dir: Path) -> None:
     """Write RUN_DIR/report.html (self-contained) and RUN_DIR/summary.md."""
     from unified.report.html import write_report
+    from unified.search.report import report_parts
 
-    html_path, md_path = write_report(run_dir)
+    html_path, md_path = write_report(run_dir, *report_parts(run_dir))
     click.echo(f"wrote {html_path} and {md_path}")
 
 

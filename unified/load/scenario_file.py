@@ -11,22 +11,70 @@ from pydantic import ValidationError
 from unified.load.checks import Where, check_scenario, model_import_path
 from unified.spec.errors import SpecError
 from unified.spec.scenario import DataSpec, ModelSpec, Scenario
+from unified.spec.search_space import SearchScenario, split_search
+from unified.spec.searchable import find_markers
 from unified.spec.validation import format_validation_error
-from unified.spec.yamlio import read_yaml
+from unified.spec.yamlio import field_name, read_yaml
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]:
+    data, lines = read_yaml(path)
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise SpecError([f"{path}:1: a scenario is a mapping (name, model, recipes, ...). "
+                         f"Got {got} instead"])
+    return data, lines
+
+
+def has_searchable_values(path: str | Path) -> bool:
+    """Does the file give a step parameter as {choice: ...} or {range: ...}?"""
+    data, _ = _read(Path(path))
+    return next(find_markers(data), None) is not None
 
 
 def load_scenario(path: str | Path, *, check: bool = True) -> Scenario:
     """Read and validate a scenario file; raise :class:`SpecError` with every problem.
 
     With ``check`` (the default) everything knowable without running a toolkit is checked
-    too (:mod:`unified.load.checks`): a scenario that loads can start its run.
+    too (:mod:`unified.load.checks`): a scenario that loads can start its run. A file with
+    searchable values is refused (one line): it is for ``squeezelab search``.
     """
     path = Path(path)
-    data, lines = read_yaml(path)
-    if not isinstance(data, dict):
-        got = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise SpecError([f"{path}:1: a scenario is a mapping (name, model, recipes, ...). "
-                         f"Got {got} instead"])
+    data, lines = _read(path)
+    marker = next(find_markers(data), None)
+    if marker is not None:
+        raise SpecError([f"{path}:{lines.get(marker, '?')}: {field_name(marker)}: a searchable "
+                         "value ({choice: ...} / {range: ...}); run takes plain values only: "
+                         f"use `squeezelab search {path}`"])
+    return _validated(data, path, lines, check)
+
+
+def load_search_scenario(path: str | Path, *, check: bool = True) -> SearchScenario:
+    """Read a scenario file whose recipes may have searchable values: every value checked
+    against its step's rules, the base scenario validated as usual (:class:`SpecError`)."""
+    path = Path(path)
+    data, lines = _read(path)
+    plain, spaces = split_search(data, str(path), lines)
+    base = _validated(plain, path, lines, check)
+    search = SearchScenario(base, spaces)
+    problems = []
+    for space in spaces.values():  # rules of the scenario's about a recipe (labels ...)
+        first = {p.name: p.domain.test_values()[0] for p in space.params}
+        for param in space.params:
+            for value in param.domain.test_values():
+                recipe = space.recipe({**first, param.name: value})
+                try:
+                    base.model_copy(update={"recipes": {space.name: recipe}}).check_labels()
+                except ValueError as exc:
+                    problems.append(f"{path}:{lines.get(param.path, '?')}: "
+                                    f"{field_name(param.path)}: value {value!r}: {exc}")
+    if problems:
+        raise SpecError(list(dict.fromkeys(problems)))
+    return search
+
+
+def _validated(data: dict[str, Any], path: Path, lines: dict[tuple[Any, ...], int],
+               check: bool) -> Scenario:
     data = _expand_distiller_recipes(data, path, lines)
     try:
         scenario = Scenario.model_validate(data)

@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,11 +239,15 @@ def coverage_section(run: RunFolder) -> tuple[str, str]:
     return "Coverage (rows by model × backend; ≈ = approximated)", body
 
 
-def write_report(folder: Path) -> tuple[Path, Path]:
+def write_report(folder: Path, sections: Sequence[tuple[str, str]] = (),
+                 markdown: Sequence[str] = ()) -> tuple[Path, Path]:
+    """report.html and summary.md of a run folder; ``sections`` (title, HTML) and
+    ``markdown`` lines come from a layer above (a search's history)."""
     from unified.report.article import article_sections
 
     run = RunFolder(folder)
     html_path, md_path = folder / "report.html", folder / "summary.md"
-    html_path.write_text(html_report(run, [*article_sections(run), coverage_section(run)]))
-    md_path.write_text(markdown_summary(run))
+    html_path.write_text(html_report(run, [*sections, *article_sections(run),
+                                           coverage_section(run)]))
+    md_path.write_text(markdown_summary(run) + "".join(f"{line}\n" for line in markdown))
     return html_path, md_path

@@ -51,6 +51,7 @@ class WarmWorker:
     proc: subprocess.Popen[bytes] | None = None
     spawned_at: float = 0.0  # wall clock (time.time): the worker reports when it was ready
     ready_seconds: float | None = None  # process start + toolkit import, once ready
+    idle_since: float = 0.0  # monotonic: when it last went back to the idle pool
     _reply: IO[bytes] | None = None
     _buffer: bytes = b""
     _ended: bool = False  # killed or closed: its process group is never signalled again
@@ -187,12 +188,16 @@ class WorkerStart:
 @dataclass
 class LocalExecutor:
     """Warm workers on this machine. ``env_for(backend, threads)`` gives a worker's
-    environment; worker logs (start-up output) go under ``log_dir``."""
+    environment; worker logs (start-up output) go under ``log_dir``. With ``keep_warm`` > 0 a
+    worker outlives the ``run`` call that started it (up to that many idle workers, the
+    longest idle stopped first), so that a caller handing over jobs one at a time (a search)
+    does not pay its toolkit's import per job."""
 
     slots: int
     env_for: Callable[[str, int], dict[str, str]]
     log_dir: Path
     threads: int = 1
+    keep_warm: int = 0
     name: str = "local"
     starts: list[WorkerStart] = field(default_factory=list)  # for timings.json
     _idle: dict[str, list[WarmWorker]] = field(default_factory=dict)
@@ -282,7 +287,7 @@ class LocalExecutor:
             self.stop()
         finally:
             if worker is not None:
-                worker.close()
+                self._release(worker)
 
     def _serve(self, queues: dict[str, deque[Task]], serving: dict[str, int],
                on_start: OnStart, on_done: OnDone) -> WarmWorker | None:
@@ -292,7 +297,7 @@ class LocalExecutor:
         while (task := self._next(queues, serving, backend)) is not None:
             backend = task.backend
             if worker is not None and worker.backend != backend:
-                worker.close()
+                self._release(worker)
                 worker = None
             if worker is None:
                 try:
@@ -321,6 +326,23 @@ class LocalExecutor:
             return
         on_done(task, outcome)
 
+    def _release(self, worker: WarmWorker) -> None:
+        """A worker whose slot moves on: idle (keep_warm) or stopped."""
+        if self.keep_warm <= 0:
+            worker.close()
+            return
+        worker.idle_since = time.monotonic()
+        with self._lock:
+            self._idle.setdefault(worker.backend, []).append(worker)
+            idle = [w for workers in self._idle.values() for w in workers]
+            surplus = sorted(idle, key=lambda w: w.idle_since)[:max(0, len(idle) -
+                                                                    self.keep_warm)]
+            for old in surplus:
+                self._idle[old.backend].remove(old)
+                self._all.remove(old)
+        for old in surplus:
+            old.close()
+
     def _new_worker(self, backend: str) -> WarmWorker:
         with self._lock:
             self._count += 1
@@ -337,6 +359,12 @@ class LocalExecutor:
         with self._lock:
             pool = self._idle.get(backend) or []
             worker = pool.pop() if pool else None
+        if worker is not None and worker.ready_seconds is not None:  # kept warm
+            assert worker.proc is not None
+            if worker.proc.poll() is None:
+                return worker
+            worker.kill()
+            worker = None
         if worker is None:
             worker = self._new_worker(backend)
         seconds = worker.wait_ready(timeout)

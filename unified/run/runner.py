@@ -135,8 +135,9 @@ def threads_per_job(options: RunOptions) -> int:
     return JOB_THREADS
 
 
-def make_executor(options: RunOptions) -> Executor:
-    """The executor the options name (Ray is imported only when asked for)."""
+def make_executor(options: RunOptions, keep_warm: int = 0) -> Executor:
+    """The executor the options name (Ray is imported only when asked for). ``keep_warm``:
+    idle local workers kept between ``run`` calls (for jobs handed over one at a time)."""
     if options.executor == "ray":
         from unified.run.ray_executor import RayExecutor
 
@@ -146,7 +147,7 @@ def make_executor(options: RunOptions) -> Executor:
     return LocalExecutor(
         slots=options.jobs or default_jobs(),
         env_for=lambda backend, threads: worker_env(backend, threads, [os.getcwd()]),
-        log_dir=options.out / "workers", threads=threads_per_job(options))
+        log_dir=options.out / "workers", threads=threads_per_job(options), keep_warm=keep_warm)
 
 
 class Runner:

@@ -8,7 +8,8 @@ Two ways to start one:
   process up for BACKEND once (environment, preloads, the toolkit's import), then reads job
   folders from stdin, one per line, and answers each on the file descriptor REPLY_FD with one
   JSON line once the job's ``record.json`` (or ``error.json``) is written. The driver kills
-  it (its whole process group) when a job overruns; EOF on stdin ends it.
+  it (its whole process group) when a job overruns; EOF on stdin ends it, and so does the
+  driver's death mid-job (a SIGKILLed driver closes no pipe a busy worker would notice).
 
 Either way a job reads ``job.json``, writes ``record.json`` or ``error.json`` (with the
 traceback), and its output goes to the job folder's ``worker.log``. Before every job the
@@ -25,7 +26,9 @@ import importlib.util
 import json
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,8 +201,26 @@ def _reply(fd: int, message: dict[str, Any]) -> None:
     os.write(fd, (json.dumps(message) + "\n").encode())
 
 
+def _stop_with_driver(interval: float = 1.0) -> None:
+    """Kill this worker's process group (itself and whatever it started) once the driver that
+    started it is gone, instead of finishing a job nobody waits for: a rerun of that job
+    (resuming the run) would share its folder."""
+    driver = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == driver:
+            time.sleep(interval)
+        # its own group only when it leads one (the executors start it in a new session)
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="squeezelab-driver-watch", daemon=True).start()
+
+
 def serve(backend: str, reply_fd: int) -> int:
     """The warm worker's loop (see the module docstring)."""
+    _stop_with_driver()
     os.set_inheritable(reply_fd, False)  # a toolkit's own subprocesses must not hold it
     start = time.perf_counter()
     try:

@@ -139,6 +139,12 @@ def _message(error: Mapping[str, Any], loc: Loc) -> str:
     return msg
 
 
+def error_message(error: Mapping[str, Any], loc: tuple[Any, ...]) -> str:
+    """The message of one pydantic error at ``loc`` (a path from the scenario's root), in the
+    one error shape: what is wrong, then what was given."""
+    return _message(error, _normalize_loc(loc))
+
+
 def _renames(errors: list[tuple[Loc, Mapping[str, Any]]]) -> dict[Loc, str]:
     """Unknown keys that stand for a missing required field of the same mapping: the key's
     loc → the field it was meant to be (closest spelling; else the only candidate)."""
