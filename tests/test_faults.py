@@ -126,7 +126,8 @@ def test_a_killed_run_rerun_keeps_its_finished_rows_and_computes_the_rest(
                            text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr
     after = rows(out / "results.jsonl")
-    assert sorted(after) == ["fp32", "int8", "slow"]
+    # the distillation trains one epoch: its matched baseline fp32+ft1 is a row too
+    assert sorted(after) == ["fp32", "fp32+ft1", "int8", "slow"]
     assert after["slow"]["status"] == "ok"
     for recipe in ("fp32", "int8"):  # kept as they were: not computed again
         assert after[recipe]["timings"] == before[recipe]["timings"]
@@ -156,8 +157,9 @@ def test_ctrl_c_or_sigterm_stops_cleanly_keeps_rows_and_leaves_no_worker(
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
     name = signal.Signals(signum).name
+    # 4 rows: fp32, int8, slow and the distillation's matched baseline fp32+ft1
     assert err.splitlines() == [
-        f"squeezelab: interrupted ({name}); 2 of 3 rows kept in {out}/results.jsonl; to "
+        f"squeezelab: interrupted ({name}); 2 of 4 rows kept in {out}/results.jsonl; to "
         f"resume, run the same command with --out {out}"], err
     assert run.returncode == code
     assert sorted(rows(out / "results.jsonl")) == ["fp32", "int8"]

@@ -18,11 +18,15 @@ from types import TracebackType
 from typing import Any
 
 from unified.context import ReferenceArtifacts
+from unified.run.aggregate import fill_drops, fill_ratios
 from unified.run.executor import Executor
+from unified.run.expand import ROLE_BASELINE, ROLE_FP32, empty_recipe
 from unified.run.job import Job, write_json
 from unified.run.latency_pass import time_rows
+from unified.run.reference import load_summary
 from unified.run.results import read_records, rewrite_records, write_csv
 from unified.run.runner import PENDING_STATUSES, Progress, Runner, RunOptions, make_executor
+from unified.spec.baselines import MATCHED_BACKEND, NATIVE_BASELINE
 from unified.spec.errors import SqueezelabError
 from unified.spec.scenario import ImportedSchedule, Scenario
 from unified.spec.steps import Recipe
@@ -52,6 +56,7 @@ class JobSession(Runner):
         self._executor: Executor | None = None
         self._ref: ReferenceArtifacts | None = None
         self._latency_lock = threading.Lock()
+        self._yardstick_lock = threading.Lock()
         self._start = time.monotonic()
 
     # -- opening and closing --------------------------------------------------------------
@@ -59,8 +64,7 @@ class JobSession(Runner):
     def __enter__(self) -> JobSession:
         self.out.mkdir(parents=True, exist_ok=True)
         self._adopt_folder()
-        self._done = {r.get("job_key"): r for r in read_records(self.results_path)
-                      if r.get("status") not in PENDING_STATUSES}
+        self._done = self._resume()  # finished rows and hidden baselines, once each
         self._ref = self._reference(self.scenario, False)
         self._executor = make_executor(self.options, keep_warm=self.keep_warm)
         return self
@@ -100,17 +104,61 @@ class JobSession(Runner):
         (name,) = view.recipes
         (backend,) = view.backends
         self._register(view)
-        job = Job(name, backend)
-        tasks = self._classify(view, self._ref, [(job, self._plan(view, job))], self._done)
-        if tasks:
-            self._executor.run([task for _, task in tasks], self._started,
-                               lambda task, outcome: self._ended(view, task, outcome))
+        self._run_now(view, Job(name, backend))
         with self._lock:
             record = next(r for r in reversed(self.records)
                           if r["recipe"] == name and r["backend"] == backend)
             if record.get("status") not in PENDING_STATUSES:
                 self._done[record.get("job_key")] = record
+        self._measure_against_yardsticks(view, record)
         return record
+
+    def _run_now(self, view: Scenario, job: Job) -> None:
+        """Run one job unless the folder or the cache has it."""
+        assert self._executor is not None and self._ref is not None
+        tasks = self._classify(view, self._ref, [(job, self._plan(view, job))], self._done)
+        if tasks:
+            self._executor.run([task for _, task in tasks], self._started,
+                               lambda task, outcome: self._ended(view, task, outcome))
+
+    def _finish(self, job: Job, record: dict[str, Any]) -> None:
+        """As a run's, and the record is known to the session at once (a trial of the
+        same job later is kept, not run again)."""
+        super()._finish(job, record)
+        if record.get("job_key") and record.get("status") not in PENDING_STATUSES:
+            with self._lock:
+                self._done[record["job_key"]] = record
+
+    def _measure_against_yardsticks(self, view: Scenario, record: dict[str, Any]) -> None:
+        """Judge the row as a run judges it (unified.run.aggregate): run what it is measured
+        against when the folder lacks it — its backend's fp32 files (native×, deploy×) and
+        its matched fp32+ft<N> baseline (the drop) — then fill its ratios and its drop."""
+        assert self._executor is not None and self._ref is not None
+        with self._yardstick_lock:  # one thread runs a yardstick; the others find it done
+            with self._lock:
+                known = [*self.records, *self.auxiliary]
+            jobs: list[tuple[Scenario, Job]] = []
+            backend = record["backend"]
+            if not any(r.get("role") == ROLE_FP32 and r["backend"] == backend for r in known):
+                empty = empty_recipe(self.scenario)
+                if empty is None:  # no fp32 recipe: the hidden job a run adds
+                    jobs.append((view, Job(NATIVE_BASELINE, backend, hidden=True)))
+                else:  # the scenario's own fp32 recipe, as a row (as in a run)
+                    fp32 = self.scenario.model_copy(update={
+                        "recipes": {empty: self.scenario.recipes[empty]},
+                        "backends": (backend,)})
+                    self._register(fp32)
+                    jobs.append((fp32, Job(empty, backend)))
+            matched = record.get("matched_baseline")
+            if matched and not any(r["recipe"] == matched for r in known):
+                jobs.append((view, Job(matched, MATCHED_BACKEND)))
+            for job_view, job in jobs:
+                self._run_now(job_view, job)
+        with self._lock:
+            baselines = [r for r in self.records if r.get("role") == ROLE_BASELINE]
+            fill_ratios([record], [*self.records, *self.auxiliary])
+            fill_drops([record, *baselines],
+                       {self.scenario.model.label: load_summary(self._ref).get("accuracy")})
 
     def time_latency(self, record: dict[str, Any]) -> None:
         """Time one measured row now, interleaved with the fp32 reference (the paired pass of
@@ -152,16 +200,17 @@ class JobSession(Runner):
         the folder's files; return its records (one per recipe × backend, the last wins)."""
         if self._ref is None:
             raise RuntimeError("finish outside the session's with block")
-        self._close_executor()
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         for record in read_records(self.results_path):
             latest[(record["recipe"], record["backend"])] = record
         scenario = self._folder_scenario() if self._recipes else self.scenario
+        self._close_executor()
         rank = {(r, b): i for i, (r, b) in enumerate(
             (r, b) for r in scenario.recipes for b in scenario.backends)}
         self.records = sorted(latest.values(),
                               key=lambda r: rank.get((r["recipe"], r["backend"]), len(rank)))
         label = self.scenario.model.label
+        self._aggregate([scenario], {label: self._ref}, False)
         self._latency_pass([scenario], {label: self._ref}, False)
         rewrite_records(self.results_path, self.records)
         write_csv(self.out / "results.csv", self.records)
@@ -170,3 +219,4 @@ class JobSession(Runner):
         self.timings["wall_seconds"] = round(time.monotonic() - self._start, 3)
         write_json(self.out / "timings.json", self.timings)
         return self.records
+
