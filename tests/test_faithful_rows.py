@@ -83,8 +83,7 @@ def test_tfmot_qat_names_the_layers_it_leaves_float(run_model: Run, tmp_path: Pa
     pytest.importorskip("tensorflow_model_optimization")
     from unified.run.latency_pass import time_rows
 
-    record = run_model("scaled", "tfmot", [{"quantize": {"method": "qat",
-                                                         "granularity": "per_tensor"}}])
+    record = run_model("scaled", "tfmot", [{"quantize": {"method": "qat"}}])
     assert record["status"] == "approximated"
     assert _notes(record, "TF-MOT QAT cannot quantize these layers and leaves them in float")
     # the TFLite interpreter times the int8 model against the fp32 TFLite of the same model
@@ -134,3 +133,18 @@ def test_latency_pass_times_the_native_model_against_its_fp32(
     assert record["native_latency_ms"] > 0
     assert record["native_speedup"] > 0
     assert record["speedup"] > 0  # the ONNX pass still ran, beside it
+
+
+@pytest.mark.parametrize(("speedup", "onnx_ms", "native", "native_ms", "says"), [
+    (1.0, 0.2, 2.5, 0.1, "the round-trip to onnxruntime, not the toolkit"),
+    (2.0, 0.09, 8.9, 0.13, "fp32 baseline is the slower one"),
+    (2.0, 0.09, 1.06, 1.0, "faster than its own runtime"),
+    (2.0, 0.09, 1.8, 0.1, None),  # within 1.5x: no note
+])
+def test_gap_note_says_which_side_is_slow(speedup: float, onnx_ms: float, native: float,
+                                          native_ms: float, says: str | None) -> None:
+    from unified.run.latency_pass import gap_note
+
+    note = gap_note("torchscript", {"speedup": speedup, "latency_ms_p50": onnx_ms,
+                                    "native_speedup": native, "native_latency_ms": native_ms})
+    assert (note is None) if says is None else (note is not None and says in note)
