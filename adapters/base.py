@@ -19,6 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from unified.measure.native import NativeFiles
 from unified.spec.errors import ExportMismatch, MissingToolkit
 from unified.spec.model_summary import ModelSummary
 from unified.spec.steps import Recipe, Step
@@ -156,6 +157,9 @@ class Artifacts:
     deploy_path: Path | None = None  # None: the native artifact is what a user ships
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    # the native model and its runtime's fp32 baseline, where that runtime runs here: the
+    # latency pass times them (native_latency_ms, native_speedup)
+    native_timing: NativeFiles | None = None
 
 
 @dataclass

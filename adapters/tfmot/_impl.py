@@ -8,6 +8,7 @@ ships (int8 kept as QDQ).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from adapters.tfmot._impl_tflite import (
     tflite_to_onnx,
     to_tflite,
 )
+from unified.measure.native import NativeFiles
 from unified.spec.steps import (
     ClusterStep,
     FinetuneStep,
@@ -152,10 +154,21 @@ def compress(ctx: JobContext, plan: Plan) -> Artifacts:
     details: dict[str, Any] = {}
     model = _keras_model(ctx, steps, details)
     state = State(model, bn_folded="bn_fold_max_abs_diff" in details)
+    # the fp32 baseline of the native latency: the same Keras model, uncompressed
+    reference_lite: Path | None = ctx.workdir / "native_reference.tflite"
+    try:
+        fp32 = to_tflite(model, None, False, ctx.data.calib_x)
+        (ctx.workdir / "native_reference.tflite").write_bytes(fp32)
+    except Exception as exc:  # the native latency is a side figure: never fail the row on it
+        ctx.note(f"native latency not measured: fp32 TFLite conversion failed ({exc})")
+        reference_lite = None
     _run_steps(ctx, state, steps)
     if state.pruned_sparsity is not None:
         details["pruned_kernel_sparsity"] = state.pruned_sparsity
     if state.clustered_distinct is not None:
         details["clustered_layers"] = state.clustered
         details["clustered_max_distinct"] = state.clustered_distinct
-    return _export(ctx, state, details)
+    artifacts = _export(ctx, state, details)
+    if artifacts.native_path is not None and reference_lite is not None:
+        artifacts.native_timing = NativeFiles("tflite", artifacts.native_path, reference_lite)
+    return artifacts

@@ -199,7 +199,8 @@ def markdown_summary(run: RunFolder, rec: Recommendation | None = None) -> str:
     rec = rec or recommend(run.records, run.scenario.select)
     several = len({str(r["model"]) for r in run.records}) > 1
     headers = [*(["model"] if several else []), "recipe", "backend", "status", "acc", "drop",
-               "drop vs ref", "agree", "size×", "deploy×", "MACs×", "p50 ms", "speedup"]
+               "drop vs ref", "agree", "size×", "deploy×", "MACs×", "p50 ms", "speedup",
+               "native spd"]
     lines = [f"## squeezelab: {run.scenario.name}", "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in run.records:
@@ -211,6 +212,7 @@ def markdown_summary(run: RunFolder, rec: Recommendation | None = None) -> str:
             record_cell(r, "agreement", "{:.3f}"), _cell(r.get("size_ratio"), "{:.2f}"),
             _cell(r.get("deploy_ratio"), "{:.2f}"), _cell(r.get("macs_ratio"), "{:.2f}"),
             _cell(r.get("latency_ms_p50"), "{:.3f}"), _cell(r.get("speedup"), "{:.2f}"),
+            _cell(r.get("native_speedup"), "{:.2f}"),
         ]) + " |")
     note = unlabelled_note(run.records)
     lines += ["", *([f"_{note}_", ""] if note else []), *[f"- {line}" for line in rec.lines()]]

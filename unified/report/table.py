@@ -18,7 +18,8 @@ NO_DIFFERENCE = "no measurable difference"
 
 # a log's table is narrow: shorter headers and statuses (the legend says what they mean)
 LOG_HEADERS = {"native×": "nat×", "deploy×": "dep×", "sparse": "zero", "distinct": "dist",
-               "speedup": "spd×", "ONNX KB": "KB", "p50 ms": "p50ms", "MACs×": "MAC×"}
+               "speedup": "spd×", "ONNX KB": "KB", "p50 ms": "p50ms", "MACs×": "MAC×",
+               "native spd": "nspd"}
 # a log's table leaves these out (results.csv has them)
 LOG_SKIP = ("rel_l2", "gzip_ratio", "int8_fraction")
 LOG_STATUS = {"approximated": "approx", "unsupported": "unsup"}
@@ -48,6 +49,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("int8_fraction", "int8", "{:.2f}"),
     ("latency_ms_p50", "p50 ms", "{:.3f}"),
     ("speedup", "speedup", "{:.2f}"),
+    # the toolkit's own runtime against its fp32 (torch, TFLite): the round-trip set apart
+    ("native_speedup", "native spd", "{:.2f}"),
 )
 
 

@@ -160,6 +160,8 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
         layers_changed=None if layers.changed is None else len(layers.changed),
         onnx_file=_relative(result.artifacts.onnx_path, workdir),
         deploy_file=None if deploy is None else _relative(deploy, workdir),
+        native_files=(None if result.artifacts.native_timing is None
+                      else result.artifacts.native_timing.as_record(workdir)),
         timings=timings,
         **figures,
     )

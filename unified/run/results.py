@@ -24,14 +24,15 @@ RECORD_FIELDS = (
     "parameters", "sparsity", "max_distinct_values", "int8_fraction",
     "quantized_compute_ops", "float_compute_ops", "layers_targeted", "layers_changed",
     "latency_ms_p50", "latency_ms_p90", "speedup", "speedup_ci_low", "speedup_ci_high",
-    "compress_seconds", "executor", "host", "versions",
+    "native_latency_ms", "native_speedup", "compress_seconds", "executor", "host", "versions",
 )
 # Fields beyond the table: kept in results.jsonl, left out of results.csv.
 EXTRA_FIELDS = ("job_key", "ort_ops", "epoch_log", "details", "plan", "cached", "onnx_file",
-                "deploy_file", "timings", "seed", "repeat", "seeds")
+                "deploy_file", "timings", "seed", "repeat", "seeds",
+                "native_files")
 # Fields the driver's latency pass sets on every run: never taken from a cache.
 LATENCY_FIELDS = ("latency_ms_p50", "latency_ms_p90", "speedup", "speedup_ci_low",
-                  "speedup_ci_high")
+                  "speedup_ci_high", "native_latency_ms", "native_speedup")
 
 CSV_FIELDS = tuple(f for f in RECORD_FIELDS if f != "versions")
 

@@ -39,3 +39,17 @@ def export_onnx(
             dynamo=False,
         )
     return path
+
+
+def save_torchscript(model: nn.Module, path: Path, input_shape: tuple[int, int, int]) -> str | None:
+    """Trace ``model`` (eval mode, float32 input) to a TorchScript file the latency pass times
+    as the native runtime; return why it could not be traced, or None."""
+    model = model.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, torch.zeros(1, *input_shape), check_trace=False)
+            traced.save(str(path))
+    except Exception as exc:  # a model torch cannot trace: no native timing, said so
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None

@@ -1,0 +1,99 @@
+"""The native runtime's own latency: a row's native artifact timed against the same runtime's
+fp32 baseline, so a slow ONNX is told apart from a slow toolkit (the round-trip, not the
+toolkit). Only runtimes that run here: TorchScript (torch models of pytorch and NNI) and the
+TFLite interpreter (TF-MOT).
+
+An adapter declares its runnable native pair as :class:`NativeFiles` (written next to its
+artifacts); the driver's latency pass times the pair interleaved with
+:func:`unified.measure.latency.paired_latency`, like the ONNX rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unified.measure.latency import Call, Candidate
+
+RUNTIMES = ("torchscript", "tflite")
+
+
+@dataclass(frozen=True)
+class NativeFiles:
+    """A row's native model and the same runtime's fp32 baseline (the reference model through
+    the same toolkit path, uncompressed)."""
+
+    runtime: str  # one of RUNTIMES
+    model: Path
+    reference: Path
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"native runtime must be one of {RUNTIMES}, not {self.runtime!r}")
+
+    def as_record(self, folder: Path) -> dict[str, str]:
+        """The record's ``native_files``: paths relative to the job folder."""
+        return {"runtime": self.runtime, "model": _relative(self.model, folder),
+                "reference": _relative(self.reference, folder)}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], folder: Path) -> NativeFiles:
+        def path(name: str) -> Path:
+            p = Path(data[name])
+            return p if p.is_absolute() else folder / p
+
+        return cls(str(data["runtime"]), path("model"), path("reference"))
+
+
+def _relative(path: Path, folder: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def native_candidate(key: str, runtime: str, path: Path, sample: np.ndarray,
+                     threads: int) -> Candidate:
+    """A candidate running ``path`` in its native runtime on the first row of ``sample``
+    (NCHW float32; the TFLite interpreter gets it as NHWC), one thread like the ONNX pass."""
+    row = np.ascontiguousarray(sample[:1], dtype=np.float32)
+
+    def torchscript() -> Call:
+        import torch
+
+        torch.set_num_threads(threads)
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+        inputs = torch.from_numpy(row)
+
+        def call() -> object:
+            with torch.inference_mode():
+                return module(inputs)
+
+        return call
+
+    def tflite() -> Call:
+        import tensorflow as tf
+
+        interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+        detail = interpreter.get_input_details()[0]
+        feed = np.transpose(row, (0, 2, 3, 1)) if len(row.shape) == 4 else row
+        if tuple(detail["shape"]) != feed.shape:
+            interpreter.resize_tensor_input(detail["index"], feed.shape)
+        interpreter.allocate_tensors()
+        if detail["dtype"] != np.float32:  # a fully integer model: quantize the input
+            scale, zero = detail["quantization"]
+            feed = np.clip(np.round(feed / scale + zero), np.iinfo(detail["dtype"]).min,
+                           np.iinfo(detail["dtype"]).max).astype(detail["dtype"])
+        index = detail["index"]
+
+        def call() -> object:
+            interpreter.set_tensor(index, feed)
+            interpreter.invoke()
+            return None
+
+        return call
+
+    return Candidate(key, torchscript if runtime == "torchscript" else tflite)
