@@ -141,7 +141,8 @@ def main() -> None:
         [*extra, *filter(None, [os.environ.get("PYTHONPATH")])])
     sys.path[:0] = extra
 
-    from unified.run.runner import Runner, RunOptions, default_cache_dir
+    from unified.run.options import RunOptions, default_cache_dir
+    from unified.run.runner import Runner
     from unified.spec.scenario import Scenario
 
     models = model_specs(args.models.split(","), args.size)

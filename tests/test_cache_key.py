@@ -26,7 +26,8 @@ from unified.run.cache import (
     reference_identity,
     reference_key,
 )
-from unified.run.runner import Runner, RunOptions, threads_per_job
+from unified.run.options import RunOptions, threads_per_job
+from unified.run.runner import Runner
 from unified.run.threads import JOB_THREADS
 from unified.spec.scenario import Scenario
 

@@ -115,7 +115,7 @@ def run(scenario_file: Path, out: Path | None, cache_dir: Path | None, jobs: int
     """Run every recipe of SCENARIO_FILE on every backend and print the table."""
     from unified.load.checks import export_model_import_path
     from unified.load.scenario_file import load_scenario
-    from unified.run.runner import RunOptions, default_cache_dir
+    from unified.run.options import RunOptions, default_cache_dir
 
     scenario = load_scenario(scenario_file)
     export_model_import_path(scenario, scenario_file.parent)
@@ -184,7 +184,7 @@ def search(scenario_file: Path, trials: int, until_met: bool, targets: tuple[str
     """Search recipe × backend × the searchable values of SCENARIO_FILE (Optuna); every
     trial is an ordinary job in the run folder. --jobs: trials at once (default 1)."""
     from unified.load.scenario_file import load_search_scenario
-    from unified.run.runner import Progress, RunOptions, default_cache_dir
+    from unified.run.options import Progress, RunOptions, default_cache_dir
     from unified.search.objectives import parse_target
     from unified.search.report import summary_lines, trial_line
     from unified.search.study import SearchOptions, run_search
@@ -273,7 +273,7 @@ def regress(scenario_file: Path, baseline_file: Path | None, tolerances: tuple[s
     from unified.load.checks import export_model_import_path, tolerance_problems
     from unified.load.scenario_file import load_scenario
     from unified.report.regress import compare, load_baseline, write_junit
-    from unified.run.runner import RunOptions, default_cache_dir
+    from unified.run.options import RunOptions, default_cache_dir
 
     scenario = load_scenario(scenario_file)
     export_model_import_path(scenario, scenario_file.parent)

@@ -29,6 +29,12 @@ SPREAD_FIELDS = {"accuracy": "accuracy_std", "agreement": "agreement_std"}
 Key = tuple[str, str, str]  # model, recipe, backend
 
 
+# what aggregate() writes into a row from other rows (its baselines, its repeats)
+AGGREGATED_FIELDS = ("accuracy_drop", "accuracy_drop_vs_reference", "baseline_accuracy",
+                     "native_ratio", "deploy_ratio", "repeats", "seeds",
+                     *SPREAD_FIELDS.values())
+
+
 def _key(record: dict[str, Any]) -> Key:
     return (str(record["model"]), str(record["recipe"]), str(record["backend"]))
 

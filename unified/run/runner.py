@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +27,20 @@ from unified.context import ReferenceArtifacts
 from unified.run.aggregate import aggregate, fp32_summary
 from unified.run.cache import job_key, reference_identity, reference_key
 from unified.run.entries import read_json_object, warn
-from unified.run.executor import Executor, Outcome, Task, signal_text, worker_env
+from unified.run.executor import Executor, Outcome, Task, signal_text
 from unified.run.expand import all_recipes, expand, job_scenario, job_spec, recipe_of, tag
 from unified.run.job import Job, write_json
 from unified.run.job_cache import JobCache
 from unified.run.latency_pass import MEASURED, time_rows, update_reference_summary
 from unified.run.locks import Busy, run_folder_lock
 from unified.run.model_info import model_summary
+from unified.run.options import (
+    Progress,
+    RunOptions,
+    default_jobs,
+    make_executor,
+    threads_per_job,
+)
 from unified.run.reference import load_summary, prepare_reference
 from unified.run.results import (
     append_record,
@@ -53,7 +58,6 @@ from unified.run.signals import (
     stop_signals,
 )
 from unified.run.storage import atomic_write, storage_problem
-from unified.run.threads import JOB_THREADS
 from unified.spec.baselines import MATCHED_BACKEND
 from unified.spec.model_summary import ModelSummary
 from unified.spec.scenario import Scenario
@@ -61,38 +65,6 @@ from unified.spec.sizes import format_size
 from unified.spec.steps import Recipe
 
 PENDING_STATUSES = ("failed", "timeout")  # not cached: a rerun tries them again
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "squeezelab"
-
-
-def default_jobs() -> int:
-    return os.cpu_count() or 1
-
-
-@dataclass
-class RunOptions:
-    out: Path
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    jobs: int | None = None  # workers (Ray tasks) at once; default: the cores (cluster CPUs)
-    timeout: float | None = None  # overrides the scenario's evaluate.timeout
-    backends: tuple[str, ...] = ()  # empty: all of the scenario's
-    recipes: tuple[str, ...] = ()
-    use_cache: bool = True
-    executor: str = "local"  # local | ray
-    ray_address: str | None = None  # ray: join this cluster (default: start a local one)
-
-
-@dataclass
-class Progress:
-    """Callbacks for the CLI's progress output; all optional. ``on_start`` gets the job and
-    where it runs (a worker's pid, a Ray node)."""
-
-    on_stage: Callable[[str], None] = lambda _msg: None
-    on_start: Callable[[Job, str], None] = lambda _job, _where: None
-    on_done: Callable[[Job, dict[str, Any]], None] = lambda _job, _rec: None
 
 
 def _runnable(job: Job, recipe: Recipe) -> bool:
@@ -127,27 +99,6 @@ def count_jobs(scenario: Scenario, options: RunOptions) -> int:
 
 def _safe(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-
-
-def threads_per_job(options: RunOptions) -> int:
-    """Compute threads of one job: JOB_THREADS whatever --jobs or the executor, because the
-    thread count changes trained figures (docs/architecture.md, "The cache key")."""
-    return JOB_THREADS
-
-
-def make_executor(options: RunOptions, keep_warm: int = 0) -> Executor:
-    """The executor the options name (Ray is imported only when asked for). ``keep_warm``:
-    idle local workers kept between ``run`` calls (for jobs handed over one at a time)."""
-    if options.executor == "ray":
-        from unified.run.ray_executor import RayExecutor
-
-        return RayExecutor(options.ray_address, options.jobs, extra_paths=[os.getcwd()])
-    from unified.run.local import LocalExecutor
-
-    return LocalExecutor(
-        slots=options.jobs or default_jobs(),
-        env_for=lambda backend, threads: worker_env(backend, threads, [os.getcwd()]),
-        log_dir=options.out / "workers", threads=threads_per_job(options), keep_warm=keep_warm)
 
 
 class Runner:
@@ -291,15 +242,22 @@ class Runner:
 
     def _classify(self, view: Scenario, ref: ReferenceArtifacts,
                   jobs: list[tuple[Job, Plan | dict[str, Any]]],
-                  done: dict[Any, dict[str, Any]]) -> list[tuple[Scenario, Task]]:
-        """Finish what needs no worker (resumed, unsupported, cached); return the rest."""
+                  done: dict[Any, dict[str, Any]],
+                  drop_idle_baselines: bool = True) -> list[tuple[Scenario, Task]]:
+        """Finish what needs no worker (resumed, unsupported, cached); return the rest.
+        Plans again with what the model is made of; a backend's hidden fp32 baseline is
+        dropped when none of its rows is left to run (``drop_idle_baselines``)."""
         ref_id = reference_identity(view, ref.folder)
         timeout = self.options.timeout or view.evaluate.timeout
         summary = model_summary(view, ref)
+        jobs = [(job, plan if isinstance(plan, dict) else self._plan(view, job, summary))
+                for job, plan in jobs]
+        working = {job.backend for job, plan in jobs
+                   if not job.hidden and not isinstance(plan, dict)}
         tasks = []
         for job, plan in jobs:
-            if not isinstance(plan, dict):  # again, with what the model is made of
-                plan = self._plan(view, job, summary)
+            if drop_idle_baselines and job.hidden and job.backend not in working:
+                continue
             job_view = job_scenario(view, job)
             key = job_key(job_view, job.recipe, job.backend, ref_id,
                           get_adapter(job.backend).capabilities.versions(), repeat=job.repeat)

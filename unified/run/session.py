@@ -23,9 +23,10 @@ from unified.run.executor import Executor
 from unified.run.expand import ROLE_BASELINE, ROLE_FP32, empty_recipe
 from unified.run.job import Job, write_json
 from unified.run.latency_pass import time_rows
+from unified.run.options import Progress, RunOptions, make_executor
 from unified.run.reference import load_summary
 from unified.run.results import read_records, rewrite_records, write_csv
-from unified.run.runner import PENDING_STATUSES, Progress, Runner, RunOptions, make_executor
+from unified.run.runner import PENDING_STATUSES, Runner
 from unified.spec.baselines import MATCHED_BACKEND, NATIVE_BASELINE
 from unified.spec.errors import SqueezelabError
 from unified.spec.scenario import ImportedSchedule, Scenario
@@ -116,7 +117,8 @@ class JobSession(Runner):
     def _run_now(self, view: Scenario, job: Job) -> None:
         """Run one job unless the folder or the cache has it."""
         assert self._executor is not None and self._ref is not None
-        tasks = self._classify(view, self._ref, [(job, self._plan(view, job))], self._done)
+        tasks = self._classify(view, self._ref, [(job, self._plan(view, job))], self._done,
+                               drop_idle_baselines=False)
         if tasks:
             self._executor.run([task for _, task in tasks], self._started,
                                lambda task, outcome: self._ended(view, task, outcome))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from unified.run.job import write_json
-from unified.run.runner import Progress, RunOptions
+from unified.run.options import Progress, RunOptions
 from unified.run.session import JobSession
 from unified.search.history import trial_history, write_history
 from unified.search.objectives import (
