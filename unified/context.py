@@ -18,6 +18,8 @@ from unified.spec.steps import Recipe, Step
 if TYPE_CHECKING:
     import torch
 
+    from unified.measure.native import NativeFiles
+
 
 @dataclass(frozen=True)
 class ReferenceArtifacts:
@@ -255,6 +257,27 @@ class JobContext:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return self.scenario.model.input_shape
+
+    def torchscript_timing(self, model: torch.nn.Module) -> NativeFiles | None:
+        """TorchScript of ``model`` and of the reference (``native.ts``,
+        ``native_reference.ts``): the pair the latency pass times in the toolkit's own
+        runtime. None, with a note, when either cannot be traced or takes no float32 input."""
+        import torch
+
+        from unified.measure.native import NativeFiles
+        from unified.torchkit.export import save_torchscript
+
+        pair = NativeFiles("torchscript", self.workdir / "native.ts",
+                           self.workdir / "native_reference.ts")
+        if any(p.dtype != torch.float32 for p in model.parameters()):  # float16
+            self.note("native latency not measured: the torch model takes no float32 input")
+            return None
+        for module, path in ((model, pair.model), (self.reference_model(), pair.reference)):
+            problem = save_torchscript(module, path, self.input_shape)
+            if problem is not None:
+                self.note(f"native latency not measured: torch.jit.trace failed ({problem})")
+                return None
+        return pair
 
 
 def describe_rates(rates: list[float]) -> str:

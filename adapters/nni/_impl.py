@@ -13,7 +13,6 @@ from __future__ import annotations
 from adapters.nni._impl_common import PARITY_SAMPLES, State, onnx_logits, torch_logits
 # isort: on
 import torch
-from torch import nn
 
 from adapters.base import Artifacts
 from adapters.nni import _impl_prune, _impl_quant
@@ -21,10 +20,9 @@ from adapters.nni._impl_layers import register_layer_subclasses
 from adapters.nni._impl_prune_several import prune_several
 from adapters.nni._impl_train import distill, finetune
 from unified.context import JobContext
-from unified.measure.native import NativeFiles
 from unified.spec.steps import DistillStep, FinetuneStep, PruneStep, Step
 from unified.torchkit import training
-from unified.torchkit.export import export_onnx, save_torchscript
+from unified.torchkit.export import export_onnx
 from unified.torchkit.models import count_parameters
 
 
@@ -73,17 +71,5 @@ def run(ctx: JobContext) -> Artifacts:
     torch.save(model.state_dict(), native)
     ctx.note("native artifact: state_dict of the compressed torch model (.pt)")
     return Artifacts(onnx_path=onnx_path, native_path=native, details=state.details,
-                     native_timing=native_timing(ctx, model))
+                     native_timing=ctx.torchscript_timing(model))
 
-
-def native_timing(ctx: JobContext, model: nn.Module) -> NativeFiles | None:
-    """TorchScript of the compressed model (NNI's simulated quantization included: NNI has
-    no integer runtime of its own) and of the reference, for the latency pass."""
-    pair = NativeFiles("torchscript", ctx.workdir / "native.ts",
-                       ctx.workdir / "native_reference.ts")
-    for module, path in ((model, pair.model), (ctx.reference_model(), pair.reference)):
-        problem = save_torchscript(module, path, ctx.input_shape)
-        if problem is not None:
-            ctx.note(f"native latency not measured: torch.jit.trace failed ({problem})")
-            return None
-    return pair

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from torch import nn
 
 from adapters.base import Artifacts
 from adapters.pytorch import _impl_prune as P
 from adapters.pytorch._impl_common import State, run_training
 from adapters.pytorch._impl_quant import quantize
 from unified.context import JobContext
-from unified.measure.native import NativeFiles
 from unified.spec.errors import SqueezelabError
 from unified.spec.steps import (
     DistillStep,
@@ -32,7 +30,7 @@ from unified.spec.steps import (
     prune_run,
 )
 from unified.torchkit import training
-from unified.torchkit.export import export_onnx, save_torchscript
+from unified.torchkit.export import export_onnx
 from unified.torchkit.models import count_parameters
 from unified.torchkit.targets import named_layers, op_type
 
@@ -68,22 +66,8 @@ def compress(ctx: JobContext) -> Artifacts:
     state.details["reference_torch_parameters"] = ref_params
     _parity(ctx, state, onnx_path)
     return Artifacts(onnx_path=onnx_path, native_path=native_path, details=state.details,
-                     native_timing=native_timing(ctx, state.model))
+                     native_timing=ctx.torchscript_timing(state.model))
 
-
-def native_timing(ctx: JobContext, model: nn.Module) -> NativeFiles | None:
-    """TorchScript of the compressed model and of the reference, for the latency pass."""
-    pair = NativeFiles("torchscript", ctx.workdir / "native.ts",
-                       ctx.workdir / "native_reference.ts")
-    if any(p.dtype != torch.float32 for p in model.parameters()):  # float16: no float input
-        ctx.note("native latency not measured: the torch model takes no float32 input")
-        return None
-    for module, path in ((model, pair.model), (ctx.reference_model(), pair.reference)):
-        problem = save_torchscript(module, path, ctx.input_shape)
-        if problem is not None:
-            ctx.note(f"native latency not measured: torch.jit.trace failed ({problem})")
-            return None
-    return pair
 
 
 def _scheduled_prune_run(steps: list[Step], start: int) -> list[int]:

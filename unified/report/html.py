@@ -88,6 +88,13 @@ def _plot(records: list[dict[str, Any]], pareto: list[dict[str, Any]], x_field: 
     ax.set_xlabel(x_label)
     ax.set_ylabel("top-1 accuracy" if y_field == "accuracy" else "top-1 agreement with fp32")
     ax.legend(fontsize=7)
+    return png_base64(fig)
+
+
+def png_base64(fig: Any) -> str:
+    """A matplotlib figure as base64 PNG (for an <img> in a self-contained page); closes it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

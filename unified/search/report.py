@@ -5,12 +5,11 @@ section of ``squeezelab report`` (HTML with plots, and summary.md). Reads ``tria
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import Any
 
+from unified.report.html import png_base64
 from unified.search.history import WINNER_FILE, read_history
 
 
@@ -163,11 +162,7 @@ def _plot(history: dict[str, Any]) -> str:
         ax.set_xlabel("trial")
         ax.set_ylabel(objective["label"])
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return png_base64(fig)
 
 
 def html_section(history: dict[str, Any]) -> tuple[str, str]:
