@@ -112,6 +112,16 @@ def test_aggregate_folds_repeats_ratios_and_matched_drops() -> None:
     assert dynamic["repeats"] == 1 and dynamic.get("accuracy_std") is None
 
 
+def test_a_drop_of_exactly_the_limit_is_the_limit() -> None:
+    """0.97 - 0.96 in floats is 0.010000000000000009: a max_accuracy_drop of 0.01 must not
+    reject it."""
+    rows, auxiliary = _rows()
+    rows[1]["accuracy"] = 0.96
+    aggregate(rows, auxiliary, {"": 0.97})
+    assert 0.97 - 0.96 > 0.01  # the float subtraction alone
+    assert rows[1]["accuracy_drop"] == rows[1]["accuracy_drop_vs_reference"] == 0.01
+
+
 def test_aggregate_is_idempotent_on_a_resumed_run() -> None:
     rows, auxiliary = _rows()
     aggregate(rows, auxiliary, {"": 0.95})

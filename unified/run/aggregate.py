@@ -124,6 +124,14 @@ def fill_ratios(rows: Sequence[dict[str, Any]], auxiliary: Sequence[dict[str, An
         row["deploy_ratio"] = _ratio(base.get("deploy_bytes"), row.get("deploy_bytes"))
 
 
+def _drop(baseline: float | None, accuracy: float | None) -> float | None:
+    """baseline − accuracy, rounded to 9 decimals: both are fractions of the test rows, and
+    0.97 − 0.96 must be 0.01, not 0.010000000000000009 (a limit of 0.01 would reject it)."""
+    if baseline is None or accuracy is None:
+        return None
+    return round(float(baseline) - float(accuracy), 9)
+
+
 def fill_drops(rows: Sequence[dict[str, Any]],
                reference_accuracy: dict[str, float | None]) -> None:
     """accuracy_drop against the matched baseline (else the reference), the baseline's own
@@ -135,7 +143,7 @@ def fill_drops(rows: Sequence[dict[str, Any]],
         reference = reference_accuracy.get(str(row["model"]))
         if row["status"] not in MEASURED:
             continue
-        vs_reference = None if accuracy is None or reference is None else reference - accuracy
+        vs_reference = _drop(reference, accuracy)
         row["accuracy_drop_vs_reference"] = vs_reference
         name = row.get("matched_baseline")
         if name is None:
@@ -144,8 +152,7 @@ def fill_drops(rows: Sequence[dict[str, Any]],
         base = matched.get((str(row["model"]), name))
         base_accuracy = None if base is None else base.get("accuracy")
         row["baseline_accuracy"] = base_accuracy
-        row["accuracy_drop"] = None if accuracy is None or base_accuracy is None \
-            else base_accuracy - accuracy
+        row["accuracy_drop"] = _drop(base_accuracy, accuracy)
         if base is None:
             _note(row, f"accuracy_drop: its matched baseline {name} was not measured; "
                        "accuracy_drop_vs_reference is the drop against the plain reference")
