@@ -55,15 +55,17 @@ def test_nni_linear_schedule_ignores_initial_sparsity(run_recipe: Run) -> None:
 
 
 @pytest.mark.slow
-def test_nni_channel_pruning_fine_tunes_although_not_asked(run_recipe: Run) -> None:
+def test_nni_channel_pruning_trains_only_when_asked(run_recipe: Run) -> None:
+    """The same channel recipe (no targets, no training) prunes the same layers on pytorch
+    and NNI, and neither trains: their drops agree (NNI once fine-tuned the sped-up model on
+    its own, and its drop was 0.001 where pytorch's was 0.86)."""
     pytest.importorskip("nni")
-    record = run_recipe("nni", [{"prune": {"sparsity": 0.5, "structure": "channel"}}])
-    assert record["status"] == "approximated"
-    assert _notes(record, "although the recipe asks for no training")
-    # with a finetune step the training was asked for: no such note
-    asked = run_recipe("nni", [{"prune": {"sparsity": 0.5, "structure": "channel"}},
-                               {"finetune": {"epochs": 1}}])
-    assert not _notes(asked, "although the recipe asks for no training")
+    steps = [{"prune": {"sparsity": 0.5, "structure": "channel", "criterion": "l1"}}]
+    nni = run_recipe("nni", steps)
+    torch_row = run_recipe("pytorch", steps)
+    assert not _notes(nni, "fine-tuned")
+    assert nni["layers_targeted"] == torch_row["layers_targeted"]
+    assert abs(nni["accuracy_drop"] - torch_row["accuracy_drop"]) <= 0.05, (nni, torch_row)
 
 
 @pytest.mark.slow

@@ -20,14 +20,10 @@ from adapters.nni._impl_layers import register_layer_subclasses
 from adapters.nni._impl_prune_several import prune_several
 from adapters.nni._impl_train import distill, finetune
 from unified.context import JobContext
-from unified.spec.steps import DistillStep, FinetuneStep, PruneStep, Step
+from unified.spec.steps import DistillStep, FinetuneStep, PruneStep
 from unified.torchkit import training
 from unified.torchkit.export import export_onnx
 from unified.torchkit.models import count_parameters
-
-
-def _training_follows(steps: list[Step], index: int) -> bool:
-    return any(s.kind in ("finetune", "distill") for s in steps[index + 1:index + 2])
 
 
 def run(ctx: JobContext) -> Artifacts:
@@ -49,9 +45,9 @@ def run(ctx: JobContext) -> Artifacts:
         if isinstance(step, PruneStep) and several:  # consecutive (check_recipe)
             group = [(i, s) for i, s in enumerate(steps) if isinstance(s, PruneStep)]
             done.update(i for i, _ in group)
-            prune_several(ctx, state, group, _training_follows(steps, group[-1][0]))  # type: ignore[arg-type]
+            prune_several(ctx, state, group)  # type: ignore[arg-type]
         elif isinstance(step, PruneStep):
-            _impl_prune.prune(ctx, state, index, step, _training_follows(steps, index))
+            _impl_prune.prune(ctx, state, index, step)
         elif isinstance(step, FinetuneStep):
             finetune(ctx, state, index, step)
         elif isinstance(step, DistillStep):

@@ -102,9 +102,9 @@ def _basic_pruner(ctx: JobContext, model: nn.Module, step: PruneStep,
     raise ValueError(f"criterion {criterion.value} has no NNI pruner")
 
 
-def prune(ctx: JobContext, state: State, index: int, step: PruneStep,
-          training_follows: bool) -> None:
-    """Prune with NNI; for channel structure run ModelSpeedup and fine-tune."""
+def prune(ctx: JobContext, state: State, index: int, step: PruneStep) -> None:
+    """Prune with NNI; for channel structure run ModelSpeedup. The smaller model is trained
+    only when the recipe asks (a finetune step): nothing the recipe did not ask for."""
     model = state.model
     config_list = _prune_config(ctx, model, step)
     lr = ctx.budget.effective_finetune_lr
@@ -125,20 +125,7 @@ def prune(ctx: JobContext, state: State, index: int, step: PruneStep,
     if step.structure is PruneStructure.unstructured:
         state.masks = masks
         return
-    # channel: remove the pruned channels for real, then fine-tune the smaller model
-    _speedup(ctx, state, masks)
-    if not training_follows and ctx.budget.finetune_epochs > 0:
-        epochs = ctx.budget.finetune_epochs
-        training.train(model, ctx.data.train_x, ctx.data.labels, ctx.budget, epochs=epochs, lr=lr,
-                       seed=ctx.seed)
-        ctx.deviate(unasked_finetune(epochs))
-
-
-def unasked_finetune(epochs: int) -> str:
-    """The deviation of NNI's fine-tuning after ModelSpeedup when the recipe asks for none."""
-    return (f"fine-tuned the sped-up model for {epochs} epoch(s) (budget finetune_epochs) "
-            "although the recipe asks for no training: NNI's channel pruning is followed by "
-            "fine-tuning of the smaller model")
+    _speedup(ctx, state, masks)  # channel: remove the pruned channels for real
 
 
 def _speedup(ctx: JobContext, state: State, masks: Masks) -> None:

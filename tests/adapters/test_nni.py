@@ -28,8 +28,8 @@ def test_input_channel_pruning_removes_channels_and_their_producers(run_recipe) 
     # the consumers lose input channels and ModelSpeedup thins the producers' filters too
     assert details["parameters_after"] < 0.7 * details["parameters_before"]
     assert record["size_ratio"] > 1.4
-    assert record["accuracy_drop"] < 0.2  # after the budget's fine-tuning of the smaller model
-    assert any(n.startswith("fine-tuned the sped-up model") for n in record["notes"])
+    # the recipe asks for no training: the smaller model is not fine-tuned
+    assert not any("fine-tuned" in n for n in record["notes"])
     # the input layer has no producer to thin: the central target resolution leaves it out
     assert any("left out by default: features.0.0" in n for n in record["notes"])
 
