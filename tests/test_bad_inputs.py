@@ -8,8 +8,6 @@ console script runs); a few run the real ``squeezelab`` console script end to en
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -20,8 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from bad_input_files import CORPUS, copy_corpus
-
-from unified.cli import main
+from tiny import invoke
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,18 +50,6 @@ def _cases() -> list[Case]:
 
 
 CASES = _cases()
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    """``squeezelab ARGS`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code: int | str | None = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code
-    return (code if isinstance(code, int) else 1), out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

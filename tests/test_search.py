@@ -5,7 +5,6 @@ real toolkits (onnxruntime, PyTorch), including one killed with SIGKILL and resu
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -19,10 +18,9 @@ from typing import Any
 
 import pytest
 import yaml
-from tiny import TINY_SCENARIO
+from tiny import TINY_SCENARIO, invoke
 
 from adapters.registry import get_adapter
-from unified.cli import main
 from unified.load.scenario_file import load_search_scenario
 from unified.search.history import pareto
 from unified.search.objectives import METRICS, constraints, parse_target
@@ -48,18 +46,6 @@ def write_scenario(folder: Path, recipes: dict[str, Any], backends: list[str],
     path = folder / "search.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    """``squeezelab ARGS`` in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code: int | str | None = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code
-    return (code if isinstance(code, int) else 1), out.getvalue(), err.getvalue()
 
 
 # --- the format ------------------------------------------------------------------------------

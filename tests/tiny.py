@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 from unified.spec.scenario import Scenario
@@ -96,3 +98,17 @@ def blocks_scenario(factory: str, recipes: dict[str, list[Any]], backends: list[
         "budget": {"train_epochs": 0, "finetune_epochs": 0, "batch_size": 32},
         "recipes": recipes, "backends": backends,
     })
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    """``squeezelab ARGS`` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    code: int | str | None = 0
+    from unified.cli import main
+
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code
+    return (code if isinstance(code, int) else 1), out.getvalue(), err.getvalue()
