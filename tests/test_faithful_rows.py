@@ -80,6 +80,17 @@ def test_pytorch_prunes_grouped_convs(run_model: Run, tmp_path: Path) -> None:
     assert record["layers_targeted"] == record["layers_changed"] == 3
 
 
+def test_onnxruntime_fusing_fewer_integer_ops_than_targeted(run_model: Run) -> None:
+    """The classifier's Gemm (alpha 0.5) is targeted and wrapped in QDQ, but onnxruntime's
+    session optimizer runs it in float: the row counts the fused ops, not the QDQ pairs."""
+    record = run_model("half_gemm_head", "onnxruntime", [{"quantize": {"method": "static"}}])
+    assert record["status"] == "approximated", record.get("reason")
+    (note,) = _notes(record, "onnxruntime's session optimizer fused only")
+    targeted = record["layers_targeted"]
+    assert f"fused only {targeted - 1} of the {targeted} targeted layers" in note
+    assert record["details"]["runtime_float_ops"] == 1
+
+
 @pytest.mark.slow
 def test_tfmot_qat_names_the_layers_it_leaves_float(run_model: Run, tmp_path: Path) -> None:
     pytest.importorskip("tensorflow_model_optimization")
