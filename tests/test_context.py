@@ -42,3 +42,35 @@ def test_steps_per_epoch_counts_the_short_last_batch(tmp_path: Path) -> None:
     for samples, steps in ((0, 0), (32, 1), (33, 2), (65, 3)):
         ctx.data = dataclasses.replace(ctx.data, train_x=np.zeros((samples, 1, 8, 8)))
         assert ctx.steps_per_epoch == steps
+
+
+def _logits(seed: int, rows: int = 200, classes: int = 10) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(rows, classes))
+
+
+def test_parity_tolerates_rounding_smaller_than_the_compression(tmp_path: Path) -> None:
+    """Two int8 runtimes that round differently flip some near-tie classes: the row is kept
+    (with a note) when the ONNX moved less than the compression did."""
+    fp32 = _logits(0)
+    np.save(tmp_path / "test_logits.npy", fp32)
+    native = fp32 + 0.3 * _logits(1)  # the compression's own error
+    onnx = native + 0.1 * _logits(2)  # the other runtime's rounding
+    ctx = _context(tmp_path)
+    parity = ctx.check_parity("TFLite interpreter", native, onnx)
+    assert parity.agreement < 0.99 and parity.faithful
+    assert parity.onnx_rel_l2 is not None and parity.compression_rel_l2 is not None
+    assert parity.onnx_rel_l2 < parity.compression_rel_l2
+    assert any("moved the outputs less than the compression did" in n for n in ctx.notes)
+
+
+def test_parity_fails_an_export_that_moves_more_than_the_compression(tmp_path: Path) -> None:
+    fp32 = _logits(0)
+    np.save(tmp_path / "test_logits.npy", fp32)
+    native = fp32 + 0.1 * _logits(1)
+    ctx = _context(tmp_path)
+    parity = ctx.check_parity("torch", native, native[:, ::-1])  # classes reversed
+    assert not parity.faithful
+    assert parity.failure().startswith("export changed the model")
+    assert "of the torch model from fp32" in parity.failure()
+    # an unchanged fp32 model allows no flip at all: its compression error is zero
+    assert not ctx.check_parity("torch", fp32, fp32 + 0.5 * _logits(3)).faithful

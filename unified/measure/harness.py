@@ -15,6 +15,7 @@ import numpy as np
 
 from unified.measure.macs import count_macs
 from unified.measure.onnx_inspect import compute_op_summary, inspect_onnx, optimized_op_counts
+from unified.measure.outputs import rel_l2
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -245,11 +246,7 @@ def _against_reference(logits: np.ndarray, predicted: np.ndarray,
             f"{list(logits.shape)}: they must come from the same test rows and classes"
         )
     agreement = float(np.mean(predicted == _top1(ref)))
-    ref_norm = float(np.linalg.norm(ref.astype(np.float64)))
-    if ref_norm == 0:
-        return agreement, None
-    diff = logits.astype(np.float64) - ref.astype(np.float64)
-    return agreement, float(np.linalg.norm(diff)) / ref_norm
+    return agreement, rel_l2(logits, ref)
 
 
 def measure(

@@ -10,6 +10,16 @@ NEAR_ZERO = 1e-6  # logits smaller than this in absolute value are numerically n
 CONSTANT_RTOL = 1e-6  # outputs varying less than this (relative) across inputs are constant
 
 
+def rel_l2(values: np.ndarray, reference: np.ndarray) -> float | None:
+    """Relative L2 distance of ``values`` from ``reference`` (None: the reference is all
+    zeros, so no distance is relative to anything)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    norm = float(np.linalg.norm(ref))
+    if norm == 0:
+        return None
+    return float(np.linalg.norm(np.asarray(values, dtype=np.float64) - ref)) / norm
+
+
 def _as_rows(logits: np.ndarray) -> np.ndarray:
     return np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)
 

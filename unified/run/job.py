@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import traceback
@@ -180,8 +181,7 @@ def _details(details: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """The adapter's details, with the native-vs-ONNX parity where it was checked."""
     out = dict(details)
     if ctx.parity is not None:
-        out["parity"] = {"native": ctx.parity.native, "agreement": ctx.parity.agreement,
-                         "max_abs": ctx.parity.max_abs, "samples": ctx.parity.samples}
+        out["parity"] = dataclasses.asdict(ctx.parity)
     return out
 
 
