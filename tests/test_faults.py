@@ -369,3 +369,29 @@ def test_a_worker_over_its_memory_limit_is_a_failed_row_and_the_others_finish(
     assert "greedy_student" in reason and "can't allocate memory" in reason, reason
     line = next(x for x in result.stdout.splitlines() if "greedy @ pytorch:" in x)
     assert "failed — worker exceeded evaluate.memory_limit 2 GiB" in line
+
+
+def test_a_model_whose_reference_cannot_be_built_fails_its_rows_and_the_others_finish(
+        tmp_path: Path, cache_dir: Path) -> None:
+    """Two models: the first cannot be exported to ONNX. Its rows are ``failed`` naming the
+    torch function and the cause in one line; the second model's rows run; the console gets
+    no dump of the exporter's graph."""
+    broken = {**TINY_SCENARIO["model"], "source": MISBEHAVING + "unexportable"}
+    scenario = {**{k: v for k, v in TINY_SCENARIO.items() if k != "model"},
+                "models": {"broken": broken, "tiny": TINY_SCENARIO["model"]},
+                "backends": ["onnxruntime"], "recipes": {"fp32": []}}
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(scenario, sort_keys=False))
+    out = tmp_path / "run"
+    result = subprocess.run(run_command(path, out, cache_dir), cwd=tmp_path, env=cli_env(),
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    found = {r["model"]: r for r in map(json.loads, (out / "results.jsonl").open())}
+    assert found["tiny"]["status"] == "ok"
+    assert found["broken"]["status"] == "failed"
+    reason = found["broken"]["reason"]
+    assert reason.startswith("the fp32 reference of broken could not be built: torch "), reason
+    assert "adaptive_avg_pool2d" in reason and "Please feel free" not in reason, reason
+    assert "Torch IR graph" not in result.stdout + result.stderr
+    error = json.loads((out / "reference-broken.error.json").read_text())
+    assert "Traceback" in error["traceback"]

@@ -31,6 +31,10 @@ HEADER_LINE = re.compile(
     r"During handling of the above exception.*|The above exception was the direct cause.*)$")
 STACK_LINE = re.compile(r"^(File \"|File '|  |\t|\[\[|Call arguments received)")
 DECORATION = re.compile(r"^[\W_]*$")
+# Sentences a toolkit appends to every message of a kind, which say nothing of this failure
+BOILERPLATE = re.compile(
+    r"\s*Please feel free to request support or submit a pull request on PyTorch GitHub:?"
+    r"\s*\S*|\s*\[Caused by the value .*$")
 TF_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[\[\{\{node [^}]*\}\}\]\]")
 
 
@@ -64,7 +68,8 @@ def first_line(exc: BaseException) -> str:
     """The first line of the message that says something: not blank, not a header such as
     Keras's "Exception encountered when calling layer ...", not a stack line; the source line
     of a bare ``assert``."""
-    lines = [TF_NODE.sub("", line).rstrip() for line in str(exc).splitlines()]
+    lines = [BOILERPLATE.sub("", TF_NODE.sub("", line)).rstrip()
+             for line in str(exc).splitlines()]
     header = ""
     for line in lines:
         stripped = line.strip()

@@ -29,7 +29,8 @@ from unified.run.cache import job_key, reference_identity, reference_key
 from unified.run.entries import read_json_object, warn
 from unified.run.executor import Executor, Outcome, Task, signal_text
 from unified.run.expand import all_recipes, expand, job_scenario, job_spec, recipe_of, tag
-from unified.run.job import Job, write_json
+from unified.run.failure import failure_reason
+from unified.run.job import Job, format_traceback, write_json
 from unified.run.job_cache import JobCache
 from unified.run.latency_pass import MEASURED, time_rows, update_reference_summary
 from unified.run.locks import Busy, run_folder_lock
@@ -164,7 +165,11 @@ class Runner:
             self._prestart(executor, views, planned)
             tasks: list[tuple[Scenario, Task]] = []
             for view in views:
-                references[view.model.label] = ref = self._reference(view, multi)
+                try:
+                    references[view.model.label] = ref = self._reference(view, multi)
+                except Exception as exc:  # this model's rows fail; the other models go on
+                    self._reference_failed(view, [j for v, j, _ in planned if v is view], exc)
+                    continue
                 tasks += self._classify(view, ref, [(j, p) for v, j, p in planned if v is view],
                                         done)
             self.progress.on_stage("jobs")
@@ -239,6 +244,18 @@ class Runner:
         name = f"reference-{_safe(view.model.label)}.json" if multi else "reference.json"
         atomic_write(self.out / name, ref.summary.read_bytes())
         return ref
+
+    def _reference_failed(self, view: Scenario, jobs: list[Job], exc: Exception) -> None:
+        """A reference that could not be built (its model does not train, run or export):
+        every row of that model is ``failed`` with the cause; the traceback is kept."""
+        label = view.model.label
+        reason = f"the fp32 reference of {label} could not be built: {failure_reason(exc)}"
+        write_json(self.out / f"reference-{_safe(label)}.error.json",
+                   {"reason": reason, "traceback": format_traceback(exc)})
+        warn(reason)
+        for job in jobs:
+            if job.is_row:
+                self._finish(job, self._record(view, job, "failed", reason=reason))
 
     def _classify(self, view: Scenario, ref: ReferenceArtifacts,
                   jobs: list[tuple[Job, Plan | dict[str, Any]]],
@@ -414,6 +431,8 @@ class Runner:
             self.progress.on_stage(f"latency of {len(rows)} rows of {label}, interleaved with "
                                    "the fp32 reference")
             start = time.monotonic()
+            if label not in references:  # its reference failed: no row was measured
+                continue
             timing = time_rows(view, references[label], rows,
                                functools.partial(self._artifacts, label if multi else ""))
             seconds[label] = round(time.monotonic() - start, 3)

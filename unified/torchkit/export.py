@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -25,7 +30,7 @@ def export_onnx(
     model = model.eval()
     sample = torch.zeros(1, *input_shape)
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()), _native_stderr_discarded():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model,
@@ -39,6 +44,29 @@ def export_onnx(
             dynamo=False,
         )
     return path
+
+
+@contextlib.contextmanager
+def _native_stderr_discarded() -> Iterator[None]:
+    """Discard what C++ code writes to stderr (file descriptor 2) for the duration, with
+    torch's ONNX log sent there. When the TorchScript exporter fails it dumps the whole graph
+    to that log, which is always on (torch 2.x's setup_onnx_logging tests the function
+    ``_jit_is_onnx_log_enabled`` for truth instead of calling it) and writes to stdout, where
+    the run's progress is. The exception itself says what failed."""
+    set_stream = getattr(torch._C, "_jit_set_onnx_log_output_stream", None)
+    if set_stream is not None:
+        set_stream("stderr")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def save_torchscript(model: nn.Module, path: Path, input_shape: tuple[int, int, int]) -> str | None:
