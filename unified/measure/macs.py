@@ -17,6 +17,7 @@ None, never a guess.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -155,7 +156,12 @@ def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """onnxruntime's symbolic shape inference, which knows its contrib ops. Its driver loop
     is run here rather than through ``infer_shapes``, which saves an incompletely inferred
     model as ``sym_shape_infer_temp.onnx`` (with external data) into the working folder and
-    raises: a partial result is enough, as the count checks every shape it needs."""
+    raises: a partial result is enough, as the count checks every shape it needs. Its
+    warnings ("Unable to determine if … treat as equal") are silenced: they would reach the
+    console of a run, and the count does not depend on them."""
+    log = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
@@ -167,6 +173,8 @@ def _symbolic(model: onnx.ModelProto) -> onnx.ModelProto | None:
         inferred: onnx.ModelProto = inference.out_mp_
     except Exception:
         return None
+    finally:
+        log.setLevel(level)
     return inferred
 
 
