@@ -98,6 +98,7 @@ def test_a_cache_that_cannot_be_written_costs_no_row(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     import errno
+    import os
     import shutil
 
     from unified.run import runner
@@ -110,6 +111,11 @@ def test_a_cache_that_cannot_be_written_costs_no_row(
             raise OSError(errno.ENOSPC, "No space left on device", str(src), None, str(dst))
         return real(src, dst, *args, **kwargs)
 
+    def other_disk(src: Path, dst: Path, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link", str(src), None, str(dst))
+
+    # the cache on another, full disk: no hard link, and the copy finds no space
+    monkeypatch.setattr(os, "link", other_disk)
     monkeypatch.setattr(runner.shutil, "copy2", full_disk)
     scenario = tiny_scenario({"fp32": []}, ["onnxruntime"])
     (record,) = Runner(scenario, RunOptions(out=tmp_path / "run",
@@ -206,3 +212,14 @@ def test_in_a_log_each_job_is_one_line_and_the_table_fits_in_120_columns(
     assert max(len(line) for line in lines) <= 120
     notes = "\n".join(lines[lines.index("reasons and notes:") + 1:])
     assert "prune @ onnxruntime: step 1 (prune): onnxruntime has no pruning" in notes, notes
+
+
+def test_a_stored_job_shares_its_files_with_the_cache_on_one_disk(tmp_path: Path) -> None:
+    """A job's artifacts and their cache entry are one copy on disk (hard links)."""
+    scenario = tiny_scenario({"fp32": []}, ["onnxruntime"])
+    (record,) = Runner(scenario, RunOptions(out=tmp_path / "run",
+                                            cache_dir=tmp_path / "cache")).run()
+    produced = tmp_path / "run" / "jobs" / "fp32@onnxruntime" / "artifacts" / "model.onnx"
+    (stored,) = (tmp_path / "cache" / "jobs").glob("*/artifacts/model.onnx")
+    assert produced.stat().st_ino == stored.stat().st_ino
+    assert produced.stat().st_nlink == 2

@@ -75,11 +75,19 @@ def _name(exc: BaseException, path: Path) -> None:
 def copy_tree(source: Path, target: Path) -> None:
     """Copy the folder ``source`` to the new folder ``target``, stopping at the first error.
     Unlike shutil.copytree, which gathers every file's error into one shutil.Error of strings,
-    this raises the OSError itself, naming the file it could not write."""
+    this raises the OSError itself, naming the file it could not write.
+
+    A file is hard-linked where the file system allows it (a job's artifacts and their cache
+    entry on one disk): a big model's scenario otherwise stores every artifact twice. Nothing
+    rewrites an artifact in place (files are written whole, then renamed), and a cache entry
+    changed through its link fails its manifest check and is recomputed."""
     target.mkdir(parents=True)
     for item in sorted(source.iterdir()):
         if item.is_dir() and not item.is_symlink():
             copy_tree(item, target / item.name)
+            continue
+        with contextlib.suppress(OSError):  # another file system, or no links: copy it
+            os.link(item, target / item.name)
             continue
         try:
             shutil.copy2(item, target / item.name)
