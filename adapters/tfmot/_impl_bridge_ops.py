@@ -12,6 +12,10 @@ them:
 - ``Tensor.expand`` with ``-1`` sizes resolved in Python (the class token of a ViT expanded to
   the batch): nobuco's ``tf.where(sizes == -1, …)`` is a ``tf.__operators__.eq`` node whose
   constant operand Keras drops when it clones the model (TF-MOT's clustering and pruning do);
+- ``hardswish`` → ``x * relu6(x + 3) * (1/6)``, the pattern the TFLite converter fuses into one
+  HARD_SWISH (nobuco's ``x * clip(x/6 + 1/2, 0, 1)`` gave five int8 ops, each re-quantized,
+  and the ONNX of MobileNetV3 then disagreed with the TFLite model); ``hardsigmoid`` →
+  ``relu6(x + 3) * (1/6)`` (an ADD with a fused RELU6, then a MUL);
 - ``view`` / ``reshape`` whose leading size is the batch (``x.view(x.size(0), -1)``, ShuffleNet's
   channel shuffle) → ``Reshape`` of the other dims, so the Keras model takes any batch size:
   nobuco writes the traced batch size into ``tf.reshape``.
@@ -272,6 +276,25 @@ def _convert_cat(tensors: Any, dim: int = 0, *, out: Any = None) -> Any:
         if keras_axis == 0:
             return tf.concat(tensors, axis=0)
         return keras.layers.Concatenate(axis=keras_axis)(list(tensors))
+
+    return func
+
+
+# --- hard activations ------------------------------------------------------------------------
+
+
+@nobuco.converter(F.hardswish, channel_ordering_strategy=Strategy.MINIMUM_TRANSPOSITIONS)
+def _convert_hardswish(input: torch.Tensor, inplace: bool = False) -> Any:
+    def func(input: Any, inplace: bool = False) -> Any:
+        return input * keras.layers.ReLU(max_value=6.0)(input + 3.0) * (1.0 / 6.0)
+
+    return func
+
+
+@nobuco.converter(F.hardsigmoid, channel_ordering_strategy=Strategy.MINIMUM_TRANSPOSITIONS)
+def _convert_hardsigmoid(input: torch.Tensor, inplace: bool = False) -> Any:
+    def func(input: Any, inplace: bool = False) -> Any:
+        return keras.layers.ReLU(max_value=6.0)(input + 3.0) * (1.0 / 6.0)
 
     return func
 

@@ -99,3 +99,26 @@ def test_cluster_tiny_vit(run_block: Any) -> None:
                for n in [*record["plan"], *record["notes"]])
     assert record["details"]["clustered_max_distinct"] <= 16
     assert "patch_embed" in record["details"]["clustered_layers"]
+
+
+def test_hard_activations_become_tflite_hard_swish() -> None:
+    """MobileNetV3's hardswish is one TFLite HARD_SWISH (int8 too) and its hardsigmoid no
+    clip: nobuco's clip formulas were five re-quantized int8 ops each, and the ONNX of
+    MobileNetV3 then disagreed with the TFLite model on 7 % of the inputs."""
+    import real_blocks
+
+    from adapters.tfmot._impl_bridge import tf, torch_to_keras
+    from adapters.tfmot._impl_tflite import to_tflite
+    from unified.spec.steps import QuantizeStep
+
+    torch.manual_seed(0)
+    model = real_blocks.se_net(10, (3, 32, 32)).eval()
+    x = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    bridged = torch_to_keras(model, (3, 32, 32), x)
+    assert bridged.max_abs_diff < 1e-4
+    step = QuantizeStep.model_validate({"method": "static"})
+    for ptq in (None, step):
+        interpreter = tf.lite.Interpreter(model_content=to_tflite(bridged.model, ptq, False, x))
+        ops = [op["op_name"] for op in interpreter._get_ops_details()]
+        assert ops.count("HARD_SWISH") == 3
+        assert "MINIMUM" not in ops and "MAXIMUM" not in ops
