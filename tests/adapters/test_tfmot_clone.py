@@ -122,3 +122,26 @@ def test_hard_activations_become_tflite_hard_swish() -> None:
         ops = [op["op_name"] for op in interpreter._get_ops_details()]
         assert ops.count("HARD_SWISH") == 3
         assert "MINIMUM" not in ops and "MAXIMUM" not in ops
+
+
+def test_tflite_builtin_kernels_predict(tmp_path: Path) -> None:
+    """The int8 model through TFLite's builtin kernels (the spread a failed parity is read
+    against): the same logits as XNNPACK up to int8 rounding, not the same bits."""
+    import real_blocks
+
+    from adapters.tfmot._impl_bridge import torch_to_keras
+    from adapters.tfmot._impl_tflite import nhwc, tflite_predict, to_tflite
+    from unified.spec.steps import QuantizeStep
+
+    torch.manual_seed(0)
+    model = real_blocks.se_net(10, (3, 32, 32)).eval()
+    x = np.random.default_rng(0).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    keras_model = torch_to_keras(model, (3, 32, 32), x).model
+    path = tmp_path / "model.tflite"
+    path.write_bytes(to_tflite(keras_model, QuantizeStep.model_validate({"method": "static"}),
+                               False, x))
+    xnnpack = tflite_predict(path, nhwc(x))
+    builtin = tflite_predict(path, nhwc(x), builtin_kernels=True)
+    assert builtin.shape == xnnpack.shape == (16, 10)
+    spread = float(np.abs(builtin - xnnpack).max())
+    assert 0 < spread < 0.1 * float(np.abs(xnnpack).max())
