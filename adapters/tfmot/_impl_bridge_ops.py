@@ -7,7 +7,15 @@ them:
 - zero ``F.pad`` of an NCHW tensor → ``ZeroPadding2D`` (a TFLite PAD, quantizable);
 - ``max_pool2d`` with padding or ``ceil_mode`` → ``MaxPooling2D`` ('same', or zero padding of a
   ReLU output), never a -inf padding constant, which int8 calibration took for the range;
-- ``torch.cat`` → ``Concatenate``;
+- ``torch.cat`` → ``Concatenate`` (of one tensor: the tensor itself, as Keras cannot clone a
+  Concatenate of one input, which DenseNet's ``torch.cat([x], 1)`` gave);
+- ``Tensor.expand`` with ``-1`` sizes resolved in Python (the class token of a ViT expanded to
+  the batch): nobuco's ``tf.where(sizes == -1, …)`` is a ``tf.__operators__.eq`` node whose
+  constant operand Keras drops when it clones the model (TF-MOT's clustering and pruning do);
+- ``hardswish`` → ``x * relu6(x + 3) * (1/6)``, the pattern the TFLite converter fuses into one
+  HARD_SWISH (nobuco's ``x * clip(x/6 + 1/2, 0, 1)`` gave five int8 ops, each re-quantized,
+  and the ONNX of MobileNetV3 then disagreed with the TFLite model); ``hardsigmoid`` →
+  ``relu6(x + 3) * (1/6)`` (an ADD with a fused RELU6, then a MUL);
 - ``view`` / ``reshape`` whose leading size is the batch (``x.view(x.size(0), -1)``, ShuffleNet's
   channel shuffle) → ``Reshape`` of the other dims, so the Keras model takes any batch size:
   nobuco writes the traced batch size into ``tf.reshape``.
@@ -35,7 +43,7 @@ import nobuco
 from nobuco.commons import CONVERTER_DICT, ChannelOrder
 from nobuco.commons import ChannelOrderingStrategy as Strategy
 from nobuco.converters.channel_ordering import get_channel_order, set_channel_order
-from nobuco.converters.tensor import dim_pytorch2keras
+from nobuco.converters.tensor import _flatten, dim_pytorch2keras
 from nobuco.layers.channel_order import tf_set_order_recursively
 from nobuco.trace.trace import Tracer
 
@@ -260,12 +268,52 @@ def _convert_cat(tensors: Any, dim: int = 0, *, out: Any = None) -> Any:
     axis = dim % n
 
     def func(tensors: Any, dim: int = 0, *, out: Any = None) -> Any:
+        if len(tensors) == 1:  # a copy in torch; Keras would not clone Concatenate([x])
+            return tensors[0]
         keras_axis = axis
         if get_channel_order(tensors[0]) == ChannelOrder.TENSORFLOW:
             keras_axis = dim_pytorch2keras(axis, n)
         if keras_axis == 0:
             return tf.concat(tensors, axis=0)
         return keras.layers.Concatenate(axis=keras_axis)(list(tensors))
+
+    return func
+
+
+# --- hard activations ------------------------------------------------------------------------
+
+
+@nobuco.converter(F.hardswish, channel_ordering_strategy=Strategy.MINIMUM_TRANSPOSITIONS)
+def _convert_hardswish(input: torch.Tensor, inplace: bool = False) -> Any:
+    def func(input: Any, inplace: bool = False) -> Any:
+        return input * keras.layers.ReLU(max_value=6.0)(input + 3.0) * (1.0 / 6.0)
+
+    return func
+
+
+@nobuco.converter(F.hardsigmoid, channel_ordering_strategy=Strategy.MINIMUM_TRANSPOSITIONS)
+def _convert_hardsigmoid(input: torch.Tensor, inplace: bool = False) -> Any:
+    def func(input: Any, inplace: bool = False) -> Any:
+        return keras.layers.ReLU(max_value=6.0)(input + 3.0) * (1.0 / 6.0)
+
+    return func
+
+
+# --- expand ----------------------------------------------------------------------------------
+
+
+@nobuco.converter(torch.Tensor.expand, channel_ordering_strategy=Strategy.FORCE_PYTORCH_ORDER)
+def _convert_expand(self: torch.Tensor, *sizes: Any) -> Any:
+    """tf.broadcast_to with each -1 replaced by the input's size: its static size when Keras
+    knows it, else ``tf.shape(x)[i]``, never a ``sizes == -1`` comparison, whose constant operand
+    ``clone_model`` drops ("TypeError: Missing required positional argument")."""
+    def func(self: Any, *sizes: Any) -> Any:
+        flat = list(_flatten(sizes))
+        lead = len(flat) - len(self.shape)
+        resolved = [s if not (isinstance(s, int) and s == -1) else (
+            self.shape[i - lead] if self.shape[i - lead] is not None else tf.shape(self)[i - lead])
+            for i, s in enumerate(flat)]
+        return tf.broadcast_to(self, tf.convert_to_tensor(resolved))
 
     return func
 

@@ -69,9 +69,15 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def tflite_predict(path: Path, x_nhwc: np.ndarray) -> np.ndarray:
-    """Logits of the TFLite model, one sample at a time (TFLite models are batch 1)."""
-    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=1)
+def tflite_predict(path: Path, x_nhwc: np.ndarray, builtin_kernels: bool = False
+                   ) -> np.ndarray:
+    """Logits of the TFLite model, one sample at a time (TFLite models are batch 1): with the
+    interpreter's default XNNPACK delegate, or with TFLite's builtin kernels only."""
+    resolver = tf.lite.experimental.OpResolverType
+    interpreter = tf.lite.Interpreter(
+        model_path=str(path), num_threads=1,
+        experimental_op_resolver_type=(resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+                                       if builtin_kernels else resolver.AUTO))
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
