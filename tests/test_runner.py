@@ -219,6 +219,7 @@ def test_a_stored_job_shares_its_files_with_the_cache_on_one_disk(tmp_path: Path
     scenario = tiny_scenario({"fp32": []}, ["onnxruntime"])
     (record,) = Runner(scenario, RunOptions(out=tmp_path / "run",
                                             cache_dir=tmp_path / "cache")).run()
+    assert record["status"] == "ok"
     produced = tmp_path / "run" / "jobs" / "fp32@onnxruntime" / "artifacts" / "model.onnx"
     (stored,) = (tmp_path / "cache" / "jobs").glob("*/artifacts/model.onnx")
     assert produced.stat().st_ino == stored.stat().st_ino
