@@ -7,18 +7,15 @@ after the other backends (conftest)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from tiny import blocks_scenario
 from torch import nn
 
 from adapters.tfmot import ADAPTER
-from unified.context import ReferenceArtifacts
 
 if not ADAPTER.capabilities.available():
     pytest.skip(f"tfmot toolkit missing: {ADAPTER.capabilities.missing()}", allow_module_level=True)
@@ -74,31 +71,6 @@ def test_concat_of_one_tensor_clones() -> None:
     keras_model = _clone_matches(DenseUnit())
     concats = [ly for ly in keras_model.layers if type(ly).__name__ == "Concatenate"]
     assert len(concats) == 1  # the cat of two; the cat of one is its input
-
-
-@pytest.fixture
-def run_block(cache_dir: Path, tmp_path: Path) -> Callable[[str, list[Any]], dict[str, Any]]:
-    from unified.run.job import Job, execute
-    from unified.run.reference import prepare_reference
-
-    def run(factory: str, steps: list[Any]) -> dict[str, Any]:
-        scenario = blocks_scenario(factory, {"r": steps}, ["tfmot"])
-        ref: ReferenceArtifacts = prepare_reference(scenario, cache_dir)
-        return execute(scenario, Job("r", "tfmot"), tmp_path / "tfmot", ref)
-
-    return run
-
-
-@pytest.mark.slow
-def test_cluster_tiny_vit(run_block: Any) -> None:
-    """palettize 4-bit on a ViT: the conv / dense kernels get 16 values, the attention is
-    left alone and the row says so (it failed in clone_model before)."""
-    record = run_block("tiny_vit", [{"cluster": {"bits": 4}}])
-    assert record["status"] == "approximated", record.get("reason")
-    assert any("attention projections are not clustered" in n
-               for n in [*record["plan"], *record["notes"]])
-    assert record["details"]["clustered_max_distinct"] <= 16
-    assert "patch_embed" in record["details"]["clustered_layers"]
 
 
 def test_hard_activations_become_tflite_hard_swish() -> None:

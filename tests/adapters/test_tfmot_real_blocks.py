@@ -166,3 +166,15 @@ def test_int8_same_pad_net(run_block: Any) -> None:
     assert record["status"] == "ok"
     assert record["ort_ops"].get("QLinearConv", 0) + record["ort_ops"].get("QGemm", 0) >= 3
     assert record["agreement"] >= 0.9
+
+
+@pytest.mark.slow
+def test_cluster_tiny_vit(run_block: Any) -> None:
+    """palettize 4-bit on a ViT: the conv / dense kernels get 16 values, the attention is
+    left alone and the row says so (it failed in clone_model before)."""
+    record = run_block("tiny_vit", [{"cluster": {"bits": 4}}])
+    assert record["status"] == "approximated", record.get("reason")
+    assert any("attention projections are not clustered" in n
+               for n in [*record["plan"], *record["notes"]])
+    assert record["details"]["clustered_max_distinct"] <= 16
+    assert "patch_embed" in record["details"]["clustered_layers"]
