@@ -287,8 +287,13 @@ def quantize(ctx: JobContext, state: State, step: QuantizeStep, onnx_path: Path)
     ctx.note("QDQ ONNX built by inserting QuantizeLinear/DequantizeLinear with NNI's scales into "
              "the float export (NNI has no CPU quantized export); biases int32 at "
              "input_scale × weight_scale; each input quantization repeated up through "
-             "ReLU / max pooling / reshapes to the previous layer's output (exact), so "
-             "onnxruntime fuses every layer")
+             "ReLU / max pooling / reshapes / zero padding to the previous layer's output "
+             "(exact), so onnxruntime fuses every layer; the pair on the model input rounds "
+             "as NNI does (round(zp + x/s))")
+    if done["weight_scales_raised_for_int32_bias"]:
+        ctx.note(f"{done['weight_scales_raised_for_int32_bias']} output channel(s) with "
+                 "(near-)zero weights got a larger weight scale than NNI's 1.2e-7, so that "
+                 "their int32 bias fits; their weights stay zero")
     if outputs:
         fused = [f"{layer} (+{relu})" if relu else layer for layer, relu in outputs.items()]
         ctx.note(f"NNI also quantizes the outputs of {', '.join(fused)}: they feed a residual "
