@@ -27,7 +27,8 @@ from unified.torchkit.models import count_parameters
 
 
 def run(ctx: JobContext) -> Artifacts:
-    """Run every step; write model.onnx and the native .pt (state_dict) in ctx.workdir."""
+    """Run every step; write model.onnx, the native model.pt (state_dict) and its TorchScript
+    (native.ts, for native latency) in ctx.workdir."""
     steps = ctx.recipe.steps
     training.set_seed(ctx.seed)
     state = State(model=ctx.reference_model())
@@ -65,7 +66,21 @@ def run(ctx: JobContext) -> Artifacts:
     state.details["parameters"] = count_parameters(model)
     native = ctx.workdir / "model.pt"
     torch.save(model.state_dict(), native)
-    ctx.note("native artifact: state_dict of the compressed torch model (.pt)")
+    timing = ctx.torchscript_timing(model)
+    ctx.note(_native_note(state, timing is not None))
     return Artifacts(onnx_path=onnx_path, native_path=native, details=state.details,
-                     native_timing=ctx.torchscript_timing(model))
+                     native_timing=timing)
+
+
+def _native_note(state: State, traced: bool) -> str:
+    """What the native files are: NNI has no quantized torch model of its own, so after a
+    quantize step they hold NNI's fake-quantized weights with float activations."""
+    what = "the compressed torch model"
+    if state.onnx_written and "quantized_layers" in state.details:
+        what = ("the torch model with NNI's fake-quantized weights written back (activations "
+                "float: NNI quantizes them only inside its simulation wrapper)")
+    text = f"native artifact: model.pt, state_dict of {what}"
+    if traced:
+        text += "; native.ts, its TorchScript, is what native_latency_ms times"
+    return text
 

@@ -23,9 +23,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from adapters.nni._impl_qdq_graph import EXACT_OPS, Topology, layer_nodes
+from adapters.nni._impl_qdq_graph import Topology, layer_nodes
 
 INT8_MIN, INT8_MAX = -127, 127  # NNI's symmetric int8 range
+INT32_MAX = 2**31 - 1
+INT32_BIAS_MAX = 2**30  # headroom: scales are float32, the accumulator adds to the bias
 
 
 @dataclass
@@ -87,15 +89,38 @@ class _Rewrite:
         return True
 
 
-def _quantize_weight(r: _Rewrite, node: onnx.NodeProto, tag: str, w_scale: np.ndarray) -> float:
-    """The weight as int8 on NNI's grid behind a DequantizeLinear; returns how far the float
-    weights were from that grid (0 when NNI's fake-quant weights were written back)."""
+def _fit_bias(r: _Rewrite, node: onnx.NodeProto, x_scale: float,
+              w_scale: np.ndarray) -> tuple[np.ndarray, int]:
+    """The weight scales raised where the bias would not fit int32 at x_scale × w_scale, and
+    how many channels that changed. NNI gives a channel whose weights are all (nearly) zero,
+    as a BatchNorm fold leaves dead channels, the scale 1.2e-7, and its bias divided by
+    that overflows int32; the raised scale still holds those weights (they round to zero,
+    |w| <= 127 × 1.2e-7 before), so the layer computes what NNI simulated."""
+    if len(node.input) < 3 or node.input[2] not in r.topology.inits:
+        return w_scale, 0
+    bias = np.abs(numpy_helper.to_array(r.topology.inits[node.input[2]]).astype(np.float64))
+    needed = (bias / (x_scale * INT32_BIAS_MAX)).astype(np.float32)
+    if w_scale.ndim == 0:  # per tensor: one scale for every channel
+        needed = needed.max()
+    raised = np.maximum(w_scale, needed)
+    return raised.astype(np.float32), int(np.count_nonzero(raised > w_scale))
+
+
+def _quantize_weight(r: _Rewrite, node: onnx.NodeProto, tag: str, w_scale: np.ndarray,
+                     nni_scale: np.ndarray) -> float:
+    """The weight as int8 at ``w_scale`` (NNI's, or raised by ``_fit_bias``) behind a
+    DequantizeLinear; returns how far the float weights were from NNI's grid (0 when NNI's
+    fake-quant weights were written back)."""
     weight = numpy_helper.to_array(r.topology.inits[node.input[1]]).astype(np.float64)
     bshape = (-1,) + (1,) * (weight.ndim - 1)
-    grid = weight / (w_scale.reshape(bshape) if w_scale.ndim else w_scale)
-    w_int = np.clip(np.round(grid), INT8_MIN, INT8_MAX).astype(np.int8)
+
+    def grid(scale: np.ndarray) -> np.ndarray:
+        return weight / (scale.reshape(bshape) if scale.ndim else scale)
+
+    w_int = np.clip(np.round(grid(w_scale)), INT8_MIN, INT8_MAX).astype(np.int8)
     node.input[1] = r.dequantize(node, tag, "weight", w_int, w_scale)
-    return float(np.abs(grid - np.round(grid)).max())
+    on_nni = grid(nni_scale)
+    return float(np.abs(on_nni - np.round(on_nni)).max())
 
 
 def _quantize_bias(r: _Rewrite, node: onnx.NodeProto, tag: str, x_scale: float,
@@ -103,7 +128,8 @@ def _quantize_bias(r: _Rewrite, node: onnx.NodeProto, tag: str, x_scale: float,
     if len(node.input) > 2 and node.input[2] in r.topology.inits:
         bias = numpy_helper.to_array(r.topology.inits[node.input[2]]).astype(np.float64)
         b_scale = (x_scale * w_scale).astype(np.float32)
-        b_int = np.round(bias / b_scale.astype(np.float64)).astype(np.int32)
+        b_int = np.clip(np.round(bias / b_scale.astype(np.float64)), -INT32_MAX,
+                        INT32_MAX).astype(np.int32)
         node.input[2] = r.dequantize(node, tag, "bias", b_int, b_scale)
 
 
@@ -111,7 +137,7 @@ def _forward(r: _Rewrite, tensor: str, params: tuple[str, str]) -> None:
     """Repeat an output quantization after the exact ops that follow it (values stay on the
     grid, so the repeat changes nothing; onnxruntime then runs those ops on integers)."""
     for node in r.topology.consumers.get(tensor, []):
-        if node.op_type in EXACT_OPS and node.input[0] == tensor and \
+        if r.topology.is_exact(node) and node.input[0] == tensor and \
                 r.pair_after(node.output[0], params):
             _forward(r, node.output[0], params)
 
@@ -121,7 +147,7 @@ def _hoist(r: _Rewrite, tensor: str, params: tuple[str, str]) -> None:
     tensor on the way feeds nothing else."""
     for _ in range(64):
         producer = r.topology.producers.get(tensor)
-        if producer is None or producer.op_type not in EXACT_OPS:
+        if producer is None or not r.topology.is_exact(producer):
             return
         source = producer.input[0]
         if r.topology.only_consumer(source) is not producer or not r.pair_after(source, params):
@@ -159,6 +185,37 @@ def _place_input(r: _Rewrite, node: onnx.NodeProto, tag: str, lq: LayerQuant) ->
     node.input[0] = dq
 
 
+def _input_derived(topology: Topology, graph: onnx.GraphProto) -> set[str]:
+    """The graph inputs and what exact ops (e.g. a conv's zero padding) make of them: values
+    that may sit on the input's own grid, so rounding ties matter (``_input_quantization``)."""
+    found = {i.name for i in graph.input}
+    for node in graph.node:  # topological order
+        if node.input and node.input[0] in found and topology.is_exact(node):
+            found.add(node.output[0])
+    return found
+
+
+def _input_quantization(r: _Rewrite, tensor: str) -> list[onnx.NodeProto]:
+    """The pair on a graph input, rounded as NNI rounds: ``round(zp + x / s)`` (Div, Add, then
+    QuantizeLinear at scale 1). QuantizeLinear alone computes ``round(x / s) + zp``, which
+    differs on every tie when zp is odd, and inputs are often all ties: 8-bit pixels mapped
+    to [-1, 1] fall exactly half-way between the steps of a 2/255 grid."""
+    scale, zp = r.after[tensor]
+    zp_dtype = numpy_helper.to_array(next(i for i in r.new_inits if i.name == zp)).dtype
+    one = r.constant(f"{tensor}_nni_unit_scale", np.asarray(1.0, dtype=np.float32))
+    zero = r.constant(f"{tensor}_nni_unit_zero_point", np.asarray(0, dtype=zp_dtype))
+    shifted = r.constant(f"{tensor}_nni_zero_point_float",
+                         np.asarray(numpy_helper.to_array(
+                             next(i for i in r.new_inits if i.name == zp)), dtype=np.float32))
+    div, add, q = (f"{tensor}_nni_{what}" for what in ("div", "add", "q"))
+    return [helper.make_node("Div", [tensor, scale], [div], name=f"{tensor}_nni_Div"),
+            helper.make_node("Add", [div, shifted], [add], name=f"{tensor}_nni_Add"),
+            helper.make_node("QuantizeLinear", [add, one, zero], [q],
+                             name=f"{tensor}_nni_QuantizeLinear"),
+            helper.make_node("DequantizeLinear", [q, scale, zp], [f"{tensor}_nni_dq"],
+                             name=f"{tensor}_nni_DequantizeLinear")]
+
+
 def _emit(r: _Rewrite, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """The node list with every pair in place (graph order stays topological)."""
     renamed: dict[str, str] = {}
@@ -174,9 +231,19 @@ def _emit(r: _Rewrite, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
         renamed[tensor] = dq
         r.pairs += 1
 
+    from_input = _input_derived(r.topology, graph)
+
+    def place(tensor: str) -> None:
+        if tensor in from_input:
+            out.extend(_input_quantization(r, tensor))
+            renamed[tensor] = f"{tensor}_nni_dq"
+            r.pairs += 1
+        else:
+            pair(tensor)
+
     for name in (i.name for i in graph.input):
         if name in r.after:
-            pair(name)
+            place(name)
     for node in graph.node:
         for extra in r.before.get(id(node), []):
             extra.input[:] = [renamed.get(i, i) for i in extra.input]
@@ -185,7 +252,7 @@ def _emit(r: _Rewrite, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
         out.append(node)
         for tensor in node.output:
             if tensor in r.after:
-                pair(tensor)
+                place(tensor)
     return out
 
 
@@ -198,13 +265,16 @@ def build_qdq_onnx(
     graph = model.graph
     r = _Rewrite(Topology(model))
     nodes = layer_nodes(r.topology, list(layers))
-    max_error = 0.0
+    max_error, raised = 0.0, 0
     for module, node in nodes.items():  # outputs first: inputs then stop where they begin
         _place_output(r, node, module.replace(".", "_"), layers[module])
     for module, node in nodes.items():
         lq, tag = layers[module], module.replace(".", "_")
-        w_scale = _scale_for_onnx(lq.weight_scale)
-        max_error = max(max_error, _quantize_weight(r, node, tag, w_scale))
+        nni_scale = w_scale = _scale_for_onnx(lq.weight_scale)
+        if lq.input_scale is not None:
+            w_scale, count = _fit_bias(r, node, lq.input_scale, w_scale)
+            raised += count
+        max_error = max(max_error, _quantize_weight(r, node, tag, w_scale, nni_scale))
         if lq.input_scale is not None and lq.input_zero_point is not None:
             _quantize_bias(r, node, tag, lq.input_scale, w_scale)
             _place_input(r, node, tag, lq)
@@ -218,4 +288,4 @@ def build_qdq_onnx(
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
     return {"qdq_layers": list(nodes), "weight_grid_max_error": round(max_error, 6),
-            "activation_qdq_pairs": r.pairs}
+            "activation_qdq_pairs": r.pairs, "weight_scales_raised_for_int32_bias": raised}

@@ -4,18 +4,25 @@ integer op, read from the float ONNX export of the model NNI quantizes.
 onnxruntime fuses ``DequantizeLinear → Conv → QuantizeLinear`` into QLinearConv: a layer's
 output must be quantized. NNI's quantizers quantize a layer's input (``_input_``) and, when
 asked, its output (``_output_``). A layer's output needs no scale of its own when, through ops
-that a per-tensor quantization passes through exactly (ReLU, max pooling, reshapes), it only
-feeds the next quantized layer: that layer's input quantization is moved up to it (exactly).
-Otherwise (a residual add, a branch, the model's output of a conv) NNI is asked to quantize
-the output; a ReLU module right after the layer is fused into it first (NNI's ``fuse_names``),
-so the output is quantized after the ReLU, as torch.ao and TFLite do.
+that a per-tensor quantization passes through exactly (ReLU, max pooling, reshapes, zero
+padding), it only feeds the next quantized layer: that layer's input quantization is moved up
+to it (exactly).
+A ``Clip`` (ReLU6, Hardtanh) on that path is no reason either: NNI quantizes the next layer's
+input after the clip, and quantizing the layer's output before it as well would put a second,
+coarser grid (spread over the unclipped range) on the same values; onnxruntime removes the
+Clip itself when the next quantization's range lies inside it. Otherwise (a residual add, a
+branch, the model's output of a conv) NNI is asked to quantize the output; a ReLU module
+right after the layer is fused into it first (NNI's ``fuse_names``), so the output is
+quantized after the ReLU, as torch.ao and TFLite do.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from unified.measure.onnx_names import module_name
 
@@ -23,6 +30,8 @@ from unified.measure.onnx_names import module_name
 # (monotone and elementwise, or moving values only), for a grid that holds 0 (ReLU)
 EXACT_OPS = frozenset({"Relu", "MaxPool", "Flatten", "Reshape", "Transpose", "Identity",
                        "Squeeze", "Unsqueeze"})
+# ops the output plan also looks through (the next layer's input is quantized after them)
+CLIP_OPS = frozenset({"Clip"})
 
 
 @dataclass
@@ -50,11 +59,39 @@ class Topology:
         found = self.consumers.get(tensor, [])
         return found[0] if len(found) == 1 and tensor not in self.outputs else None
 
-    def exact_chain_end(self, tensor: str) -> str:
-        """Follow ``tensor`` forward through single-consumer exact ops; the last tensor."""
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or a Constant node's output; None otherwise."""
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        node = self.producers.get(name)
+        if node is not None and node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+        return None
+
+    def is_exact(self, node: onnx.NodeProto) -> bool:
+        """Whether a per-tensor quantization passes through ``node`` exactly: an op of
+        EXACT_OPS, or a constant zero Pad (a conv's 'same' padding; 0 is on every grid)."""
+        if node.op_type in EXACT_OPS:
+            return True
+        if node.op_type != "Pad":
+            return False
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
+        if mode != b"constant":
+            return False
+        if len(node.input) < 3 or not node.input[2]:
+            return True
+        value = self.constant(node.input[2])
+        return value is not None and not np.any(value)
+
+    def exact_chain_end(self, tensor: str, through: frozenset[str] = frozenset()) -> str:
+        """Follow ``tensor`` forward through single-consumer exact ops (and ops of
+        ``through``); the last tensor."""
         for _ in range(64):
             node = self.only_consumer(tensor)
-            if node is None or node.op_type not in EXACT_OPS or node.input[0] != tensor:
+            if node is None or node.input[0] != tensor or \
+                    not (self.is_exact(node) or node.op_type in through):
                 return tensor
             tensor = node.output[0]
         return tensor
@@ -94,7 +131,7 @@ def output_plan(model: onnx.ModelProto, names: list[str],
     quantized_inputs = {node.input[0]: node for node in nodes.values()}
     out: dict[str, str | None] = {}
     for module, node in nodes.items():
-        end = topology.exact_chain_end(node.output[0])
+        end = topology.exact_chain_end(node.output[0], through=CLIP_OPS)
         follower = topology.only_consumer(end)
         if follower is not None and quantized_inputs.get(end) is follower:
             continue  # the next layer's input quantization moves up to this output
