@@ -224,3 +224,17 @@ def test_a_stored_job_shares_its_files_with_the_cache_on_one_disk(tmp_path: Path
     (stored,) = (tmp_path / "cache" / "jobs").glob("*/artifacts/model.onnx")
     assert produced.stat().st_ino == stored.stat().st_ino
     assert produced.stat().st_nlink == 2
+
+
+def test_slices_run_into_one_folder_add_up(tmp_path: Path) -> None:
+    """--recipe / --backend slices into one --out keep each other's rows; running a slice
+    again replaces only its own rows."""
+    scenario = tiny_scenario({"fp32": [], "int8": [{"quantize": {"method": "dynamic"}}]},
+                             ["onnxruntime"])
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    Runner(scenario, RunOptions(out=out, cache_dir=cache, recipes=("fp32",))).run()
+    records = Runner(scenario, RunOptions(out=out, cache_dir=cache, recipes=("int8",))).run()
+    assert sorted(r["recipe"] for r in records) == ["fp32", "int8"]
+    assert sorted(r["recipe"] for r in read_records(out / "results.jsonl")) == ["fp32", "int8"]
+    Runner(scenario, RunOptions(out=out, cache_dir=cache, recipes=("int8",))).run()
+    assert sorted(r["recipe"] for r in read_records(out / "results.jsonl")) == ["fp32", "int8"]

@@ -116,6 +116,7 @@ class Runner:
         self.cache = JobCache(options.cache_dir, warn)
         self._total = 0
         self.records: list[dict[str, Any]] = []
+        self._auxiliary_keys: set[Any] = set()  # resumed records of auxiliary.jsonl
         self.auxiliary: list[dict[str, Any]] = []
         self.timings: dict[str, Any] = {"executor": options.executor,
                                         "jobs": options.jobs or default_jobs()}
@@ -159,6 +160,7 @@ class Runner:
         write_json(self.out / "scenario.json", self.scenario.model_dump(
             mode="json", exclude={"model"} if self.scenario.models else None))
         done = self._resume()
+        sliced = {(v.model.label, j.recipe, j.backend, j.repeat) for v, j, _ in planned}
         executor = make_executor(self.options)
         references: dict[str, ReferenceArtifacts] = {}
         try:
@@ -185,6 +187,7 @@ class Runner:
             raise
         executor.close()
         self.timings["worker_starts"] = [vars(s) for s in getattr(executor, "starts", [])]
+        self._keep_outside(done, sliced)
         self._aggregate(views, references, multi)
         self._latency_pass(views, references, multi)
         self.records.sort(key=scenario_order(self.scenario))
@@ -207,7 +210,20 @@ class Runner:
                     if r.get("job_key") and r.get("status") not in PENDING_STATUSES}
             rewrite_records(path, kept.values())
             done.update(kept)
+            if path == self.auxiliary_path:
+                self._auxiliary_keys.update(kept)
         return done
+
+    def _keep_outside(self, done: dict[Any, dict[str, Any]],
+                      sliced: set[tuple[str, str, str, int]]) -> None:
+        """Finished rows of this folder that this run's slice (--recipe, --backend, the
+        scenario's models) does not cover stay in it: slices run into one folder add up."""
+        for key, record in done.items():
+            job = (record.get("model"), record.get("recipe"), record.get("backend"),
+                   record.get("repeat") or 0)
+            if job in sliced:
+                continue
+            (self.auxiliary if key in self._auxiliary_keys else self.records).append(record)
 
     def _kept(self, what: str, how: str) -> str:
         """The one line of a run that stopped early: what happened, what was kept, how to
