@@ -15,7 +15,8 @@ from torch import nn
 
 from adapters.pytorch import _impl_prune as P
 from adapters.pytorch._impl_common import State, run_training
-from adapters.pytorch._impl_fx import quantizable_copy
+from adapters.pytorch._impl_fx import float_leaves, quantizable_copy
+from adapters.pytorch._impl_observe import backend_config, observe_after_clamp
 from unified.context import JobContext
 from unified.spec.errors import SqueezelabError
 from unified.spec.steps import Granularity, QuantDType, QuantizeStep, QuantMethod
@@ -187,11 +188,14 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
     base, notes = quantizable_copy(model, example[0], mapping, set(targeted))
     for note in notes:
         ctx.note(note)
+    backend = backend_config()
     try:
         if qat:
-            prepared = prepare_qat_fx(copy.deepcopy(base).train(), mapping, example)
+            prepared = prepare_qat_fx(copy.deepcopy(base).train(), mapping, example,
+                                      float_leaves(), backend_config=backend)
         else:
-            prepared = prepare_fx(copy.deepcopy(base).eval(), mapping, example)
+            prepared = prepare_fx(copy.deepcopy(base).eval(), mapping, example,
+                                  float_leaves(), backend_config=backend)
     except Exception as exc:  # FX symbolic tracing: data-dependent control flow etc.
         raise SqueezelabError(
             f"torch.ao FX graph mode could not trace the model ({type(exc).__name__}: "
@@ -209,13 +213,14 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
             ctx.note(f"pruning masks re-applied after every QAT optimizer step on "
                      f"{len(kept)} layer(s)")
     else:
+        _clamped_note(ctx, observe_after_clamp(prepared))
         calib = ctx.data.calib_x
         with torch.no_grad():
             prepared.eval()
             for start in range(0, len(calib), ctx.budget.batch_size):
                 prepared(torch.from_numpy(calib[start:start + ctx.budget.batch_size]))
     prepared.eval()
-    quantized = convert_fx(prepared)
+    quantized = convert_fx(prepared, backend_config=backend)
     state.model = quantized
     # the exporter traces a quantized model itself, with check_trace on, which fails on a
     # false positive for some models (float modules such as nn.MultiheadAttention get other
@@ -231,11 +236,23 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
     how = ("prepare_qat_fx / convert_fx" if qat
            else f"prepare_fx / convert_fx, calibrated on {len(ctx.data.calib_x)} samples")
     observer = "moving-average min-max fake-quant" if qat else "HistogramObserver"
-    ctx.note(f"torch.ao FX {how}, {engine} backend: weights {weights}, activations quint8 "
-             f"affine ({observer}, reduce_range=False); exported with the TorchScript "
-             "exporter to QDQ ONNX")
+    ctx.note(f"torch.ao FX {how}, {engine} engine, native backend config with nn.ZeroPad2d "
+             f"sharing its input's qparams: weights {weights}, activations quint8 affine "
+             f"({observer}, reduce_range=False); exported with the TorchScript exporter to "
+             "QDQ ONNX")
     if left:
         ctx.note(f"not targeted, left float: {', '.join(left)}")
+
+
+def _clamped_note(ctx: JobContext, layers: list[str]) -> None:
+    if layers:
+        shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3
+                                         else "")
+        ctx.note(f"{len(layers)} conv/linear output(s) read only by a ReLU6 / hardtanh ({shown}):"
+                 " observed after the clamp (ClampedHistogramObserver), so the int8 output "
+                 "spans the clamp's range and its saturation is the ReLU6; torch.ao's native "
+                 "config has no conv+ReLU6 fusion and shares one observer with the pre-clamp "
+                 "output")
 
 
 def _converted(model: nn.Module, names: tuple[str, ...]) -> list[str]:
