@@ -145,12 +145,13 @@ def _quantize(model: nn.Module, calib: torch.Tensor, clamp: bool) -> Any:
 
     from adapters.pytorch._impl_fx import float_leaves, quantizable_copy
     from adapters.pytorch._impl_observe import backend_config, observe_after_clamp
-    from adapters.pytorch._impl_quant import _qconfig_mapping
+    from adapters.pytorch._impl_quant import _qconfig_mapping, quantized_engine
     from unified.spec.steps import QuantizeStep
 
-    torch.backends.quantized.engine = "x86"
+    engine, quant_max = quantized_engine()
+    torch.backends.quantized.engine = engine
     layers = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
-    mapping = _qconfig_mapping(model, QuantizeStep(), False, layers)
+    mapping = _qconfig_mapping(model, QuantizeStep(), False, layers, quant_max)
     base, _ = quantizable_copy(model, calib[:1], mapping, layers)
     backend = backend_config()
     prepared = prepare_fx(copy.deepcopy(base), mapping, (calib[:1],), float_leaves(),
@@ -160,6 +161,34 @@ def _quantize(model: nn.Module, calib: torch.Tensor, clamp: bool) -> Any:
     with torch.no_grad():
         prepared(calib)
     return convert_fx(prepared, backend_config=backend)
+
+
+def test_engine_runs_depthwise_int8_exactly() -> None:
+    """The engine and activation range chosen for this CPU compute a 144-channel depthwise
+    conv (EfficientNet / MobileNetV2's shape) to within one level of the exact integer result;
+    x86 with full 8-bit activations on a VNNI CPU was off by up to 38 levels."""
+    import torch.ao.nn.quantized as nnq
+    import torch.nn.functional as F
+
+    from adapters.pytorch._impl_quant import quantized_engine
+
+    engine, quant_max = quantized_engine()
+    torch.backends.quantized.engine = engine
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(144, 1, 3, 3, generator=generator)
+    weight_q = torch.quantize_per_channel(weight, weight.abs().amax((1, 2, 3)) / 127,
+                                          torch.zeros(144, dtype=torch.long), 0, torch.qint8)
+    conv = nnq.Conv2d(144, 144, 3, padding=1, groups=144)
+    conv.set_weight_bias(weight_q, torch.randn(144, generator=generator))
+    x = torch.quantize_per_tensor(torch.rand(4, 144, 16, 16, generator=generator) * 6,
+                                  6 / quant_max, 0, torch.quint8)
+    exact = F.conv2d(x.dequantize(), weight_q.dequantize(), conv.bias(), padding=1, groups=144)
+    scale = float(exact.max() - exact.min()) / 255
+    zero_point = round(float(-exact.min()) / scale)
+    conv.scale, conv.zero_point = scale, zero_point
+    levels = conv(x).int_repr().int()
+    expected = torch.quantize_per_tensor(exact, scale, zero_point, torch.quint8).int_repr().int()
+    assert int((levels - expected).abs().max()) <= 1
 
 
 def _output_of(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -173,6 +202,8 @@ def _output_of(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_clamped_observer_spans_the_relu6_range_and_cuts_the_error() -> None:
+    from adapters.pytorch._impl_quant import quantized_engine
+
     model = ReLU6Net().eval()
     generator = torch.Generator().manual_seed(1)
     calib = torch.randn(64, 3, 16, 16, generator=generator)
@@ -184,8 +215,8 @@ def test_clamped_observer_spans_the_relu6_range_and_cuts_the_error() -> None:
         out = _output_of(quantized, "act1", test)
         errors[clamp] = float((out - reference).norm() / reference.norm())
         scale = float(quantized.conv1.scale)
-        # the ReLU6's 256 levels: [0, 6] when observed after the clamp, the ±100 otherwise
-        assert (scale <= 6 / 255 + 1e-6) == clamp, scale
+        # the ReLU6's levels span [0, 6] when observed after the clamp, the ±100 otherwise
+        assert (scale <= 6 / quantized_engine()[1] + 1e-6) == clamp, scale
         assert (int(quantized.conv1.zero_point) == 0) == clamp
     # the first ReLU6's output (steps 15 times finer; the input's own int8 rounding, scaled
     # by the large BN gamma, stays in both): measured 0.048 → 0.016
