@@ -146,16 +146,17 @@ def _weight_observer(step: QuantizeStep, qat: bool) -> Any:
     return (PerChannelMinMaxObserver if per_channel else MinMaxObserver).with_args(**args)
 
 
-def quantized_engine() -> tuple[str, int]:
-    """(torch quantized engine, activation quant_max) for this CPU. With VNNI, the onednn
-    engine and full 8-bit activations, as torch's onednn qconfig pairs them: the x86 engine's
-    int8 depthwise kernels saturate there (measured: a 144-channel 3×3 depthwise conv off by
+def quantized_engine(symmetric_weights: bool = True) -> tuple[str, int]:
+    """(torch quantized engine, activation quant_max) for this CPU. With VNNI (and symmetric
+    weights, the only ones onednn's conv takes), the onednn engine and full 8-bit
+    activations, as torch's onednn qconfig pairs them: the x86 engine's int8 depthwise
+    kernels saturate there (measured: a 144-channel 3×3 depthwise conv off by
     up to 38 levels on 8 % of its outputs, EfficientNet-Lite0's and MobileNetV2's ONNX then
     disagreeing with the torch model). Without VNNI, x86 with its default 7-bit activations
     (reduce_range), which keep its int16 accumulation from saturating."""
     engines = torch.backends.quantized.supported_engines
     vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
-    if vnni and "onednn" in engines:
+    if vnni and symmetric_weights and "onednn" in engines:
         return "onednn", 255
     return ("x86" if "x86" in engines else "fbgemm"), 127
 
@@ -192,7 +193,7 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
                  onnx_path: Path, masks: dict[str, torch.Tensor]) -> None:
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
 
-    engine, quant_max = quantized_engine()
+    engine, quant_max = quantized_engine(step.symmetric)
     torch.backends.quantized.engine = engine
     qat = step.method is QuantMethod.qat
     model = state.model
