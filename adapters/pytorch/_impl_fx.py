@@ -42,6 +42,46 @@ class ScalarArithmetic(nn.Module):
         return f"x {'*' if self.op == 'mul' else '+'} {self.constant:g}"
 
 
+class FloatPermute(nn.Module):
+    """``x.permute(dims)`` as a leaf the quantizer leaves in float: its input is dequantized
+    first. A permute of a quantized tensor shares its qparams (torch.ao runs it on the int8
+    tensor even when its own qconfig is None) and the TorchScript ONNX exporter cannot export
+    it (the quantized value reaches onnx::Transpose as a tuple: ViT's patch embedding)."""
+
+    def __init__(self, dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(self.dims)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}"
+
+
+def _permutes_as_modules(traced: fx.GraphModule) -> int:
+    """``x.permute(*dims)`` / ``torch.permute(x, dims)`` with constant dims → FloatPermute."""
+    count = 0
+    for node in list(traced.graph.nodes):
+        if not ((node.op == "call_method" and node.target == "permute") or
+                (node.op == "call_function" and node.target is torch.permute)):
+            continue
+        if node.kwargs or len(node.args) < 2 or not isinstance(node.args[0], fx.Node):
+            continue
+        dims = node.args[1] if len(node.args) == 2 and isinstance(
+            node.args[1], list | tuple) else node.args[1:]
+        if not all(isinstance(d, int) for d in dims):
+            continue
+        name = f"float_permute_{count}"
+        traced.add_submodule(name, FloatPermute(tuple(dims)))
+        with traced.graph.inserting_before(node):
+            replacement = traced.graph.call_module(name, (node.args[0],))
+        node.replace_all_uses_with(replacement)
+        traced.graph.erase_node(node)
+        count += 1
+    return count
+
+
 def _scalar_operand(node: fx.Node) -> tuple[fx.Node, float] | None:
     """(tensor operand, constant) of a float tensor ⊗ Python number node, else None."""
     if node.op != "call_function" or node.target not in QUANTIZED_SCALAR_OPS:
@@ -174,6 +214,42 @@ def _relu6_as_hardtanh(graph: fx.Graph) -> int:
     return count
 
 
+def _spatial_dims(node: fx.Node) -> bool | None:
+    """keepdim of a ``x.mean(dims)`` / ``torch.mean(x, dims)`` over the two spatial dims of
+    a 4-d tensor, else None."""
+    if not ((node.op == "call_method" and node.target == "mean") or
+            (node.op == "call_function" and node.target is torch.mean)):
+        return None
+    names = ("input", "dim", "keepdim")
+    given = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+    tensor, dims, keepdim = given.get("input"), given.get("dim"), given.get("keepdim", False)
+    meta = tensor.meta.get("tensor_meta") if isinstance(tensor, fx.Node) else None
+    if meta is None or len(meta.shape) != 4 or not isinstance(dims, list | tuple) or \
+            given.get("dtype") is not None or not isinstance(keepdim, bool):
+        return None
+    return keepdim if sorted(d % 4 for d in dims if isinstance(d, int)) == [2, 3] else None
+
+
+def _spatial_mean_as_pool(graph: fx.Graph) -> int:
+    """``x.mean([2, 3])`` of a 4-d tensor → ``F.adaptive_avg_pool2d(x, 1)`` (then flattened
+    when keepdim is false), the same function: torch's quantized mean over a 1×1
+    channels-last map (a conv's int8 output at the end of ShuffleNetV2 / MNASNet on small
+    inputs) raises 'required rank 4 tensor to use channels_last format'."""
+    count = 0
+    for node in list(graph.nodes):
+        keepdim = _spatial_dims(node)
+        if keepdim is None:
+            continue
+        source = node.args[0] if node.args else node.kwargs["input"]
+        with graph.inserting_before(node):
+            pooled = graph.call_function(F.adaptive_avg_pool2d, (source, 1))
+            out = pooled if keepdim else graph.call_function(torch.flatten, (pooled, 1))
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+        count += 1
+    return count
+
+
 def _scalar_ops_as_modules(traced: fx.GraphModule) -> list[str]:
     """Tensor-scalar add/mul nodes → ``ScalarArithmetic`` leaves; returns 'x * 2' etc."""
     moved: list[str] = []
@@ -193,6 +269,14 @@ def _scalar_ops_as_modules(traced: fx.GraphModule) -> list[str]:
     return moved
 
 
+def float_leaves() -> Any:
+    """A PrepareCustomConfig that keeps this module's float leaves (FloatPermute) as module
+    calls when prepare_fx traces the copy again (its tracer would trace through them)."""
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
+
+    return PrepareCustomConfig().set_non_traceable_module_classes([FloatPermute])
+
+
 def _float_for_export(mapping: Any) -> None:
     """Ops the TorchScript ONNX exporter cannot export quantized stay float: matmul of two
     activations (no quantized::matmul), a BatchNorm that no conv absorbs (DenseNet's
@@ -200,8 +284,8 @@ def _float_for_export(mapping: Any) -> None:
     permute and a functional layer_norm after it (a quantized transpose feeding a quantized
     op: 'expected the output of onnx::Transpose to be a quantized tensor', ConvNeXt's
     LayerNorm2d)."""
-    for kind in (ScalarArithmetic, FloatBatchNorm, torch.matmul, torch.permute, "permute",
-                 F.layer_norm):
+    for kind in (ScalarArithmetic, FloatBatchNorm, FloatPermute, torch.matmul, torch.permute,
+                 "permute", F.layer_norm):
         mapping.set_object_type(kind, None)
 
 
@@ -237,7 +321,9 @@ def _kept_float(source: nn.Module, traced: fx.GraphModule, rewrite: bool = False
                 if rewrite:
                     bn = modules[str(node.target)]
                     traced.add_submodule(str(node.target), FloatBatchNorm(bn))  # type: ignore[arg-type]
-        elif node.target in (torch.permute, "permute", F.layer_norm):
+        elif node.target in (torch.permute, "permute", F.layer_norm) or (
+                node.op == "call_module" and isinstance(modules.get(str(node.target)),
+                                                        FloatPermute)):
             kept.append("permute / layer_norm")
         elif node.target is torch.matmul:
             kept.append("matmul")
@@ -276,12 +362,18 @@ def quantizable_copy(model: nn.Module, example: torch.Tensor, mapping: Any,
     layers = layers_as_base_modules(source, traced)
     moved = _scalar_ops_as_modules(traced)
     relu6 = _relu6_as_hardtanh(traced.graph)
+    means = _spatial_mean_as_pool(traced.graph)
     kept = _kept_float(source, traced, rewrite=True)
-    if not (moved or layers or relu6 or attention or kept):
+    _permutes_as_modules(traced)
+    if not (moved or layers or relu6 or means or attention or kept):
         return model, []
     traced.graph.lint()
     traced.recompile()
     notes = _notes(source, layers, moved)
+    if means:
+        notes.append(f"{means} mean over the spatial dims computed as adaptive_avg_pool2d(x, 1)"
+                     " (the same function; torch's quantized mean fails on a 1×1 "
+                     "channels-last map)")
     if kept:
         notes.append(f"kept float: {', '.join(kept)} (the TorchScript ONNX exporter has no "
                      "quantized form of them: quantized::batch_norm2d, a transpose feeding a "

@@ -15,7 +15,8 @@ from torch import nn
 
 from adapters.pytorch import _impl_prune as P
 from adapters.pytorch._impl_common import State, run_training
-from adapters.pytorch._impl_fx import quantizable_copy
+from adapters.pytorch._impl_fx import float_leaves, quantizable_copy
+from adapters.pytorch._impl_observe import backend_config, observe_after_clamp
 from unified.context import JobContext
 from unified.spec.errors import SqueezelabError
 from unified.spec.steps import Granularity, QuantDType, QuantizeStep, QuantMethod
@@ -145,8 +146,23 @@ def _weight_observer(step: QuantizeStep, qat: bool) -> Any:
     return (PerChannelMinMaxObserver if per_channel else MinMaxObserver).with_args(**args)
 
 
+def quantized_engine(symmetric_weights: bool = True) -> tuple[str, int]:
+    """(torch quantized engine, activation quant_max) for this CPU. With VNNI (and symmetric
+    weights, the only ones onednn's conv takes), the onednn engine and full 8-bit
+    activations, as torch's onednn qconfig pairs them: the x86 engine's int8 depthwise
+    kernels saturate there (measured: a 144-channel 3×3 depthwise conv off by
+    up to 38 levels on 8 % of its outputs, EfficientNet-Lite0's and MobileNetV2's ONNX then
+    disagreeing with the torch model). Without VNNI, x86 with its default 7-bit activations
+    (reduce_range), which keep its int16 accumulation from saturating."""
+    engines = torch.backends.quantized.supported_engines
+    vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
+    if vnni and symmetric_weights and "onednn" in engines:
+        return "onednn", 255
+    return ("x86" if "x86" in engines else "fbgemm"), 127
+
+
 def _qconfig_mapping(model: nn.Module, step: QuantizeStep, qat: bool,
-                     selected: set[str]) -> Any:
+                     selected: set[str], quant_max: int = 255) -> Any:
     from torch.ao.quantization import (
         FusedMovingAvgObsFakeQuantize,
         HistogramObserver,
@@ -156,9 +172,9 @@ def _qconfig_mapping(model: nn.Module, step: QuantizeStep, qat: bool,
         get_default_qconfig_mapping,
     )
 
-    # full 8-bit activations (reduce_range=False): x86's default of 7 bits only protects
-    # CPUs without VNNI from int16 overflow in fbgemm; onnxruntime does not need it
-    act_args = {"dtype": torch.quint8, "quant_min": 0, "quant_max": 255, "reduce_range": False}
+    # quant_max 127 is reduce_range spelled out (see quantized_engine)
+    act_args = {"dtype": torch.quint8, "quant_min": 0, "quant_max": quant_max,
+                "reduce_range": False}
     if qat:
         activation = FusedMovingAvgObsFakeQuantize.with_args(
             observer=MovingAverageMinMaxObserver, **act_args)
@@ -177,21 +193,24 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
                  onnx_path: Path, masks: dict[str, torch.Tensor]) -> None:
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx, prepare_qat_fx
 
-    engine = "x86" if "x86" in torch.backends.quantized.supported_engines else "fbgemm"
+    engine, quant_max = quantized_engine(step.symmetric)
     torch.backends.quantized.engine = engine
     qat = step.method is QuantMethod.qat
     model = state.model
     targeted = ctx.layers_for(index)
-    mapping = _qconfig_mapping(model, step, qat, set(targeted))
+    mapping = _qconfig_mapping(model, step, qat, set(targeted), quant_max)
     example = (torch.from_numpy(ctx.data.calib_x[:1]),)
     base, notes = quantizable_copy(model, example[0], mapping, set(targeted))
     for note in notes:
         ctx.note(note)
+    backend = backend_config()
     try:
         if qat:
-            prepared = prepare_qat_fx(copy.deepcopy(base).train(), mapping, example)
+            prepared = prepare_qat_fx(copy.deepcopy(base).train(), mapping, example,
+                                      float_leaves(), backend_config=backend)
         else:
-            prepared = prepare_fx(copy.deepcopy(base).eval(), mapping, example)
+            prepared = prepare_fx(copy.deepcopy(base).eval(), mapping, example,
+                                  float_leaves(), backend_config=backend)
     except Exception as exc:  # FX symbolic tracing: data-dependent control flow etc.
         raise SqueezelabError(
             f"torch.ao FX graph mode could not trace the model ({type(exc).__name__}: "
@@ -209,13 +228,14 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
             ctx.note(f"pruning masks re-applied after every QAT optimizer step on "
                      f"{len(kept)} layer(s)")
     else:
+        _clamped_note(ctx, observe_after_clamp(prepared))
         calib = ctx.data.calib_x
         with torch.no_grad():
             prepared.eval()
             for start in range(0, len(calib), ctx.budget.batch_size):
                 prepared(torch.from_numpy(calib[start:start + ctx.budget.batch_size]))
     prepared.eval()
-    quantized = convert_fx(prepared)
+    quantized = convert_fx(prepared, backend_config=backend)
     state.model = quantized
     # the exporter traces a quantized model itself, with check_trace on, which fails on a
     # false positive for some models (float modules such as nn.MultiheadAttention get other
@@ -231,11 +251,24 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
     how = ("prepare_qat_fx / convert_fx" if qat
            else f"prepare_fx / convert_fx, calibrated on {len(ctx.data.calib_x)} samples")
     observer = "moving-average min-max fake-quant" if qat else "HistogramObserver"
-    ctx.note(f"torch.ao FX {how}, {engine} backend: weights {weights}, activations quint8 "
-             f"affine ({observer}, reduce_range=False); exported with the TorchScript "
-             "exporter to QDQ ONNX")
+    bits = ("8-bit [0, 255] (CPU with VNNI: torch's onednn pairing)" if quant_max == 255
+            else "7-bit [0, 127] (no VNNI: torch's x86 default reduce_range)")
+    ctx.note(f"torch.ao FX {how}, {engine} engine, native backend config with nn.ZeroPad2d "
+             f"sharing its input's qparams: weights {weights}, activations quint8 affine "
+             f"{bits}, {observer}; exported with the TorchScript exporter to QDQ ONNX")
     if left:
         ctx.note(f"not targeted, left float: {', '.join(left)}")
+
+
+def _clamped_note(ctx: JobContext, layers: list[str]) -> None:
+    if layers:
+        shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3
+                                         else "")
+        ctx.note(f"{len(layers)} conv/linear output(s) read only by a ReLU6 / hardtanh ({shown}):"
+                 " observed after the clamp (ClampedHistogramObserver), so the int8 output "
+                 "spans the clamp's range and its saturation is the ReLU6; torch.ao's native "
+                 "config has no conv+ReLU6 fusion and shares one observer with the pre-clamp "
+                 "output")
 
 
 def _converted(model: nn.Module, names: tuple[str, ...]) -> list[str]:
