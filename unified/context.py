@@ -305,8 +305,12 @@ class JobContext:
         from unified.measure.native import NativeFiles
         from unified.torchkit.export import save_torchscript
 
+        # a torch.ao quantized model runs on the engine it was converted under
+        quantized = any(type(m).__module__.startswith("torch.ao.nn.quantized")
+                        for m in model.modules())
         pair = NativeFiles("torchscript", self.workdir / "native.ts",
-                           self.workdir / "native_reference.ts")
+                           self.workdir / "native_reference.ts",
+                           torch.backends.quantized.engine if quantized else None)
         if any(p.dtype != torch.float32 for p in model.parameters()):  # float16
             self.note("native latency not measured: the torch model takes no float32 input")
             return None

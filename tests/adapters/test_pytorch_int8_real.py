@@ -122,6 +122,10 @@ def test_relu6_after_conv_is_observed_after_the_clamp(tmp_path: Path, cache_dir:
     assert record["details"]["parity"]["agreement"] >= 0.99
     assert record["agreement"] >= 0.95 and record["rel_l2"] < 0.1, (
         record["agreement"], record["rel_l2"])
+    # the latency pass loads the TorchScript on the engine the model was converted under
+    from adapters.pytorch._impl_quant import quantized_engine
+
+    assert record["native_files"]["engine"] == quantized_engine()[0]
 
 
 @pytest.mark.parametrize(("factory", "note"), [

@@ -29,6 +29,8 @@ class NativeFiles:
     runtime: str  # one of RUNTIMES
     model: Path
     reference: Path
+    # torchscript: the torch quantized engine the model was quantized for (None: the default)
+    engine: str | None = None
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -36,8 +38,9 @@ class NativeFiles:
 
     def as_record(self, folder: Path) -> dict[str, str]:
         """The record's ``native_files``: paths relative to the job folder."""
-        return {"runtime": self.runtime, "model": _relative(self.model, folder),
-                "reference": _relative(self.reference, folder)}
+        out = {"runtime": self.runtime, "model": _relative(self.model, folder),
+               "reference": _relative(self.reference, folder)}
+        return out if self.engine is None else {**out, "engine": self.engine}
 
     @classmethod
     def from_record(cls, data: dict[str, Any], folder: Path) -> NativeFiles:
@@ -45,7 +48,9 @@ class NativeFiles:
             p = Path(data[name])
             return p if p.is_absolute() else folder / p
 
-        return cls(str(data["runtime"]), path("model"), path("reference"))
+        engine = data.get("engine")
+        return cls(str(data["runtime"]), path("model"), path("reference"),
+                   None if engine is None else str(engine))
 
 
 def _relative(path: Path, folder: Path) -> str:
@@ -56,15 +61,19 @@ def _relative(path: Path, folder: Path) -> str:
 
 
 def native_candidate(key: str, runtime: str, path: Path, sample: np.ndarray,
-                     threads: int) -> Candidate:
+                     threads: int, engine: str | None = None) -> Candidate:
     """A candidate running ``path`` in its native runtime on the first row of ``sample``
-    (NCHW float32; the TFLite interpreter gets it as NHWC), one thread like the ONNX pass."""
+    (NCHW float32; the TFLite interpreter gets it as NHWC), one thread like the ONNX pass.
+    ``engine``: the torch quantized engine a quantized TorchScript was made for; it is set
+    before loading, which packs the weights for that engine."""
     row = np.ascontiguousarray(sample[:1], dtype=np.float32)
 
     def torchscript() -> Call:
         import torch
 
         torch.set_num_threads(threads)
+        if engine is not None:
+            torch.backends.quantized.engine = engine
         module = torch.jit.load(str(path), map_location="cpu").eval()
         inputs = torch.from_numpy(row)
 

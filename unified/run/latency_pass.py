@@ -84,7 +84,8 @@ def _time_native(record: dict[str, Any], folder: Path, sample: Any, threads: int
     key = f"native {record['recipe']}@{record['backend']}"
     timings = paired_latency(
         native_candidate(f"{key} fp32", files.runtime, files.reference, sample, threads),
-        [native_candidate(key, files.runtime, files.model, sample, threads)], paired)
+        [native_candidate(key, files.runtime, files.model, sample, threads, files.engine)],
+        paired)
     timing = timings[key]
     if timing.error is not None:
         _note(record, f"native latency not measured: {timing.error}")
