@@ -60,6 +60,7 @@ from unified.run.signals import (
 )
 from unified.run.storage import atomic_write, storage_problem
 from unified.spec.baselines import MATCHED_BACKEND
+from unified.spec.errors import SqueezelabError
 from unified.spec.model_summary import ModelSummary
 from unified.spec.scenario import Scenario
 from unified.spec.sizes import format_size
@@ -169,6 +170,8 @@ class Runner:
             for view in views:
                 try:
                     references[view.model.label] = ref = self._reference(view, multi)
+                except SqueezelabError:  # the user's input: one line, exit 2 (unified.cli)
+                    raise
                 except Exception as exc:  # this model's rows fail; the other models go on
                     self._reference_failed(view, [j for v, j, _ in planned if v is view], exc)
                     continue
