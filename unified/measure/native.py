@@ -10,6 +10,8 @@ artifacts); the driver's latency pass times the pair interleaved with
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,9 +86,14 @@ def native_candidate(key: str, runtime: str, path: Path, sample: np.ndarray,
         return call
 
     def tflite() -> Call:
+        # TensorFlow's C++ start-up log and the interpreter's deprecation warning would land
+        # on the run's console (the tfmot workers set the same; a user's own setting wins)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
 
-        interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
         detail = interpreter.get_input_details()[0]
         feed = np.transpose(row, (0, 2, 3, 1)) if len(row.shape) == 4 else row
         if tuple(detail["shape"]) != feed.shape:
