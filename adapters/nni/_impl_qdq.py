@@ -201,12 +201,11 @@ def _input_quantization(r: _Rewrite, tensor: str) -> list[onnx.NodeProto]:
     differs on every tie when zp is odd, and inputs are often all ties: 8-bit pixels mapped
     to [-1, 1] fall exactly half-way between the steps of a 2/255 grid."""
     scale, zp = r.after[tensor]
-    zp_dtype = numpy_helper.to_array(next(i for i in r.new_inits if i.name == zp)).dtype
+    zero_point = numpy_helper.to_array(next(i for i in r.new_inits if i.name == zp))
     one = r.constant(f"{tensor}_nni_unit_scale", np.asarray(1.0, dtype=np.float32))
-    zero = r.constant(f"{tensor}_nni_unit_zero_point", np.asarray(0, dtype=zp_dtype))
+    zero = r.constant(f"{tensor}_nni_unit_zero_point", np.asarray(0, dtype=zero_point.dtype))
     shifted = r.constant(f"{tensor}_nni_zero_point_float",
-                         np.asarray(numpy_helper.to_array(
-                             next(i for i in r.new_inits if i.name == zp)), dtype=np.float32))
+                         np.asarray(zero_point, dtype=np.float32))
     div, add, q = (f"{tensor}_nni_{what}" for what in ("div", "add", "q"))
     return [helper.make_node("Div", [tensor, scale], [div], name=f"{tensor}_nni_Div"),
             helper.make_node("Add", [div, shifted], [add], name=f"{tensor}_nni_Add"),
