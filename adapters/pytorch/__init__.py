@@ -41,14 +41,6 @@ if TYPE_CHECKING:
 
 INT8_ONLY = "torch.ao eager/FX quantization is int8 only (fbgemm/x86 kernels)"
 
-DYNAMIC_NOTE = (
-    "torch dynamic quantization (torch.ao.quantization.quantize_dynamic on nn.Linear) cannot "
-    "be exported to ONNX by either exporter: the native .pt is torch's dynamic-quantized "
-    "state_dict, the ONNX measured is its onnxruntime equivalent, "
-    "onnxruntime.quantization.quantize_dynamic on the fp32 export with "
-    "op_types_to_quantize=['MatMul','Gemm'] (Linear only, like torch)"
-)
-
 CHANNEL_NOTE = (
     "channel: torch.nn.utils.prune.ln_structured (dim=0) zeroes whole output filters; the "
     "architecture keeps its size (torch pruning only zeroes, no channel removal)"
@@ -72,7 +64,7 @@ CAPABILITIES = Capabilities(
         "quantize": StepCapability(
             options={
                 "method": {
-                    QuantMethod.dynamic: approximated(DYNAMIC_NOTE),
+                    QuantMethod.dynamic: NATIVE,  # its ONNX: adapters/pytorch/_impl_dynamic.py
                     QuantMethod.static: NATIVE,
                     QuantMethod.qat: NATIVE,
                 },

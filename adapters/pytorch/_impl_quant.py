@@ -1,5 +1,5 @@
 """PyTorch-native quantization: float16 (model.half()), dynamic (torch quantize_dynamic on
-Linear, onnxruntime's dynamic quantizer for the ONNX), static and QAT with torch.ao FX graph
+Linear, its int8 computation written as ONNX integer ops), static and QAT with torch.ao FX graph
 mode, exported to QDQ ONNX."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import onnx
 import torch
 from torch import nn
 
@@ -71,9 +70,14 @@ def _quantized_linears(model: nn.Module, names: tuple[str, ...]) -> list[str]:
 
 def _dynamic(ctx: JobContext, state: State, index: int, step: QuantizeStep,
              onnx_path: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from torch.ao.quantization import QConfig, default_dynamic_quant_observer
     from torch.ao.quantization import quantize_dynamic as torch_quantize_dynamic
+
+    from adapters.pytorch._impl_dynamic import (
+        activation_levels,
+        quantized_linears,
+        write_dynamic_onnx,
+    )
 
     model = state.model
     names = _quantized_linears(model, ctx.layers_for(index))
@@ -89,39 +93,22 @@ def _dynamic(ctx: JobContext, state: State, index: int, step: QuantizeStep,
     export_onnx(model, fp32_path, ctx.input_shape)
     state.model = torch_quantize_dynamic(copy.deepcopy(model), {n: qconfig for n in names},
                                          dtype=torch.qint8)
-    all_linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    nodes = None if names == all_linears else _onnx_nodes_of(fp32_path, names)
-    quantize_dynamic(
-        str(fp32_path), str(onnx_path), op_types_to_quantize=["MatMul", "Gemm"],
-        nodes_to_quantize=nodes, per_channel=step.granularity is Granularity.per_channel,
-        weight_type=QuantType.QInt8, extra_options={"WeightSymmetric": step.symmetric},
-    )
+    quantized = quantized_linears(state.model)
+    write_dynamic_onnx(fp32_path, onnx_path, model, quantized)
     fp32_path.unlink()
-    ctx.report_changed(index, names)
+    done = [n for n in names if n in quantized]
+    ctx.report_changed(index, done)
+    bits = {127: "7-bit (reduce_range)", 255: "8-bit"}[activation_levels()]
+    ctx.note(f"torch quantize_dynamic(qint8, {step.granularity}) on Linear: {', '.join(done)}; "
+             f"the ONNX computes the same: torch's int8 weights and scales in MatMulInteger, "
+             f"inputs quantized per call to {bits} uint8 as torch's "
+             f"{torch.backends.quantized.engine} kernel does")
     convs = [n for n, m in named_layers(model, ctx.layers_for(index))
              if not isinstance(m, nn.Linear)]
-    ctx.note(f"torch quantize_dynamic(qint8, {step.granularity}) on Linear: {', '.join(names)}")
     if convs:
         ctx.deviate(f"convs stay float: torch dynamic quantization only covers "
                     f"Linear/LSTM/RNN ({len(convs)} targeted conv layer(s) left in float32: "
                     f"{', '.join(convs)})")
-
-
-def _onnx_nodes_of(path: Path, linears: list[str]) -> list[str]:
-    """ONNX Gemm/MatMul nodes of the given torch Linear modules (matched by weight name)."""
-    graph = onnx.load(str(path)).graph
-    wanted = {f"{n}.weight": n for n in linears}
-    found: dict[str, str] = {}
-    for node in graph.node:
-        if node.op_type in ("Gemm", "MatMul"):
-            for name in node.input:
-                if name in wanted:
-                    found[wanted[name]] = node.name
-    missing = [n for n in linears if n not in found]
-    if missing:
-        raise SqueezelabError(f"cannot find the ONNX nodes of Linear layers {missing} to "
-                              "quantize only the targeted ones")
-    return [found[n] for n in linears]
 
 
 def _weight_observer(step: QuantizeStep, qat: bool) -> Any:

@@ -119,6 +119,20 @@ def test_pytorch_int8_attention(run_block: Run, tmp_path: Path) -> None:
     assert record["status"] == "ok" or record["reason"].startswith("export changed the model")
 
 
+def test_pytorch_int8_dynamic_attention(run_block: Run, tmp_path: Path) -> None:
+    """torch's dynamic quantization of a ViT: the MLP Linears (MatMul on 3-D tokens) and the
+    head (Gemm) become MatMulInteger on torch's own int8 weights, so the ONNX computes what
+    torch's model computes; the patch conv stays float, and the row says so."""
+    record = run_block("tiny_vit", "pytorch", [{"quantize": {"method": "dynamic"}}])
+    assert record["status"] == "approximated", record.get("reason")
+    assert any("convs stay float" in n and "patch_embed" in n for n in record["notes"])
+    ops = onnx_ops(tmp_path, "pytorch")
+    assert ops.count("MatMulInteger") == 2 * 2 + 1  # two blocks' MLPs and the head
+    parity = record["details"]["parity"]
+    assert parity["agreement"] == 1.0 and parity["onnx_rel_l2"] < 1e-3, parity
+    close_to_fp32(record)
+
+
 # --- NNI ------------------------------------------------------------------------------------
 
 
