@@ -101,3 +101,16 @@ def test_first_line_skips_blank_headers_and_tensorflow_node_names() -> None:
     graph = ValueError("Graph execution error:\n\nDetected at node x defined at (most recent "
                        "call last):\n  File \"a.py\", line 1\n\nreal cause here\n\t [[{{node x}}]]")
     assert first_line(graph) == "real cause here"
+
+
+def test_our_own_error_is_not_prefixed_with_our_function() -> None:
+    """A SqueezelabError raised by our code is written for the user; the name of the function
+    that raised it (here a closure inside the model loader) would only add noise."""
+    from unified.spec.errors import SqueezelabError
+    from unified.torchkit.models import build_model
+
+    with pytest.raises(SqueezelabError) as caught:  # json.loads() needs an argument
+        build_model("python:json:loads", 10, (1, 8, 8))
+    error, tb = caught.value, caught.tb  # as our job runner sees it: without this test's frame
+    reason = failure_reason(error.with_traceback(tb.tb_next))
+    assert reason.startswith("BuildError: calling json:loads() failed: TypeError"), reason

@@ -13,6 +13,8 @@ import sys
 import traceback
 from types import FrameType, TracebackType
 
+from unified.spec.errors import SqueezelabError
+
 MAX_CHARS = 300
 # squeezelab's own code: a frame here is "ours", not the toolkit's
 PROJECT_PACKAGES = frozenset({"unified", "adapters"})
@@ -42,7 +44,9 @@ def failure_reason(exc: BaseException) -> str:
     """The record's ``reason`` for a job that raised ``exc``."""
     decisive = decisive_exception(exc)
     text = f"{type(decisive).__name__}: {first_line(decisive)}".rstrip(": ")
-    where = origin(decisive.__traceback__)
+    # our own errors are written for the user: our function's name would add nothing
+    where = origin(decisive.__traceback__,
+                   name_ours=not isinstance(decisive, SqueezelabError))
     if where:
         text = f"{where}: {text}"
     if decisive is not exc:
@@ -87,10 +91,11 @@ def first_line(exc: BaseException) -> str:
     return header
 
 
-def origin(tb: TracebackType | None) -> str:
+def origin(tb: TracebackType | None, name_ours: bool = True) -> str:
     """Where the exception came from: ``<toolkit> <qualified function>`` for the innermost
     toolkit frame that is not plumbing; ``<toolkit>, called from <our function>`` when the
-    toolkit left only plumbing in the traceback; else the innermost frame of our own code."""
+    toolkit left only plumbing in the traceback; else the innermost frame of our own code
+    (when ``name_ours``)."""
     frames = list(_frames(tb))
     toolkit = [(package, module, name) for package, module, name in frames
                if package not in PROJECT_PACKAGES and not _stdlib(package)]
@@ -104,7 +109,7 @@ def origin(tb: TracebackType | None) -> str:
         return f"{toolkit[-1][0]}, called from {ours[-1]}"
     if toolkit:
         return f"{toolkit[-1][0]} {toolkit[-1][2]}"
-    return ours[-1] if ours else ""
+    return ours[-1] if ours and name_ours else ""
 
 
 def wrapper_context(outer: BaseException, inner: BaseException) -> str:
