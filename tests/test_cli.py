@@ -31,7 +31,7 @@ def test_validate_misspelt_step_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_validate_good_scenario_prints_plans() -> None:
     result = squeezelab("validate", "scenarios/quickstart.yaml")
     assert result.returncode == 0, result.stderr
-    assert "int8-dynamic @ pytorch: approximated" in result.stdout
+    assert "channels30 @ pytorch: approximated" in result.stdout
 
 
 def test_usage_errors_are_one_line_exit_2() -> None:

@@ -146,6 +146,13 @@ def test_latency_pass_times_the_native_model_against_its_fp32(
     assert record["native_latency_ms"] > 0
     assert record["native_speedup"] > 0
     assert record["speedup"] > 0  # the ONNX pass still ran, beside it
+    # a resumed run times again: a note from an earlier pass is replaced, not kept beside
+    stale = "native torchscript 9.99x of its fp32 (0.001 ms), ONNX 1.00x of the fp32 ONNX"
+    record["notes"] = [*record["notes"], stale, "latency not measured: gone.onnx is missing"]
+    time_rows(tiny_scenario({"r": []}, ["pytorch"]), tiny_reference, [record],
+              lambda _: tmp_path / "pytorch")
+    assert not any("9.99x" in n or "gone.onnx" in n for n in record["notes"])
+    assert any("per_channel" in n for n in record["notes"])  # the toolkit's own notes stay
 
 
 @pytest.mark.parametrize(("speedup", "onnx_ms", "native", "native_ms", "says"), [

@@ -22,6 +22,7 @@ from tiny import TINY_SCENARIO, tiny_scenario
 
 from unified.run.aggregate import AGGREGATED_FIELDS
 from unified.run.entries import manifest_problem
+from unified.run.latency_pass import without_latency_notes
 from unified.run.results import LATENCY_FIELDS
 from unified.run.runner import Runner, RunOptions
 
@@ -96,7 +97,9 @@ def rows(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def stable(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k not in VOLATILE}
+    """The record less what a run's latency pass sets (its fields and its notes)."""
+    kept = {k: v for k, v in record.items() if k not in VOLATILE}
+    return {**kept, "notes": without_latency_notes(record.get("notes") or [])}
 
 
 # -- the runner killed, interrupted or terminated ----------------------------------------

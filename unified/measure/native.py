@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from unified.measure.latency import Call, Candidate
+from unified.streams import redirected
 
 RUNTIMES = ("torchscript", "tflite")
 
@@ -76,8 +77,14 @@ def native_candidate(key: str, runtime: str, path: Path, sample: np.ndarray,
         torch.set_num_threads(threads)
         if engine is not None:
             torch.backends.quantized.engine = engine
-        module = torch.jit.load(str(path), map_location="cpu").eval()
         inputs = torch.from_numpy(row)
+        # torch's C++ core warns (once per process, on stderr, on the first quantized call)
+        # that quantize_per_tensor is deprecated: a line on the run's console that says
+        # nothing of this model, so the load and a first call happen with stderr discarded
+        with redirected(None, fds=(2,)), warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(path), map_location="cpu").eval()
+            module(inputs)
 
         def call() -> object:
             with torch.inference_mode():

@@ -30,7 +30,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from unified.context import ReferenceArtifacts
 from unified.run.failure import failure_reason
 from unified.run.guards import is_memory_error, memory_reason, set_memory_limit, watch_parent
 from unified.run.job import execute, format_traceback, job_from_spec, write_json
+from unified.streams import redirected
 
 
 def warm_up(backend: str) -> None:
@@ -175,28 +175,6 @@ def run_job(folder: Path) -> tuple[bool, str | None]:
         set_memory_limit(None)  # the reply and the next job's set-up are not the job's
 
 
-@contextlib.contextmanager
-def output_to(path: Path) -> Iterator[None]:
-    """Send this process's stdout and stderr (file descriptors 1 and 2, so the output of C
-    libraries too) to ``path`` for the duration."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        yield
-    finally:
-        with contextlib.suppress(OSError):  # a full disk: what could not be logged is lost
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for handle in (fd, *saved):
-            os.close(handle)
-
-
 def _reply(fd: int, message: dict[str, Any]) -> None:
     os.write(fd, (json.dumps(message) + "\n").encode())
 
@@ -235,7 +213,7 @@ def serve(backend: str, reply_fd: int) -> int:
         if not line.strip():
             continue
         try:
-            with output_to(folder / "worker.log"):
+            with redirected(folder / "worker.log"):
                 ok, reason = run_job(folder)
         except OSError as exc:  # the log cannot be opened: a full disk, a removed folder
             ok, reason = False, f"{folder / 'worker.log'}: {exc.strerror or exc}"

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import redirect_stdout
@@ -14,6 +11,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from unified.streams import redirected
 
 OPSET = 17
 
@@ -56,17 +55,8 @@ def _native_stderr_discarded() -> Iterator[None]:
     set_stream = getattr(torch._C, "_jit_set_onnx_log_output_stream", None)
     if set_stream is not None:
         set_stream("stderr")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError, ValueError):
-                sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
+    with redirected(None, fds=(2,)):
+        yield
 
 
 def save_torchscript(model: nn.Module, path: Path, input_shape: tuple[int, int, int]) -> str | None:
