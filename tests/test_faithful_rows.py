@@ -125,6 +125,19 @@ def test_collapsed_outputs_fail_the_row(run_model: Run) -> None:
     assert record["reason"].startswith("outputs collapsed")
 
 
+def test_a_collapse_names_the_layers_pruned_entirely(run_model: Run) -> None:
+    """torch's global_unstructured ranks every weight of the scenario's model together: a
+    layer whose weights are all small (here a 1x1 conv scaled by 1e-4) loses every one of
+    them, and the row's reason says so beside the collapse."""
+    record = run_model("small_middle", "pytorch", [{"prune": {"sparsity": 0.5,
+                                                              "scope": "global"}}],
+                       weights="random")
+    assert record["status"] == "failed"
+    assert record["reason"].startswith("outputs collapsed"), record["reason"]
+    assert record["reason"].endswith("1 layer(s) pruned entirely: middle")
+    assert _notes(record, "1 layer(s) pruned entirely (every weight zero in the ONNX): middle")
+
+
 def test_a_degenerate_reference_is_flagged_on_every_row(run_model: Run) -> None:
     record = run_model("silent", "onnxruntime", [], weights="random")
     assert "near zero" in record["_reference"]["reference_degenerate_reason"]

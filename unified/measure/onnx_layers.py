@@ -204,8 +204,9 @@ def on_grid(values: np.ndarray) -> bool:
 
 
 def how_changed(ref: OnnxLayer, cand: OnnxLayer) -> list[str]:
-    """How ``cand`` is a compressed form of ``ref``: thinned, pruned, quantized, float16,
-    shared values; empty when it is not (unchanged, or only retrained)."""
+    """How ``cand`` is a compressed form of ``ref``: thinned, pruned (and all zero when no
+    weight is left), quantized, float16, shared values; empty when it is not (unchanged, or
+    only retrained)."""
     out = []
     if cand.shape != ref.shape:
         out.append("thinned")
@@ -214,6 +215,8 @@ def how_changed(ref: OnnxLayer, cand: OnnxLayer) -> list[str]:
     margin = 0.1 if quantized else 0.5 / max(cand.weight.size, 1)
     if float(np.mean(cand.weight == 0)) > float(np.mean(ref.weight == 0)) + margin:
         out.append("pruned")
+        if not np.any(cand.weight):
+            out.append("all zero")  # the whole layer pruned away
     if cand.stored_dtype == "float16":
         out.append("float16")
     elif cand.stored_dtype not in _FLOAT_STORAGE:

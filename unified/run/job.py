@@ -146,7 +146,7 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
     if degenerate:
         notes.append(f"the fp32 reference is degenerate ({degenerate}): accuracy, agreement "
                      "and rel_l2 say nothing about this row")
-    failure = _failure(ctx, logits, ref, figures)
+    failure = _failure(ctx, logits, ref, figures, layers.zeroed)
     if failure is not None:
         status, reason = "failed", failure
     return new_record(
@@ -169,12 +169,18 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
 
 
 def _failure(ctx: JobContext, logits: np.ndarray, ref: ReferenceArtifacts,
-             figures: dict[str, Any]) -> str | None:
+             figures: dict[str, Any], zeroed: list[str]) -> str | None:
     """Why a row that ran is still a failure: its export changed the model (native vs ONNX
-    parity), or its outputs collapsed."""
+    parity), or its outputs collapsed (with the layers pruned away entirely, the usual
+    cause: a global ranking that takes every weight of layers whose weights are small)."""
     if ctx.parity is not None and not ctx.parity.faithful:
         return ctx.parity.failure()
-    return collapse_reason(logits, np.load(ref.logits), figures.get("rel_l2"))
+    reason = collapse_reason(logits, np.load(ref.logits), figures.get("rel_l2"))
+    if reason is not None and zeroed:
+        shown = ", ".join(zeroed[:3]) + (f" and {len(zeroed) - 3} more" if len(zeroed) > 3
+                                         else "")
+        reason += f"; {len(zeroed)} layer(s) pruned entirely: {shown}"
+    return reason
 
 
 def _details(details: dict[str, Any], ctx: JobContext) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class LayerReport:
     notes: list[str] = field(default_factory=list)
     deviations: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)  # layers.json
+    zeroed: list[str] = field(default_factory=list)  # layers with every weight zero
 
 
 def _targeted(ctx: JobContext) -> list[str]:
@@ -103,6 +104,10 @@ def check_layers(ctx: JobContext, onnx_path: Path) -> LayerReport:
     if missed:
         report.notes.append(f"the ONNX weights show no compression of targeted layers: "
                             f"{', '.join(missed)}")
+    report.zeroed = [n for n in report.changed if "all zero" in measured["changed"][n]]
+    if report.zeroed:
+        report.notes.append(f"{len(report.zeroed)} layer(s) pruned entirely (every weight "
+                            f"zero in the ONNX): {', '.join(report.zeroed)}")
     if measured["unmatched"]:
         report.notes.append(f"layers of the reference not found in the ONNX by order and "
                             f"shape (not checked): {', '.join(measured['unmatched'])}")
