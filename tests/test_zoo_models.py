@@ -3,6 +3,8 @@ torchvision builders that need arguments."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -63,3 +65,51 @@ def test_recalibrate_batchnorm_sets_running_stats_to_the_data_average() -> None:
         expected = conv(torch.from_numpy(x)).mean(dim=(0, 2, 3))
     assert torch.allclose(norm.running_mean, expected, atol=1e-4)
     assert norm.momentum == 0.01 and norm.num_batches_tracked == 4
+
+
+class _SmallInputVGG(torch.nn.Module):
+    """VGG's head on a small input: a 7×7 adaptive pooling of a 2×2 feature map (the windows
+    overlap), then a classifier that expects 7×7 features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1),
+                                            torch.nn.ReLU(), torch.nn.MaxPool2d(4))
+        self.avgpool = torch.nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = torch.nn.Linear(4 * 7 * 7, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+def test_adaptive_pooling_that_does_not_divide_exports_and_computes_the_same(
+        tmp_path: Path) -> None:
+    """torch's ONNX exporter refuses VGG / AlexNet at small inputs (7×7 pooling of a 1×1 or
+    2×2 map); the model is built with the same pooling as averaging matrices, which export."""
+    import onnxruntime as ort
+
+    from unified.torchkit.export import export_onnx
+    from unified.torchkit.pooling import exportable_adaptive_pooling, pooling_notes
+
+    model = _SmallInputVGG().eval()
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    path = tmp_path / "vgg.onnx"
+    with pytest.raises(Exception, match=r"adaptive_avg_pool2d|output size"):
+        export_onnx(model, path, (3, 8, 8))
+    exportable_adaptive_pooling(model, (3, 8, 8))
+    (note,) = pooling_notes(model)
+    assert note.startswith("avgpool: AdaptiveAvgPool2d(7, 7) on a 2×2 input")
+    export_onnx(model, path, (3, 8, 8))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert not any(k.startswith("avgpool") for k in model.state_dict())  # weights load as before
+
+
+def test_torchvision_vgg_and_alexnet_at_small_inputs_get_exportable_pooling() -> None:
+    from unified.torchkit.pooling import pooling_notes
+
+    assert pooling_notes(build_model("torchvision:alexnet", 10, (3, 64, 64)))
+    assert not pooling_notes(build_model("torchvision:resnet18", 10, (3, 32, 32)))

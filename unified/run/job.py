@@ -142,7 +142,9 @@ def execute(scenario: Scenario, job: Job, workdir: Path, ref: ReferenceArtifacts
             ctx.deviations.append("Distiller schedule not carried out in full")
     if ctx.deviations and status == "ok":
         status = "approximated"
-    degenerate = reference_degenerate(load_summary(ref))
+    summary = load_summary(ref)
+    notes += summary.get("model_notes") or []  # how the model was made exportable
+    degenerate = reference_degenerate(summary)
     if degenerate:
         notes.append(f"the fp32 reference is degenerate ({degenerate}): accuracy, agreement "
                      "and rel_l2 say nothing about this row")

@@ -79,6 +79,7 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
         initial_weights,
         load_state_dict,
     )
+    from unified.torchkit.pooling import pooling_notes
     from unified.torchkit.training import predict, set_seed, train
 
     spec = scenario.model
@@ -131,6 +132,7 @@ def _build(scenario: Scenario, ref: ReferenceArtifacts) -> None:
                     "test": len(data.test_x)},
         "reference_degenerate": degenerate is not None,
         "reference_degenerate_reason": degenerate,
+        "model_notes": pooling_notes(model),
         **figures,
     }
     atomic_write(ref.summary, json.dumps(summary, indent=2).encode())

@@ -16,6 +16,7 @@ from torch import nn
 
 from unified.spec.errors import SqueezelabError, did_you_mean, summarize
 from unified.torchkit.nets import BUILTIN
+from unified.torchkit.pooling import exportable_adaptive_pooling
 
 Factory = Callable[[int, tuple[int, int, int]], nn.Module]
 
@@ -25,7 +26,8 @@ class BuildError(SqueezelabError):
 
 
 def build_model(source: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
-    """A freshly initialised model for ``source`` with ``num_classes`` outputs."""
+    """A freshly initialised model for ``source`` with ``num_classes`` outputs, its adaptive
+    pooling made exportable at ``input_shape`` (unified.torchkit.pooling)."""
     factory = model_factory(source)
     try:
         model = factory(num_classes, input_shape)
@@ -36,6 +38,7 @@ def build_model(source: str, num_classes: int, input_shape: tuple[int, int, int]
                          f"num_classes {num_classes}: {summarize(exc)}") from None
     if not isinstance(model, nn.Module):
         raise BuildError(f"{source} returned {type(model).__name__}, not a torch.nn.Module")
+    exportable_adaptive_pooling(model, input_shape)
     return model
 
 
