@@ -73,11 +73,14 @@ def _linear_nodes(graph: onnx.GraphProto, weights: dict[str, np.ndarray]) -> dic
             continue
         value = numpy_helper.to_array(init)
         transposed = node.op_type == "Gemm" and _attribute(node, "transB", 0) == 1
-        for name, weight in weights.items():
-            expected = weight if transposed else weight.T
-            if value.shape == expected.shape and np.array_equal(value, expected):
-                found[node.name] = name
-                break
+        candidates = [name for name, weight in weights.items()
+                      if value.shape == (weight if transposed else weight.T).shape
+                      and np.array_equal(value, weight if transposed else weight.T)]
+        # equal weights (e.g. zero-initialised heads): its own name first, then an unused one
+        named = [n for n in candidates if node.input[1] == f"{n}.weight"]
+        unused = [n for n in candidates if n not in found.values()]
+        if candidates:
+            found[node.name] = (named or unused or candidates)[0]
     missing = sorted(set(weights) - set(found.values()))
     if missing:
         raise SqueezelabError(f"cannot find the ONNX Gemm/MatMul nodes of Linear layers "
