@@ -8,6 +8,8 @@ ships (int8 kept as QDQ).
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +56,13 @@ __all__ = ["BridgeError", "compress"]
 BRIDGE_ATOL = 1e-3
 
 
+def _counted(layers: list[str]) -> str:
+    """'tf.nn.silu (TFOpLambda) ×3, ...' for 'tf.nn.silu (TFOpLambda)', 'tf.nn.silu_1 ...':
+    Keras numbers each instance of an op; the note counts them."""
+    kinds = Counter(re.sub(r"_\d+ \(", " (", layer) for layer in layers)
+    return ", ".join(kind if n == 1 else f"{kind} ×{n}" for kind, n in kinds.items())
+
+
 def _keras_model(ctx: JobContext, steps: list[Step], details: dict[str, Any]) -> keras.Model:
     """The reference bridged to Keras (checked against torch), BatchNorm folded when the
     recipe clusters without QAT; what the bridge and the folding did goes in ``details``."""
@@ -67,7 +76,8 @@ def _keras_model(ctx: JobContext, steps: list[Step], details: dict[str, Any]) ->
                  "graph (trace_shape)")
     if bridged.nonstandard:
         details["bridge_nonstandard_layers"] = bridged.nonstandard
-        ctx.note(f"torch→Keras bridge left non-standard layers: {', '.join(bridged.nonstandard)}")
+        ctx.note(f"torch→Keras bridge left non-standard layers: "
+                 f"{_counted(bridged.nonstandard)}")
     model = bridged.model
     qat_follows = any(isinstance(s, QuantizeStep) and s.method is QuantMethod.qat for s in steps)
     if any(isinstance(s, ClusterStep) for s in steps) and qat_follows:

@@ -158,3 +158,12 @@ def test_qat(run_recipe, tmp_path: Path) -> None:
     assert record["int8_fraction"] > 0.5
     assert record["details"]["tflite_onnx_agreement"] >= 0.99
     assert sum(n.op_type == "QuantizeLinear" for n in _onnx(tmp_path).graph.node) >= 1
+
+
+def test_bridge_note_counts_repeated_nonstandard_ops() -> None:
+    """EfficientNetV2 leaves ~100 SiLU lambdas: the note counts them instead of listing."""
+    from adapters.tfmot._impl import _counted
+
+    layers = ["tf.nn.silu (TFOpLambda)", *[f"tf.nn.silu_{i} (TFOpLambda)" for i in range(1, 40)],
+              "tf.math.multiply (TFOpLambda)"]
+    assert _counted(layers) == "tf.nn.silu (TFOpLambda) ×40, tf.math.multiply (TFOpLambda)"
