@@ -85,7 +85,7 @@ class _SmallInputVGG(torch.nn.Module):
 def test_adaptive_pooling_that_does_not_divide_exports_and_computes_the_same(
         tmp_path: Path) -> None:
     """torch's ONNX exporter refuses VGG / AlexNet at small inputs (7×7 pooling of a 1×1 or
-    2×2 map); the model is built with the same pooling as averaging matrices, which export."""
+    2×2 map); the model is built with the same pooling from its fixed windows, which export."""
     import onnxruntime as ort
 
     from unified.torchkit.export import export_onnx
@@ -100,7 +100,7 @@ def test_adaptive_pooling_that_does_not_divide_exports_and_computes_the_same(
         export_onnx(model, path, (3, 8, 8))
     exportable_adaptive_pooling(model, (3, 8, 8))
     (note,) = pooling_notes(model)
-    assert note.startswith("avgpool: AdaptiveAvgPool2d(7, 7) on a 2×2 input")
+    assert note.startswith("avgpool: AdaptiveAvgPool2d(7, 7) on a 2×2 input computed from")
     export_onnx(model, path, (3, 8, 8))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": x.numpy()})[0]

@@ -3,7 +3,8 @@
 The exporter turns ``nn.AdaptiveAvgPool2d`` into a fixed AveragePool only when the input size
 divides into the output size; otherwise (VGG's 7×7 or AlexNet's 6×6 pooling on the 1×1 or
 2×2 feature map of a small input) it refuses the whole model. For the one input size a
-scenario fixes, the same pooling is a pair of averaging matrices, which export as MatMuls."""
+scenario fixes, the same pooling is a fixed set of windows: slices averaged and concatenated,
+which every exporter and converter here takes."""
 
 from __future__ import annotations
 
@@ -13,43 +14,38 @@ import torch
 from torch import nn
 
 
-class AdaptiveAvgPool2dAsMatrices(nn.Module):
-    """``nn.AdaptiveAvgPool2d`` for one input size: ``rows @ x @ cols``, each output the mean
-    of exactly the window torch's adaptive pooling averages."""
-
-    rows: torch.Tensor
-    cols: torch.Tensor
+class AdaptiveAvgPoolFixed(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` for one input size, written with slices, means and concats:
+    each output the mean of exactly the window torch's adaptive pooling averages (a 1×1
+    input is broadcast). No MatMul: TFLite's int8 BATCH_MATMUL does not survive tf2onnx."""
 
     def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int]) -> None:
         super().__init__()
         self.in_size, self.out_size = in_size, out_size
-        # not in the state_dict: weights saved from the original model load unchanged
-        self.register_buffer("rows", averaging_matrix(in_size[0], out_size[0]),
-                             persistent=False)
-        self.register_buffer("cols", averaging_matrix(in_size[1], out_size[1]).T.contiguous(),
-                             persistent=False)
+        self.row_windows = windows(in_size[0], out_size[0])
+        self.col_windows = windows(in_size[1], out_size[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(torch.matmul(self.rows, x), self.cols)
+        if self.in_size == (1, 1):  # every window is the one value
+            return x.expand(-1, -1, *self.out_size)
+        x = torch.cat([x[:, :, start:end, :].mean(2, keepdim=True)
+                       for start, end in self.row_windows], dim=2)
+        return torch.cat([x[:, :, :, start:end].mean(3, keepdim=True)
+                          for start, end in self.col_windows], dim=3)
 
     def extra_repr(self) -> str:
         return f"in_size={self.in_size}, out_size={self.out_size}"
 
 
-def averaging_matrix(size_in: int, size_out: int) -> torch.Tensor:
-    """(size_out, size_in): row i averages the window [floor(i·in/out), ceil((i+1)·in/out))
-    of adaptive pooling."""
-    matrix = torch.zeros(size_out, size_in)
-    for i in range(size_out):
-        start = (i * size_in) // size_out
-        end = -(-((i + 1) * size_in) // size_out)
-        matrix[i, start:end] = 1.0 / (end - start)
-    return matrix
+def windows(size_in: int, size_out: int) -> list[tuple[int, int]]:
+    """The windows [floor(i·in/out), ceil((i+1)·in/out)) of adaptive pooling, i < out."""
+    return [((i * size_in) // size_out, -(-((i + 1) * size_in) // size_out))
+            for i in range(size_out)]
 
 
 def exportable_adaptive_pooling(model: nn.Module, input_shape: tuple[int, ...]) -> None:
     """Replace (in place) every ``nn.AdaptiveAvgPool2d`` whose input, at ``input_shape``, does
-    not divide into its output by :class:`AdaptiveAvgPool2dAsMatrices` (nothing when the
+    not divide into its output by :class:`AdaptiveAvgPoolFixed` (nothing when the
     model does not run: its own error comes later, where it is reported)."""
     pools = {name: m for name, m in model.named_modules() if type(m) is nn.AdaptiveAvgPool2d}
     if not pools:
@@ -78,13 +74,13 @@ def exportable_adaptive_pooling(model: nn.Module, input_shape: tuple[int, ...]) 
         if all(i % o == 0 for i, o in zip(size_in, size_out, strict=True)):
             continue
         parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, AdaptiveAvgPool2dAsMatrices(size_in, size_out))
+        setattr(model.get_submodule(parent), attr, AdaptiveAvgPoolFixed(size_in, size_out))
 
 
 def pooling_notes(model: nn.Module) -> list[str]:
-    """One note per adaptive pooling computed as matrices in ``model``."""
+    """One note per adaptive pooling computed from fixed windows in ``model``."""
     return [f"{name}: AdaptiveAvgPool2d({m.out_size[0]}, {m.out_size[1]}) on a "
-            f"{m.in_size[0]}×{m.in_size[1]} input computed as two averaging matrices (the "
-            "same windows): torch's ONNX exporter cannot export adaptive pooling whose input "
-            "size does not divide into its output size"
-            for name, m in model.named_modules() if isinstance(m, AdaptiveAvgPool2dAsMatrices)]
+            f"{m.in_size[0]}×{m.in_size[1]} input computed from its fixed windows (slices "
+            "averaged and concatenated): torch's ONNX exporter cannot export adaptive "
+            "pooling whose input size does not divide into its output size"
+            for name, m in model.named_modules() if isinstance(m, AdaptiveAvgPoolFixed)]
