@@ -118,6 +118,7 @@ def test_relu6_after_conv_is_observed_after_the_clamp(tmp_path: Path, cache_dir:
     notes = " ".join(record["notes"])
     assert "3 conv/linear output(s) read only by a ReLU6" in notes
     assert "nn.ZeroPad2d sharing its input's qparams" in notes
+    assert "symmetric int8 weights in [-127, 127]" in notes
     assert record["ort_ops"].get("QLinearConv", 0) == 3
     assert record["details"]["parity"]["agreement"] >= 0.99
     assert record["agreement"] >= 0.95 and record["rel_l2"] < 0.1, (
@@ -242,3 +243,24 @@ def test_zero_padding_keeps_its_input_quantization() -> None:
     padded = _output_of(quantized, "pad", x)
     assert torch.equal(padded[..., :-1, :-1], before)
     assert np.all(padded[..., -1, :].numpy() == 0.0)
+
+
+def test_symmetric_weights_keep_each_channel_largest_weight_exact() -> None:
+    """Symmetric int8 weights use [-127, 127] with scale max|w| / 127: each channel's
+    largest-magnitude weight (BatchNorm folded in) is represented exactly. torch.ao's default
+    [-128, 127] (scale max|w| / 127.5) moved it by half a step, the error that dominated
+    EfficientNet-Lite0's depthwise convs."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    model = ReLU6Net().eval()
+    calib = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    quantized = _quantize(model, calib, clamp=True)
+    for conv, c, b in (("conv1", model.conv1, model.bn1), ("dw", model.dw, model.bn2)):
+        assert b.running_mean is not None and b.running_var is not None
+        folded, _ = fuse_conv_bn_weights(c.weight, c.bias, b.running_mean, b.running_var,
+                                         b.eps, b.weight, b.bias)
+        weight = quantized.get_submodule(conv).weight()
+        assert int(weight.int_repr().min()) >= -127
+        largest = folded.detach().abs().amax((1, 2, 3))
+        assert torch.allclose(weight.dequantize().abs().amax((1, 2, 3)), largest,
+                              rtol=1e-5), conv
