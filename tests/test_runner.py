@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from tiny import tiny_scenario
 
-from unified.run.results import LATENCY_FIELDS, RECORD_FIELDS, read_records
+from unified.run.results import LATENCY_FIELDS, RECORD_FIELDS, read_records, rewrite_records
 from unified.run.runner import Runner, RunOptions
 
 MISBEHAVING = "python:misbehaving_models:"
@@ -238,3 +238,15 @@ def test_slices_run_into_one_folder_add_up(tmp_path: Path) -> None:
     assert sorted(r["recipe"] for r in read_records(out / "results.jsonl")) == ["fp32", "int8"]
     Runner(scenario, RunOptions(out=out, cache_dir=cache, recipes=("int8",))).run()
     assert sorted(r["recipe"] for r in read_records(out / "results.jsonl")) == ["fp32", "int8"]
+    # a failed row outside the slice is not the slice's to retry: it stays as it was
+    rows = read_records(out / "results.jsonl")
+    for row in rows:
+        if row["recipe"] == "fp32":
+            row.update(status="failed", reason="as a toolkit crash leaves it")
+    rewrite_records(out / "results.jsonl", rows)
+    Runner(scenario, RunOptions(out=out, cache_dir=cache, recipes=("int8",))).run()
+    kept = {r["recipe"]: r for r in read_records(out / "results.jsonl")}
+    assert kept["fp32"]["status"] == "failed" and kept["int8"]["status"] != "failed"
+    # the slice that covers it retries it
+    Runner(scenario, RunOptions(out=out, cache_dir=cache, recipes=("fp32",))).run()
+    assert {r["recipe"]: r["status"] for r in read_records(out / "results.jsonl")}["fp32"] == "ok"

@@ -69,6 +69,12 @@ from unified.spec.steps import Recipe
 PENDING_STATUSES = ("failed", "timeout")  # not cached: a rerun tries them again
 
 
+def _job_of(record: dict[str, Any]) -> tuple[Any, Any, Any, int]:
+    """(model, recipe, backend, repeat) of a record, as a run's slice names its jobs."""
+    return (record.get("model"), record.get("recipe"), record.get("backend"),
+            record.get("repeat") or 0)
+
+
 def _runnable(job: Job, recipe: Recipe) -> bool:
     """Whether a job's plan can run: its backend's toolkit is there and supports the recipe."""
     adapter = get_adapter(job.backend)
@@ -160,8 +166,8 @@ class Runner:
         # with several models, `model` is only the first of them: leave it out
         write_json(self.out / "scenario.json", self.scenario.model_dump(
             mode="json", exclude={"model"} if self.scenario.models else None))
-        done = self._resume()
         sliced = {(v.model.label, j.recipe, j.backend, j.repeat) for v, j, _ in planned}
+        done = self._resume(sliced)
         executor = make_executor(self.options)
         references: dict[str, ReferenceArtifacts] = {}
         try:
@@ -200,17 +206,22 @@ class Runner:
         write_json(self.out / "timings.json", self.timings)
         return self.records
 
-    def _resume(self) -> dict[Any, dict[str, Any]]:
+    def _resume(self, sliced: set[tuple[str, str, str, int]] | None = None
+                ) -> dict[Any, dict[str, Any]]:
         """The rows (and repeats, hidden baselines) of an earlier run in this folder that are
-        kept: finished ones, once each. results.jsonl and auxiliary.jsonl are rewritten with
-        just those, so that a row computed again never appears twice and a torn line (a
-        machine that crashed mid-write) is gone before anything is appended after it."""
+        kept, once each: finished ones, and every row outside this run's slice (a failed row
+        there is not this run's to retry; None: every job is this run's). results.jsonl and
+        auxiliary.jsonl are rewritten with just those, so that a row computed again never
+        appears twice and a torn line (a machine that crashed mid-write) is gone before
+        anything is appended after it."""
         done: dict[Any, dict[str, Any]] = {}
         for path in (self.results_path, self.auxiliary_path):
             if not path.exists():
                 continue
             kept = {r["job_key"]: r for r in read_records(path)
-                    if r.get("job_key") and r.get("status") not in PENDING_STATUSES}
+                    if r.get("job_key") and (r.get("status") not in PENDING_STATUSES
+                                             or (sliced is not None
+                                                 and _job_of(r) not in sliced))}
             rewrite_records(path, kept.values())
             done.update(kept)
             if path == self.auxiliary_path:
@@ -222,9 +233,7 @@ class Runner:
         """Finished rows of this folder that this run's slice (--recipe, --backend, the
         scenario's models) does not cover stay in it: slices run into one folder add up."""
         for key, record in done.items():
-            job = (record.get("model"), record.get("recipe"), record.get("backend"),
-                   record.get("repeat") or 0)
-            if job in sliced:
+            if _job_of(record) in sliced:
                 continue
             (self.auxiliary if key in self._auxiliary_keys else self.records).append(record)
 
