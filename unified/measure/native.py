@@ -93,24 +93,27 @@ def native_candidate(key: str, runtime: str, path: Path, sample: np.ndarray,
         return call
 
     def tflite() -> Call:
-        # TensorFlow's C++ start-up log and the interpreter's deprecation warning would land
-        # on the run's console (the tfmot workers set the same; a user's own setting wins)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
-
-        with warnings.catch_warnings():
+        # TensorFlow's C++ start-up log (absl writes it to stderr before any log level
+        # applies), the interpreter's deprecation warning and its delegate line would land on
+        # the run's console: import, load and a first call happen with stderr discarded
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a user's own setting wins
+        with redirected(None, fds=(2,)), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            import tensorflow as tf
+
             interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
-        detail = interpreter.get_input_details()[0]
-        feed = np.transpose(row, (0, 2, 3, 1)) if len(row.shape) == 4 else row
-        if tuple(detail["shape"]) != feed.shape:
-            interpreter.resize_tensor_input(detail["index"], feed.shape)
-        interpreter.allocate_tensors()
-        if detail["dtype"] != np.float32:  # a fully integer model: quantize the input
-            scale, zero = detail["quantization"]
-            feed = np.clip(np.round(feed / scale + zero), np.iinfo(detail["dtype"]).min,
-                           np.iinfo(detail["dtype"]).max).astype(detail["dtype"])
-        index = detail["index"]
+            detail = interpreter.get_input_details()[0]
+            feed = np.transpose(row, (0, 2, 3, 1)) if len(row.shape) == 4 else row
+            if tuple(detail["shape"]) != feed.shape:
+                interpreter.resize_tensor_input(detail["index"], feed.shape)
+            interpreter.allocate_tensors()
+            if detail["dtype"] != np.float32:  # a fully integer model: quantize the input
+                scale, zero = detail["quantization"]
+                feed = np.clip(np.round(feed / scale + zero), np.iinfo(detail["dtype"]).min,
+                               np.iinfo(detail["dtype"]).max).astype(detail["dtype"])
+            index = detail["index"]
+            interpreter.set_tensor(index, feed)
+            interpreter.invoke()
 
         def call() -> object:
             interpreter.set_tensor(index, feed)
