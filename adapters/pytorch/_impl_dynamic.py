@@ -46,15 +46,17 @@ def write_dynamic_onnx(float_onnx: Path, out: Path, float_model: nn.Module,
     nodes = _linear_nodes(graph, weights)
     levels = activation_levels()
     replaced: list[onnx.NodeProto] = []
+    float_weights: set[str] = set()
     for node in graph.node:
         name = nodes.get(node.name)
         if name is None:
             replaced.append(node)
             continue
+        float_weights.add(node.input[1])
         replaced.extend(_integer_linear(graph, node, name, quantized[name], levels))
     del graph.node[:]
     graph.node.extend(replaced)
-    _drop_unused_initializers(graph)
+    _drop_unused(graph, float_weights)
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
 
@@ -180,8 +182,9 @@ def _quantize_input(x: str, prefix: str, levels: int) -> list[onnx.NodeProto]:
     ]
 
 
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+def _drop_unused(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Drop the initializers ``names`` (the float weights replaced) that no node reads."""
     used = {name for node in graph.node for name in node.input}
-    kept = [i for i in graph.initializer if i.name in used]
+    kept = [i for i in graph.initializer if i.name not in names or i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
