@@ -85,19 +85,28 @@ def assert_runs_concurrently(record: dict[str, Any], expected: dict[int, list[fl
 BLOCKS = ("same_pad_net", "se_net", "shuffle_net", "tiny_vit")
 
 
-def blocks_scenario(factory: str, recipes: dict[str, list[Any]], backends: list[str]) -> Scenario:
-    """A fixture model of real_blocks (3×32×32, seeded random weights, synthetic inputs: the
-    checks are structural and against the model's own fp32 outputs), importable once
-    tests/fixtures is on the path."""
+def python_model_scenario(source: str, name: str, input_shape: list[int],
+                          data: dict[str, Any], recipes: dict[str, list[Any]],
+                          backends: list[str]) -> Scenario:
+    """A scenario of a ``python:`` fixture model with seeded random weights on synthetic
+    inputs (no training: the checks are structural and against its own fp32 outputs)."""
     return Scenario.model_validate({
         **TINY_SCENARIO,
-        "name": f"blocks-{factory}",
-        "model": {"source": f"python:real_blocks:{factory}", "weights": "random",
-                  "input_shape": [3, 32, 32], "num_classes": 10},
-        "data": {"source": "synthetic", "train": 64, "calibration": 32, "test": 64},
+        "name": name,
+        "model": {"source": source, "weights": "random", "input_shape": input_shape,
+                  "num_classes": 10},
+        "data": {"source": "synthetic", **data},
         "budget": {"train_epochs": 0, "finetune_epochs": 0, "batch_size": 32},
         "recipes": recipes, "backends": backends,
     })
+
+
+def blocks_scenario(factory: str, recipes: dict[str, list[Any]], backends: list[str]) -> Scenario:
+    """A fixture model of real_blocks (3×32×32), importable once tests/fixtures is on the
+    path."""
+    return python_model_scenario(f"python:real_blocks:{factory}", f"blocks-{factory}",
+                                 [3, 32, 32], {"train": 64, "calibration": 32, "test": 64},
+                                 recipes, backends)
 
 
 def invoke(*args: str) -> tuple[int, str, str]:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from unified.spec.names import first_few
+
 # the scalar-operand patterns of torch.ao's x86 / fbgemm backend config (binary op configs)
 QUANTIZED_SCALAR_OPS: dict[Any, str] = {
     operator.mul: "mul", torch.mul: "mul", operator.add: "add", torch.add: "add",
@@ -390,9 +392,8 @@ def _notes(source: nn.Module, layers: list[str], moved: list[str]) -> list[str]:
     notes = []
     if layers:
         kinds = sorted({type(source.get_submodule(p)).__name__ for p in layers})
-        shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3
-                                         else "")
-        notes.append(f"{len(layers)} {'/'.join(kinds)} layer(s) ({shown}) quantized as the "
+        notes.append(f"{len(layers)} {'/'.join(kinds)} layer(s) ({first_few(layers)}) "
+                     "quantized as the "
                      "nn.Conv2d / nn.Linear they subclass, what their forward does before "
                      "the conv (e.g. padding) kept in front of it")
     if moved:

@@ -18,6 +18,7 @@ from adapters.pytorch._impl_fx import float_leaves, quantizable_copy
 from adapters.pytorch._impl_observe import backend_config, observe_after_clamp
 from unified.context import JobContext
 from unified.spec.errors import SqueezelabError
+from unified.spec.names import first_few
 from unified.spec.steps import Granularity, QuantDType, QuantizeStep, QuantMethod
 from unified.torchkit.export import export_onnx
 from unified.torchkit.models import count_parameters
@@ -267,9 +268,8 @@ def _fx_quantize(ctx: JobContext, state: State, index: int, step: QuantizeStep,
 
 def _clamped_note(ctx: JobContext, layers: list[str]) -> None:
     if layers:
-        shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3
-                                         else "")
-        ctx.note(f"{len(layers)} conv/linear output(s) read only by a ReLU6 / hardtanh ({shown}):"
+        ctx.note(f"{len(layers)} conv/linear output(s) read only by a ReLU6 / hardtanh "
+                 f"({first_few(layers)}):"
                  " observed after the clamp (ClampedHistogramObserver), so the int8 output "
                  "spans the clamp's range and its saturation is the ReLU6; torch.ao's native "
                  "config has no conv+ReLU6 fusion and shares one observer with the pre-clamp "

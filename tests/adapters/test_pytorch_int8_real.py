@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from tiny import TINY_SCENARIO
+from tiny import python_model_scenario
 from torch import nn
 
 from unified.spec.scenario import Scenario
@@ -89,15 +89,10 @@ def patch_net(num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
 
 
 def _scenario(factory: str) -> Scenario:
-    return Scenario.model_validate({
-        **TINY_SCENARIO,
-        "name": f"int8-{factory}",
-        "model": {"source": f"python:test_pytorch_int8_real:{factory}", "weights": "random",
-                  "input_shape": [3, 16, 16], "num_classes": 10},
-        "data": {"source": "synthetic", "train": 64, "calibration": 64, "test": 128},
-        "budget": {"train_epochs": 0, "finetune_epochs": 0, "batch_size": 32},
-        "recipes": {"r": [{"quantize": {"method": "static"}}]}, "backends": ["pytorch"],
-    })
+    return python_model_scenario(
+        f"python:test_pytorch_int8_real:{factory}", f"int8-{factory}", [3, 16, 16],
+        {"train": 64, "calibration": 64, "test": 128},
+        {"r": [{"quantize": {"method": "static"}}]}, ["pytorch"])
 
 
 def _run(factory: str, tmp_path: Path, cache_dir: Path) -> dict[str, Any]:

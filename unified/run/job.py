@@ -22,6 +22,7 @@ from unified.run.reference import degenerate as reference_degenerate
 from unified.run.reference import load_summary
 from unified.run.results import new_record
 from unified.run.storage import atomic_write
+from unified.spec.names import first_few
 from unified.spec.scenario import Scenario
 from unified.spec.steps import Recipe
 
@@ -179,9 +180,7 @@ def _failure(ctx: JobContext, logits: np.ndarray, ref: ReferenceArtifacts,
         return ctx.parity.failure()
     reason = collapse_reason(logits, np.load(ref.logits), figures.get("rel_l2"))
     if reason is not None and zeroed:
-        shown = ", ".join(zeroed[:3]) + (f" and {len(zeroed) - 3} more" if len(zeroed) > 3
-                                         else "")
-        reason += f"; {len(zeroed)} layer(s) pruned entirely: {shown}"
+        reason += f"; {len(zeroed)} layer(s) pruned entirely: {first_few(zeroed)}"
     return reason
 
 

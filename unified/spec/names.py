@@ -1,13 +1,20 @@
 """Layer-name patterns, as a step's ``targets`` write them: an fnmatch glob (``features.*``)
-or ``re:<regex>`` (a full match). One definition for every backend, torch or not."""
+or ``re:<regex>`` (a full match). One definition for every backend, torch or not. And how a
+note shows a long list of layer names."""
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 REGEX_PREFIX = "re:"
+
+
+def first_few(names: Sequence[str], limit: int = 3) -> str:
+    """'a, b, c and 4 more': the first ``limit`` names of a list a note would make too long."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def name_matches(name: str, pattern: str) -> bool:

@@ -47,7 +47,9 @@ def exportable_adaptive_pooling(model: nn.Module, input_shape: tuple[int, ...]) 
     """Replace (in place) every ``nn.AdaptiveAvgPool2d`` whose input, at ``input_shape``, does
     not divide into its output by :class:`AdaptiveAvgPoolFixed` (nothing when the
     model does not run: its own error comes later, where it is reported)."""
-    pools = {name: m for name, m in model.named_modules() if type(m) is nn.AdaptiveAvgPool2d}
+    # a 1×1 output divides every input: the global pooling of most classifiers needs no probe
+    pools = {name: m for name, m in model.named_modules()
+             if type(m) is nn.AdaptiveAvgPool2d and m.output_size not in (1, (1, 1))}
     if not pools:
         return
     seen: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
